@@ -1,0 +1,30 @@
+# Two commands on a fresh clone: `make analyze` (the main job) and `make test` (the test suite).
+# Both create .venv with everything they need on first use.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+ARGS ?= --depth 512
+
+.PHONY: analyze test lint venv clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+analyze: $(STAMP)
+	$(BIN)/sigprop analyze resnet $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check sigprop cli tests
+	$(BIN)/mypy sigprop cli
+
+test: lint
+	$(BIN)/pytest
+
+clean:
+	rm -rf $(VENV) sigprop-out

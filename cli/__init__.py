@@ -1,0 +1,1 @@
+"""The ``sigprop`` command line (installed as the ``sigprop_cli`` package)."""

@@ -1,0 +1,65 @@
+"""``sigprop analyze``: measure a network and write stats.json, stats.csv and spp.png."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sigprop import BNMode, models
+from sigprop.models import Norm, Variant
+
+from ._run import Analysis, check_positive, run
+
+app = typer.Typer(help="Measure a network and write stats.json, stats.csv and spp.png.",
+                  no_args_is_help=True)
+
+Seed = Annotated[int, typer.Option(help="Seed of the weights and of the Gaussian input batch.")]
+Device = Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")]
+BatchSize = Annotated[int, typer.Option(help="Images in the Gaussian input batch.")]
+BN = Annotated[BNMode, typer.Option(
+    help="train: BN normalizes with batch statistics (the paper's setting; running statistics "
+    "are not updated). eval: BN uses its running statistics.")]
+Out = Annotated[Path, typer.Option(help="Folder for stats.json, stats.csv and spp.png.")]
+
+
+@app.command("resnet")
+def resnet(
+    depth: Annotated[int, typer.Option(
+        help="Number of residual blocks d (the paper's depth), NOT layers: each block holds "
+        "two 3x3 convolutions.")] = 512,
+    variant: Annotated[Variant, typer.Option(
+        help="v2: pre-activation BN-ReLU-Conv branches, identity skip. v1: post-activation "
+        "Conv-BN-ReLU-Conv-BN branches, ReLU after the addition.")] = Variant.V2,
+    norm: Annotated[Norm, typer.Option(
+        help="batchnorm; none (unnormalized); skipinit (no BN, learnable scalar gain alpha at "
+        "the end of each branch); sqrt-depth (no BN, branch times 1/sqrt(depth)).")
+    ] = Norm.BATCHNORM,
+    alpha: Annotated[float | None, typer.Option(
+        help="Initial SkipInit gain (only with --norm skipinit).  [default: 0.0]")] = None,
+    width: Annotated[int, typer.Option(help="Channels of the first stage.")] = 16,
+    stages: Annotated[int, typer.Option(
+        help="Stages; each later one halves the resolution, doubles the width and starts with "
+        "a projection shortcut.")] = 1,
+    batch_size: BatchSize = 32,
+    image_size: Annotated[int, typer.Option(help="Height and width of the input images.")] = 32,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    bn_mode: BN = BNMode.TRAIN,
+    out: Out = Path("sigprop-out"),
+) -> None:
+    """Measure the paper's CIFAR-style ResNet with DEPTH residual blocks.
+
+    Example: sigprop analyze resnet --depth 512
+    """
+    check_positive("--batch-size", batch_size, "image")
+    check_positive("--image-size", image_size, "pixel")
+
+    def build(seed: int) -> tuple[models.ResNet, dict[str, Any]]:
+        net = models.resnet(depth, variant=variant, norm=norm, width=width, stages=stages,
+                            alpha=alpha, seed=seed)
+        return net, net.config
+
+    run(Analysis(build, (batch_size, 3, image_size, image_size), depth),
+        seed=seed, device=device, bn_mode=bn_mode, out=out)

@@ -1,0 +1,35 @@
+"""Entry point of the ``sigprop`` command."""
+
+from __future__ import annotations
+
+import typer
+
+import sigprop
+
+from .analyze import app as analyze_app
+
+app = typer.Typer(
+    name="sigprop",
+    help="Measure signal propagation at initialization in PyTorch residual networks.",
+    # Plain Click errors: one readable 'Error: ...' line instead of a boxed, wrapped panel.
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+    no_args_is_help=True,
+    add_completion=False,
+)
+app.add_typer(analyze_app, name="analyze")
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"sigprop {sigprop.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Measure signal propagation at initialization in PyTorch residual networks."""

@@ -1,0 +1,71 @@
+"""Residual blocks: the marked addition ``skip + residual`` and the description of one call."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from sigprop.trace import Shortcut
+
+__all__ = ["Block", "ResidualAdd", "marked_additions"]
+
+
+class ResidualAdd(nn.Module):
+    """The addition ``skip + residual`` of a residual block, marked so sigprop can tap it.
+
+    Every block of :func:`sigprop.models.resnet` ends with one. In your own model, replace
+    ``out = identity + branch`` by ``out = self.add(identity, branch)`` with
+    ``self.add = ResidualAdd(shortcut=...)`` to tell sigprop exactly where the skip and the
+    residual operands are. It computes the plain sum, so the model's output does not change.
+
+    Args:
+        shortcut: ``identity`` if the skip operand is the block input, ``projection`` if it is a
+            transformation of it (e.g. a strided 1x1 convolution at a stage transition).
+        channels_last: True for ``(N, ..., C)`` activations such as transformer tokens.
+
+    >>> add = ResidualAdd()
+    >>> add(torch.ones(1, 2), torch.ones(1, 2))
+    tensor([[2., 2.]])
+    """
+
+    def __init__(self, shortcut: Shortcut | str = Shortcut.IDENTITY, channels_last: bool = False):
+        super().__init__()
+        self.shortcut = Shortcut(shortcut)
+        self.channels_last = channels_last
+
+    def forward(self, skip: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        return skip + residual
+
+    def extra_repr(self) -> str:
+        return f"shortcut={self.shortcut.value}, channels_last={self.channels_last}"
+
+
+@dataclass(frozen=True, slots=True)
+class Block:
+    """One call of a residual block in a forward pass.
+
+    Attributes:
+        index: position among the residual additions executed, in call order, from 0.
+        name: qualified name of the module owning the addition (``blocks.3``).
+        stage: stage index; a projection shortcut after the first block starts a new stage.
+        shortcut: ``identity`` or ``projection``.
+        channels_last: whether channels are the last dimension of the activations.
+    """
+
+    index: int
+    name: str
+    stage: int
+    shortcut: Shortcut
+    channels_last: bool = False
+
+
+def marked_additions(model: nn.Module) -> list[tuple[str, ResidualAdd]]:
+    """Every :class:`ResidualAdd` of ``model`` with the qualified name of its owning block."""
+    found = []
+    for name, module in model.named_modules():
+        if isinstance(module, ResidualAdd):
+            owner = name.rpartition(".")[0] or name or type(model).__name__
+            found.append((owner, module))
+    return found

@@ -1,0 +1,237 @@
+"""The residual networks of De & Smith (2020), CIFAR-style, with depth counted in blocks."""
+
+from __future__ import annotations
+
+import math
+from contextlib import nullcontext
+from enum import StrEnum
+from typing import Any
+
+import torch
+from torch import nn
+
+from sigprop._validate import check_int, parse_choice
+from sigprop.blocks import ResidualAdd
+from sigprop.trace import Shortcut
+
+__all__ = ["Norm", "ResNet", "Variant", "resnet"]
+
+
+class Variant(StrEnum):
+    """Where normalization and activation sit in a block."""
+
+    V1 = "v1"  # post-activation: Conv-BN-ReLU-Conv-BN branch, ReLU after the addition
+    V2 = "v2"  # pre-activation: BN-ReLU-Conv-BN-ReLU-Conv branch, identity skip
+
+
+class Norm(StrEnum):
+    """How the residual branch is normalized or scaled."""
+
+    BATCHNORM = "batchnorm"
+    NONE = "none"
+    SKIPINIT = "skipinit"  # no BN; a learnable scalar alpha ends every branch
+    SQRT_DEPTH = "sqrt-depth"  # no BN; every branch is divided by sqrt(number of blocks)
+
+
+class Gain(nn.Module):
+    """Multiplies the residual branch by a scalar: learnable (SkipInit) or fixed."""
+
+    def __init__(self, value: float, learnable: bool):
+        super().__init__()
+        if learnable:
+            self.alpha = nn.Parameter(torch.tensor(float(value)))
+        else:
+            self.register_buffer("alpha", torch.tensor(float(value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.alpha * x
+
+
+def _conv(c_in: int, c_out: int, kernel: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2, bias=False)
+
+
+def _norm(channels: int, norm: Norm) -> nn.Module:
+    return nn.BatchNorm2d(channels) if norm is Norm.BATCHNORM else nn.Identity()
+
+
+def _gain(norm: Norm, alpha: float, depth: int) -> nn.Module:
+    if norm is Norm.SKIPINIT:
+        return Gain(alpha, learnable=True)
+    if norm is Norm.SQRT_DEPTH:
+        return Gain(1.0 / math.sqrt(depth), learnable=False)
+    return nn.Identity()
+
+
+class PreActBlock(nn.Module):
+    """v2 block: ``x + gain * Conv(ReLU(BN(Conv(ReLU(BN(x))))))``.
+
+    A projection shortcut (stage transition) is applied to the normalized, activated input.
+    """
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: Norm, gain: nn.Module):
+        super().__init__()
+        self.norm1 = _norm(c_in, norm)
+        self.relu = nn.ReLU()
+        self.conv1 = _conv(c_in, c_out, 3, stride)
+        self.norm2 = _norm(c_out, norm)
+        self.conv2 = _conv(c_out, c_out, 3)
+        self.gain = gain
+        projection = stride != 1 or c_in != c_out
+        self.shortcut = _conv(c_in, c_out, 1, stride) if projection else None
+        self.add = ResidualAdd(Shortcut.PROJECTION if projection else Shortcut.IDENTITY)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pre = self.relu(self.norm1(x))
+        skip = x if self.shortcut is None else self.shortcut(pre)
+        branch = self.conv2(self.relu(self.norm2(self.conv1(pre))))
+        out: torch.Tensor = self.add(skip, self.gain(branch))
+        return out
+
+
+class PostActBlock(nn.Module):
+    """v1 block: ``ReLU(x + gain * BN(Conv(ReLU(BN(Conv(x))))))``."""
+
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: Norm, gain: nn.Module):
+        super().__init__()
+        self.conv1 = _conv(c_in, c_out, 3, stride)
+        self.norm1 = _norm(c_out, norm)
+        self.relu = nn.ReLU()
+        self.conv2 = _conv(c_out, c_out, 3)
+        self.norm2 = _norm(c_out, norm)
+        self.gain = gain
+        projection = stride != 1 or c_in != c_out
+        self.shortcut = (
+            nn.Sequential(_conv(c_in, c_out, 1, stride), _norm(c_out, norm)) if projection else None
+        )
+        self.add = ResidualAdd(Shortcut.PROJECTION if projection else Shortcut.IDENTITY)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        skip = x if self.shortcut is None else self.shortcut(x)
+        branch = self.norm2(self.conv2(self.relu(self.norm1(self.conv1(x)))))
+        out: torch.Tensor = self.relu(self.add(skip, self.gain(branch)))
+        return out
+
+
+class ResNet(nn.Module):
+    """A CIFAR-style residual network: stem, residual blocks in stages, pooling, linear head.
+
+    Attributes:
+        config: the builder arguments (plain values), recorded with every measurement.
+    """
+
+    def __init__(self, stem: nn.Module, blocks: nn.Sequential, head_norm: nn.Module,
+                 head: nn.Linear, config: dict[str, Any]):
+        super().__init__()
+        self.stem = stem
+        self.blocks = blocks
+        self.head_norm = head_norm
+        self.head = head
+        self.config = config
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.blocks(self.stem(x))
+        x = torch.relu(self.head_norm(x)).mean(dim=(2, 3))
+        logits: torch.Tensor = self.head(x)
+        return logits
+
+
+def stage_sizes(depth: int, stages: int) -> list[int]:
+    """Split ``depth`` blocks into ``stages`` stages as evenly as possible, earlier ones larger.
+
+    >>> stage_sizes(10, 3)
+    [4, 3, 3]
+    """
+    base, extra = divmod(depth, stages)
+    return [base + (1 if s < extra else 0) for s in range(stages)]
+
+
+def resnet(
+    depth: int,
+    *,
+    variant: Variant | str = Variant.V2,
+    norm: Norm | str = Norm.BATCHNORM,
+    width: int = 16,
+    stages: int = 1,
+    alpha: float | None = None,
+    in_channels: int = 3,
+    num_classes: int = 10,
+    seed: int | None = None,
+) -> ResNet:
+    """Build the paper's ResNet with ``depth`` residual blocks (the paper's d, not layers).
+
+    Args:
+        depth: number of residual blocks, >= 1 (each block holds two 3x3 convolutions).
+        variant: ``v2`` pre-activation (BN-ReLU-Conv) or ``v1`` post-activation.
+        norm: ``batchnorm``; ``none`` (unnormalized); ``skipinit`` (no BN, learnable scalar gain
+            ``alpha`` ending every branch); ``sqrt-depth`` (no BN, branch times 1/sqrt(depth)).
+        width: channels of the first stage; each later stage doubles it.
+        stages: number of stages; the first block of every later stage halves the resolution,
+            doubles the width and uses a projection shortcut (1x1 strided convolution).
+        alpha: initial SkipInit gain, only with ``norm="skipinit"`` (default 0.0).
+        in_channels: channels of the input images.
+        num_classes: outputs of the linear head.
+        seed: if given, initialize the weights from this seed with a private generator, leaving
+            the global torch RNG untouched; otherwise draw from the global RNG like any module.
+
+    Returns:
+        A :class:`ResNet`; convolutions use He (fan-in, ReLU) initialization, BN weight 1, bias 0.
+
+    >>> net = resnet(8, norm="skipinit", seed=0)
+    >>> len(net.blocks), float(net.blocks[0].gain.alpha)
+    (8, 0.0)
+    """
+    variant, norm = parse_choice(Variant, variant, "variant"), parse_choice(Norm, norm, "norm")
+    check_int("depth", depth, 1, "residual block")
+    check_int("width", width, 1, "channel")
+    check_int("stages", stages, 1, "stage")
+    check_int("in_channels", in_channels, 1, "channel")
+    check_int("num_classes", num_classes, 1, "class")
+    if stages > depth:
+        raise ValueError(
+            f"stages must be <= depth ({depth}), got {stages}: every stage needs a block"
+        )
+    if alpha is not None and norm is not Norm.SKIPINIT:
+        raise ValueError(
+            f"alpha applies only to norm='skipinit', got alpha={alpha} with norm='{norm}'"
+        )
+    if alpha is not None and not math.isfinite(alpha):
+        raise ValueError(f"alpha must be a finite number, got {alpha}")
+    skip_alpha = 0.0 if alpha is None else float(alpha)
+    config: dict[str, Any] = {
+        "name": "resnet", "depth": depth, "variant": variant.value, "norm": norm.value,
+        "width": width, "stages": stages, "alpha": skip_alpha if norm is Norm.SKIPINIT else None,
+        "in_channels": in_channels, "num_classes": num_classes,
+    }
+    rng = torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()
+    with rng:
+        if seed is not None:
+            torch.manual_seed(seed)
+        return _build(depth, variant, norm, width, stages, skip_alpha, in_channels, num_classes,
+                      config)
+
+
+def _build(depth: int, variant: Variant, norm: Norm, width: int, stages: int, alpha: float,
+           in_channels: int, num_classes: int, config: dict[str, Any]) -> ResNet:
+    block_type = PreActBlock if variant is Variant.V2 else PostActBlock
+    stem: nn.Module = _conv(in_channels, width, 3)
+    if variant is Variant.V1:
+        stem = nn.Sequential(stem, _norm(width, norm), nn.ReLU())
+    blocks = []
+    channels = width
+    for stage, size in enumerate(stage_sizes(depth, stages)):
+        out = width * 2**stage
+        for i in range(size):
+            stride = 2 if stage > 0 and i == 0 else 1
+            blocks.append(block_type(channels, out, stride, norm, _gain(norm, alpha, depth)))
+            channels = out
+    head_norm = _norm(channels, norm) if variant is Variant.V2 else nn.Identity()
+    net = ResNet(stem, nn.Sequential(*blocks), head_norm, nn.Linear(channels, num_classes), config)
+    for module in net.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
+        elif isinstance(module, nn.Linear):
+            nn.init.normal_(module.weight, std=1.0 / math.sqrt(module.in_features))
+            nn.init.zeros_(module.bias)
+    return net
+

@@ -1,0 +1,234 @@
+"""Record per-block statistics during one forward pass, leaving the model exactly as given."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
+from enum import StrEnum
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from sigprop._moments import moments_tensor
+from sigprop._validate import parse_choice
+from sigprop.blocks import Block, ResidualAdd, marked_additions
+from sigprop.trace import BlockStats, InputSpec, Moments, Run, Shortcut, TensorRole, Trace
+
+__all__ = [
+    "BNMode",
+    "ForwardError",
+    "NoResidualBlockError",
+    "find_blocks",
+    "gaussian_input",
+    "measure",
+]
+
+
+class BNMode(StrEnum):
+    """Which statistics batch-norm layers normalize with while measuring."""
+
+    TRAIN = "train"  # batch statistics: the paper's setting at initialization
+    EVAL = "eval"  # running statistics (mean 0 / var 1 when fresh: BN is then the identity)
+
+
+class NoResidualBlockError(ValueError):
+    """The model executed no residual addition that sigprop can tap."""
+
+
+class ForwardError(RuntimeError):
+    """The model's own forward pass raised; the message says after which block."""
+
+
+def gaussian_input(
+    shape: tuple[int, ...], seed: int = 0, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """A unit-variance Gaussian batch drawn from a private generator (global RNG untouched).
+
+    The values are drawn on the CPU and then moved, so a seed gives the same batch on any device.
+
+    >>> gaussian_input((2, 3), seed=0).shape
+    torch.Size([2, 3])
+    """
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randn(shape, generator=generator).to(device)
+
+
+class _Recorder:
+    """Turns every tapped addition into a row of six statistics, kept on the device."""
+
+    def __init__(self, with_stats: bool, progress: Callable[[int], None] | None):
+        self.with_stats = with_stats
+        self.progress = progress
+        self.blocks: list[Block] = []
+        self.rows: list[torch.Tensor] = []
+
+    def record(self, name: str, add: ResidualAdd, skip: torch.Tensor, residual: torch.Tensor,
+               output: torch.Tensor) -> None:
+        index = len(self.blocks)
+        stage = self.blocks[-1].stage if self.blocks else 0
+        if add.shortcut is Shortcut.PROJECTION and index > 0:
+            stage += 1
+        self.blocks.append(Block(index, name, stage, add.shortcut, add.channels_last))
+        if self.with_stats:
+            self.rows.append(torch.cat([moments_tensor(t, add.channels_last)
+                                        for t in (skip, residual, output)]))
+        if self.progress is not None:
+            self.progress(index + 1)
+
+    def block_stats(self) -> tuple[BlockStats, ...]:
+        """Gather all statistics from the device at once and pair them with their blocks."""
+        values = torch.stack(self.rows).cpu().tolist() if self.rows else []
+        return tuple(
+            BlockStats(
+                block.index, block.name, block.stage, block.shortcut,
+                **{role.value: Moments(row[2 * k], row[2 * k + 1])
+                   for k, role in enumerate(TensorRole)},
+            )
+            for block, row in zip(self.blocks, values, strict=True)
+        )
+
+
+@contextmanager
+def _measurement_state(model: nn.Module, bn_mode: BNMode) -> Iterator[None]:
+    """Put the model in measuring mode; restore modes, BN flags and buffers on exit.
+
+    Every module runs in eval mode (no dropout or stochastic depth) except batch norm in
+    ``train`` mode, which normalizes with batch statistics without updating its running ones.
+    """
+    modes = [(m, m.training) for m in model.modules()]
+    bn_flags = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, _BatchNorm)]
+    # Safety net for custom modules that mutate buffers in forward; running stats are cheap.
+    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    try:
+        model.eval()
+        if bn_mode is BNMode.TRAIN:
+            for bn, _ in bn_flags:
+                bn.train()
+                bn.track_running_stats = False
+        yield
+    finally:
+        for module, training in modes:
+            module.training = training
+        for bn, tracked in bn_flags:
+            bn.track_running_stats = tracked
+        with torch.no_grad():
+            for buffer, saved in buffers:
+                buffer.copy_(saved)
+
+
+def _forward(model: nn.Module, inputs: torch.Tensor, recorder: _Recorder,
+             bn_mode: BNMode) -> None:
+    additions = marked_additions(model)
+    if not additions:
+        raise NoResidualBlockError(
+            f"no residual block found in {type(model).__name__}: sigprop taps additions marked "
+            "with sigprop.ResidualAdd; use `self.add = sigprop.ResidualAdd()` and "
+            "`out = self.add(skip, branch)` in your block"
+        )
+    with ExitStack() as stack, torch.no_grad():
+        stack.enter_context(_measurement_state(model, bn_mode))
+        for name, add in additions:
+            stack.enter_context(add.register_forward_hook(_hook(recorder, name)))
+        try:
+            model(inputs)
+        except Exception as e:
+            done = recorder.blocks
+            where = f"after block {done[-1].index} ({done[-1].name})" if done else "before block 0"
+            raise ForwardError(
+                f"the model's forward pass failed {where}: {type(e).__name__}: {e}"
+            ) from e
+
+
+def _hook(recorder: _Recorder, name: str) -> Callable[..., None]:
+    def hook(add: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        assert isinstance(add, ResidualAdd)
+        recorder.record(name, add, args[0], args[1], output)
+    return hook
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+def _resolve_input(inputs: torch.Tensor | InputSpec, model: nn.Module
+                   ) -> tuple[torch.Tensor, InputSpec]:
+    if isinstance(inputs, InputSpec):
+        if inputs.kind != "gaussian":
+            raise ValueError(
+                f"unknown input kind {inputs.kind!r}: only 'gaussian' can be generated"
+            )
+        seed = 0 if inputs.seed is None else inputs.seed
+        return gaussian_input(inputs.shape, seed, _model_device(model)), inputs
+    if isinstance(inputs, torch.Tensor):
+        return inputs, InputSpec("tensor", tuple(inputs.shape), None)
+    raise TypeError(
+        f"inputs must be a torch.Tensor or a sigprop.InputSpec, got {type(inputs).__name__}"
+    )
+
+
+def measure(
+    model: nn.Module,
+    inputs: torch.Tensor | InputSpec,
+    *,
+    bn_mode: BNMode | str = BNMode.TRAIN,
+    seed: int | None = None,
+    model_info: Mapping[str, Any] | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> Trace:
+    """Measure skip, residual and output statistics of every residual block in one forward pass.
+
+    Runs under ``torch.no_grad()``; hooks reduce each tensor to statistics at once and keep no
+    activations; results are copied from the device once, at the end. The model comes back
+    exactly as given (parameters, buffers, training flags, hooks), also when its forward raises.
+
+    Args:
+        model: a network whose residual additions are :class:`sigprop.ResidualAdd` modules.
+        inputs: a batch on the model's device, or an :class:`InputSpec` to generate one
+            (``InputSpec("gaussian", shape, seed)``: unit-variance, private generator).
+        bn_mode: ``train`` normalizes with batch statistics (the paper's setting) without
+            touching the running statistics; ``eval`` uses the running statistics. All other
+            modules run in eval mode, so dropout and stochastic depth are off.
+        seed: the seed recorded for this run (default: the InputSpec's seed, else None).
+        model_info: configuration recorded in the trace (default: the model's class name).
+        progress: called with the number of blocks done after each block.
+
+    Returns:
+        A :class:`Trace` with one run. Non-finite statistics (overflow) are kept as they are;
+        ``trace.runs[0].first_overflow`` names the first block that overflowed.
+
+    >>> import sigprop
+    >>> net = sigprop.models.resnet(3, seed=0)
+    >>> trace = measure(net, InputSpec("gaussian", (4, 3, 8, 8), seed=0))
+    >>> [round(b.residual.m2, 1) for b in trace.runs[0].blocks]
+    [1.0, 1.0, 1.0]
+    """
+    mode = parse_choice(BNMode, bn_mode, "bn_mode")
+    batch, spec = _resolve_input(inputs, model)
+    recorder = _Recorder(with_stats=True, progress=progress)
+    _forward(model, batch, recorder, mode)
+    info = dict(model_info) if model_info is not None else {"name": type(model).__name__}
+    run = Run(seed if seed is not None else spec.seed, recorder.block_stats())
+    return Trace(model=info, input=spec, bn_mode=mode.value, runs=(run,))
+
+
+def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec,
+                *, bn_mode: BNMode | str = BNMode.TRAIN) -> list[Block]:
+    """Every residual addition executed in one forward pass, in call order.
+
+    A module called twice gives two blocks. The model is left exactly as given.
+
+    >>> import sigprop
+    >>> net = sigprop.models.resnet(4, stages=2)
+    >>> blocks = find_blocks(net, InputSpec("gaussian", (2, 3, 8, 8), seed=0))
+    >>> [(b.name, b.stage, b.shortcut.value) for b in blocks]  # doctest: +NORMALIZE_WHITESPACE
+    [('blocks.0', 0, 'identity'), ('blocks.1', 0, 'identity'),
+     ('blocks.2', 1, 'projection'), ('blocks.3', 1, 'identity')]
+    """
+    batch, _ = _resolve_input(example_input, model)
+    recorder = _Recorder(with_stats=False, progress=None)
+    _forward(model, batch, recorder, parse_choice(BNMode, bn_mode, "bn_mode"))
+    return recorder.blocks

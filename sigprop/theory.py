@@ -1,0 +1,134 @@
+"""Closed-form predictions of THEORY.md for the built-in ResNets, block by block.
+
+Every rule propagates the skip second moment from the *measured* skip second moment of the first
+block of each stage (``m2_0``): a projection shortcut resets the skip path, so each stage is
+anchored on its own. Assumptions: infinite width, branch independent of the skip path at
+initialization, Gaussian input, He-initialized convolutions. See docs/theory.md.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sigprop.trace import Trace
+
+__all__ = ["BlockPrediction", "Prediction", "predict"]
+
+# Second moment split of a BN-ReLU-Conv branch with He init: ReLU of a unit Gaussian has mean
+# 1/sqrt(2 pi) and second moment 1/2; the He conv (gain 2) maps that to per-channel means of
+# variance 2 * 1/(2 pi) = 1/pi and to a total second moment of 1.
+BN_BRANCH_VAR = 1.0 - 1.0 / math.pi
+BN_BRANCH_SQ_MEAN = 1.0 / math.pi
+
+
+@dataclass(frozen=True, slots=True)
+class BlockPrediction:
+    """Predicted second moments of one block (NaN where the theory says nothing)."""
+
+    index: int
+    stage: int
+    skip_m2: float
+    residual_m2: float
+    skip_var: float = math.nan
+    skip_sq_mean: float = math.nan
+
+    @property
+    def ratio(self) -> float:
+        """Predicted residual/skip ratio of second moments."""
+        return self.residual_m2 / self.skip_m2 if self.skip_m2 else math.nan
+
+    @property
+    def output_m2(self) -> float:
+        """Predicted second moment of ``skip + residual`` (independent operands add)."""
+        return self.skip_m2 + self.residual_m2
+
+
+@dataclass(frozen=True, slots=True)
+class Prediction:
+    """Per-block predictions for one network, with the rule that produced them.
+
+    Attributes:
+        family: which closed form applies, e.g. ``bn-v2``.
+        rule: the recursion in words, e.g. ``m2_l = m2_0 + l, ratio = 1/(m2_0 + l)``.
+        exact: False where THEORY.md only gives an approximation (v1 with BN).
+        blocks: one prediction per measured block, in call order.
+    """
+
+    family: str
+    rule: str
+    exact: bool
+    blocks: tuple[BlockPrediction, ...]
+
+
+# (skip m2 at the stage's first block, position in the stage) -> skip m2, residual m2.
+_Recursion = Callable[[float, int], tuple[float, float]]
+
+
+def _family(config: dict[str, Any]) -> tuple[str, str, bool, _Recursion] | None:
+    if config.get("name") != "resnet":
+        return None
+    norm, variant, depth = config["norm"], config["variant"], int(config["depth"])
+    if norm == "batchnorm" and variant == "v2":
+        return ("bn-v2", "m2_l = m2_0 + l; residual m2 = 1; ratio = 1/(m2_0 + l)", True,
+                lambda m0, l: (m0 + l, 1.0))
+    if norm == "batchnorm":
+        return ("bn-v1", "approximately m2_l = m2_0 + l (ReLU after the addition clips little)",
+                False, lambda m0, l: (m0 + l, 1.0))
+    if norm == "none":
+        return ("unnormalized", "m2_l = 2^l m2_0; ratio = 1", variant == "v2",
+                lambda m0, l: (m0 * 2.0**l, m0 * 2.0**l))
+    if norm == "skipinit":
+        a2 = float(config["alpha"]) ** 2
+        return ("skipinit", f"m2_l = (1 + alpha^2)^l m2_0 with alpha = {config['alpha']}",
+                variant == "v2", lambda m0, l: (m0 * (1 + a2) ** l, a2 * m0 * (1 + a2) ** l))
+    if norm == "sqrt-depth":
+        return ("sqrt-depth", f"m2_l = (1 + 1/d)^l m2_0 with d = {depth}", variant == "v2",
+                lambda m0, l: (m0 * (1 + 1 / depth) ** l, m0 * (1 + 1 / depth) ** l / depth))
+    return None
+
+
+def predict(trace: Trace) -> Prediction | None:
+    """Closed-form per-block predictions for a built-in ResNet trace, or None for other models.
+
+    Each stage is anchored on the measured skip second moment of its first block, averaged over
+    the trace's runs (non-finite runs excluded).
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(4, seed=0),
+    ...                         sigprop.InputSpec("gaussian", (8, 3, 8, 8), 0))
+    >>> p = predict(trace)
+    >>> p.family, [round(b.skip_m2 - p.blocks[0].skip_m2, 6) for b in p.blocks]
+    ('bn-v2', [0.0, 1.0, 2.0, 3.0])
+    """
+    family = _family(dict(trace.model))
+    if family is None or not trace.runs:
+        return None
+    name, rule, exact, recursion = family
+    anchors: dict[int, tuple[int, float]] = {}
+    for block in trace.runs[0].blocks:
+        if block.stage not in anchors:
+            values = [run.blocks[block.index].skip.m2 for run in trace.runs]
+            finite = [v for v in values if math.isfinite(v)]
+            anchors[block.stage] = (block.index, float(np.mean(finite)) if finite else math.nan)
+    predictions = []
+    for block in trace.runs[0].blocks:
+        start, m2_0 = anchors[block.stage]
+        skip, residual = recursion(m2_0, block.index - start)
+        split = _bn_v2_split(trace, block.stage, start, block.index) if name == "bn-v2" else None
+        predictions.append(BlockPrediction(block.index, block.stage, skip, residual,
+                                           *(split or (math.nan, math.nan))))
+    return Prediction(name, rule, exact, tuple(predictions))
+
+
+def _bn_v2_split(trace: Trace, stage: int, start: int, index: int) -> tuple[float, float]:
+    """Skip var and sq_mean of BN v2: each block adds 1 - 1/pi and 1/pi to the stage's first."""
+    first = [run.blocks[start].skip for run in trace.runs if run.blocks[start].skip.finite]
+    var_0 = float(np.mean([m.var for m in first])) if first else math.nan
+    sq_0 = float(np.mean([m.sq_mean for m in first])) if first else math.nan
+    steps = index - start
+    return var_0 + steps * BN_BRANCH_VAR, sq_0 + steps * BN_BRANCH_SQ_MEAN

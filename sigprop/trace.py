@@ -1,0 +1,309 @@
+"""Frozen results of a measurement: per-block statistics of skip, residual and output."""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from enum import StrEnum
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sigprop._version import __version__
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "BlockStats",
+    "InputSpec",
+    "Moments",
+    "Run",
+    "Shortcut",
+    "Stat",
+    "TensorRole",
+    "Trace",
+    "TraceFormatError",
+]
+
+
+class Shortcut(StrEnum):
+    """What the skip path of a residual block computes."""
+
+    IDENTITY = "identity"
+    PROJECTION = "projection"
+
+
+class TensorRole(StrEnum):
+    """The three tensors recorded at every residual addition ``output = skip + residual``."""
+
+    SKIP = "skip"
+    RESIDUAL = "residual"
+    OUTPUT = "output"
+
+
+class Stat(StrEnum):
+    """Signal-propagation statistics of one tensor (see THEORY.md / docs/theory.md)."""
+
+    VAR = "var"
+    SQ_MEAN = "sq_mean"
+
+
+class TraceFormatError(ValueError):
+    """A stats.json file that does not follow sigprop's schema."""
+
+
+@dataclass(frozen=True, slots=True)
+class Moments:
+    """Per-channel moments of one tensor, averaged over channels.
+
+    Attributes:
+        var: average channel variance, ``mean_c sigma2_c`` (population variance per channel).
+        sq_mean: average channel squared mean, ``mean_c mu_c**2``.
+    """
+
+    var: float
+    sq_mean: float
+
+    @property
+    def m2(self) -> float:
+        """Second moment ``var + sq_mean`` (the mean of ``x**2`` over all elements)."""
+        return self.var + self.sq_mean
+
+    @property
+    def finite(self) -> bool:
+        """True when both statistics are finite numbers."""
+        return math.isfinite(self.var) and math.isfinite(self.sq_mean)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStats:
+    """Statistics of one executed residual addition (one call of a block).
+
+    Attributes:
+        index: position of this call among the residual additions of the forward pass, from 0.
+        name: qualified name of the module that owns the addition, e.g. ``blocks.3``.
+        stage: index of the stage; a new stage starts at each projection shortcut.
+        shortcut: whether the skip operand is the block input or a projection of it.
+        skip, residual, output: moments of ``skip``, ``residual`` and ``skip + residual``.
+    """
+
+    index: int
+    name: str
+    stage: int
+    shortcut: Shortcut
+    skip: Moments
+    residual: Moments
+    output: Moments
+
+    @property
+    def ratio(self) -> float:
+        """Residual/skip ratio of second moments (the sqrt(depth) law: ~1/(m2_0 + l))."""
+        return _safe_ratio(self.residual.m2, self.skip.m2)
+
+    @property
+    def finite(self) -> bool:
+        """True when every statistic of the block is finite."""
+        return self.skip.finite and self.residual.finite and self.output.finite
+
+    def moments(self, role: TensorRole) -> Moments:
+        """The moments of the tensor playing ``role`` in the addition."""
+        return {"skip": self.skip, "residual": self.residual, "output": self.output}[role]
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One forward pass: its seed (None if unknown) and the blocks in call order."""
+
+    seed: int | None
+    blocks: tuple[BlockStats, ...]
+
+    @property
+    def first_overflow(self) -> int | None:
+        """Index of the first block with a non-finite statistic, or None if all are finite."""
+        return next((b.index for b in self.blocks if not b.finite), None)
+
+
+@dataclass(frozen=True, slots=True)
+class InputSpec:
+    """How the input batch was made: ``kind`` (e.g. ``gaussian``), its shape and seed."""
+
+    kind: str
+    shape: tuple[int, ...]
+    seed: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Trace:
+    """Measured statistics of one model over one or more runs (seeds).
+
+    Attributes:
+        model: configuration of the model (plain strings and numbers), e.g. its builder arguments.
+        input: how the input was made.
+        bn_mode: ``train`` (batch statistics, the paper's setting) or ``eval``.
+        runs: one entry per seed, each with the blocks in call order.
+        sigprop_version: version of sigprop that measured it.
+
+    >>> import torch, sigprop
+    >>> net = sigprop.models.resnet(4, seed=0)
+    >>> trace = sigprop.measure(net, sigprop.gaussian_input((8, 3, 8, 8), seed=0))
+    >>> trace.n_blocks, trace.runs[0].blocks[0].name
+    (4, 'blocks.0')
+    """
+
+    model: Mapping[str, Any]
+    input: InputSpec
+    bn_mode: str
+    runs: tuple[Run, ...]
+    sigprop_version: str = field(default=__version__)
+
+    @property
+    def n_blocks(self) -> int:
+        """Number of residual blocks executed in one forward pass."""
+        return len(self.runs[0].blocks) if self.runs else 0
+
+    @property
+    def seeds(self) -> tuple[int | None, ...]:
+        """The seed of every run."""
+        return tuple(run.seed for run in self.runs)
+
+    def blocks(self) -> Iterator[tuple[int | None, BlockStats]]:
+        """Every block of every run, as ``(seed, block)`` pairs."""
+        for run in self.runs:
+            for block in run.blocks:
+                yield run.seed, block
+
+    def by_stage(self, run: int = 0) -> dict[int, tuple[BlockStats, ...]]:
+        """The blocks of run number ``run`` grouped by stage, in call order."""
+        stages: dict[int, list[BlockStats]] = {}
+        for block in self.runs[run].blocks:
+            stages.setdefault(block.stage, []).append(block)
+        return {stage: tuple(blocks) for stage, blocks in stages.items()}
+
+    def merge(self, other: Trace) -> Trace:
+        """The runs of both traces in one trace; model, input kind and blocks must match."""
+        if dict(self.model) != dict(other.model) or self.bn_mode != other.bn_mode:
+            raise ValueError(
+                "cannot merge traces of different models or BN modes: "
+                f"{dict(self.model)} ({self.bn_mode}) vs {dict(other.model)} ({other.bn_mode})"
+            )
+        if self.n_blocks != other.n_blocks:
+            raise ValueError(
+                f"cannot merge traces with {self.n_blocks} and {other.n_blocks} blocks"
+            )
+        return Trace(self.model, self.input, self.bn_mode, self.runs + other.runs)
+
+    def to_frame(self) -> pd.DataFrame:
+        """Long-format table: columns ``seed, block, name, stage, tensor, stat, value``."""
+        import pandas as pd
+
+        rows = [
+            (seed, block.index, block.name, block.stage, role.value, stat.value,
+             getattr(block.moments(role), stat.value))
+            for seed, block in self.blocks()
+            for role in TensorRole
+            for stat in Stat
+        ]
+        columns = ["seed", "block", "name", "stage", "tensor", "stat", "value"]
+        return pd.DataFrame(rows, columns=columns)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The stats.json document (non-finite numbers become ``None``)."""
+        return {
+            "sigprop_version": self.sigprop_version,
+            "model": dict(self.model),
+            "input": {
+                "kind": self.input.kind,
+                "shape": list(self.input.shape),
+                "seed": self.input.seed,
+            },
+            "bn_mode": self.bn_mode,
+            "runs": [
+                {"seed": run.seed, "first_overflow": run.first_overflow,
+                 "blocks": [_block_to_dict(b) for b in run.blocks]}
+                for run in self.runs
+            ],
+        }
+
+    @classmethod
+    def from_dict(cls, doc: Mapping[str, Any]) -> Trace:
+        """Rebuild a trace from :meth:`to_dict` output; raises TraceFormatError if malformed."""
+        try:
+            spec = doc["input"]
+            return cls(
+                model=dict(doc["model"]),
+                input=InputSpec(str(spec["kind"]), tuple(int(n) for n in spec["shape"]),
+                                _optional_int(spec["seed"])),
+                bn_mode=str(doc["bn_mode"]),
+                runs=tuple(
+                    Run(_optional_int(run["seed"]),
+                        tuple(_block_from_dict(b) for b in run["blocks"]))
+                    for run in doc["runs"]
+                ),
+                sigprop_version=str(doc["sigprop_version"]),
+            )
+        except (KeyError, TypeError, ValueError) as e:
+            raise TraceFormatError(f"not a sigprop stats document: {type(e).__name__}: {e}") from e
+
+    def to_json(self, path: str | Path) -> None:
+        """Write the trace as JSON (strict: no NaN/Infinity tokens, ``null`` instead)."""
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1, allow_nan=False) + "\n")
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> Trace:
+        """Read a trace written by :meth:`to_json` (or a CLI ``stats.json``)."""
+        try:
+            doc = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as e:
+            raise TraceFormatError(f"{path} is not valid JSON: {e}") from e
+        if not isinstance(doc, dict):
+            raise TraceFormatError(f"{path} holds a JSON {type(doc).__name__}, not an object")
+        return cls.from_dict(doc)
+
+
+def _safe_ratio(num: float, den: float) -> float:
+    if den == 0.0 or not (math.isfinite(num) and math.isfinite(den)):
+        return math.nan
+    return num / den
+
+
+def _optional_int(value: Any) -> int | None:
+    return None if value is None else int(value)
+
+
+def _encode(value: float) -> float | None:
+    return value if math.isfinite(value) else None
+
+
+def _decode(value: float | None) -> float:
+    return math.nan if value is None else float(value)
+
+
+def _block_to_dict(block: BlockStats) -> dict[str, Any]:
+    doc: dict[str, Any] = {
+        "index": block.index,
+        "name": block.name,
+        "stage": block.stage,
+        "shortcut": block.shortcut.value,
+    }
+    for role in TensorRole:
+        m = block.moments(role)
+        doc[role.value] = {"var": _encode(m.var), "sq_mean": _encode(m.sq_mean)}
+    return doc
+
+
+def _block_from_dict(doc: Mapping[str, Any]) -> BlockStats:
+    def moments(role: str) -> Moments:
+        return Moments(_decode(doc[role]["var"]), _decode(doc[role]["sq_mean"]))
+
+    return BlockStats(
+        index=int(doc["index"]),
+        name=str(doc["name"]),
+        stage=int(doc["stage"]),
+        shortcut=Shortcut(doc["shortcut"]),
+        skip=moments("skip"),
+        residual=moments("residual"),
+        output=moments("output"),
+    )
+
