@@ -49,7 +49,7 @@ def resnet(
     bn_mode: BN = BNMode.TRAIN,
     out: Out = Path("sigprop-out"),
 ) -> None:
-    """Measure the paper's CIFAR-style ResNet with DEPTH residual blocks.
+    """Measure the paper's CIFAR-style ResNet with --depth residual blocks.
 
     Example: sigprop analyze resnet --depth 512
     """

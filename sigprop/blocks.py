@@ -62,10 +62,13 @@ class Block:
 
 
 def marked_additions(model: nn.Module) -> list[tuple[str, ResidualAdd]]:
-    """Every :class:`ResidualAdd` of ``model`` with the qualified name of its owning block."""
+    """Every :class:`ResidualAdd` of ``model`` with the qualified name of its owning block.
+
+    An addition owned by the model itself is named after the model's class.
+    """
     found = []
     for name, module in model.named_modules():
         if isinstance(module, ResidualAdd):
-            owner = name.rpartition(".")[0] or name or type(model).__name__
+            owner = name.rpartition(".")[0] or type(model).__name__
             found.append((owner, module))
     return found

@@ -178,7 +178,7 @@ def resnet(
         A :class:`ResNet`; convolutions use He (fan-in, ReLU) initialization, BN weight 1, bias 0.
 
     >>> net = resnet(8, norm="skipinit", seed=0)
-    >>> len(net.blocks), float(net.blocks[0].gain.alpha)
+    >>> len(net.blocks), net.blocks[0].gain.alpha.item()
     (8, 0.0)
     """
     variant, norm = parse_choice(Variant, variant, "variant"), parse_choice(Norm, norm, "norm")

@@ -14,6 +14,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from sigprop._moments import moments_tensor
 from sigprop._validate import parse_choice
 from sigprop.blocks import Block, ResidualAdd, marked_additions
+from sigprop.models import ResNet
 from sigprop.trace import BlockStats, InputSpec, Moments, Run, Shortcut, TensorRole, Trace
 
 __all__ = [
@@ -193,7 +194,8 @@ def measure(
             touching the running statistics; ``eval`` uses the running statistics. All other
             modules run in eval mode, so dropout and stochastic depth are off.
         seed: the seed recorded for this run (default: the InputSpec's seed, else None).
-        model_info: configuration recorded in the trace (default: the model's class name).
+        model_info: configuration recorded in the trace (default: a built-in ResNet's
+            ``config``, which enables the theory curves, else the model's class name).
         progress: called with the number of blocks done after each block.
 
     Returns:
@@ -202,15 +204,18 @@ def measure(
 
     >>> import sigprop
     >>> net = sigprop.models.resnet(3, seed=0)
-    >>> trace = measure(net, InputSpec("gaussian", (4, 3, 8, 8), seed=0))
-    >>> [round(b.residual.m2, 1) for b in trace.runs[0].blocks]
-    [1.0, 1.0, 1.0]
+    >>> trace = measure(net, InputSpec("gaussian", (4, 3, 32, 32), seed=0))
+    >>> [round(b.residual.m2) for b in trace.runs[0].blocks]  # BN branches: m2 ~ 1
+    [1, 1, 1]
     """
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
     batch, spec = _resolve_input(inputs, model)
     recorder = _Recorder(with_stats=True, progress=progress)
     _forward(model, batch, recorder, mode)
-    info = dict(model_info) if model_info is not None else {"name": type(model).__name__}
+    if model_info is not None:
+        info = dict(model_info)
+    else:
+        info = dict(model.config) if isinstance(model, ResNet) else {"name": type(model).__name__}
     run = Run(seed if seed is not None else spec.seed, recorder.block_stats())
     return Trace(model=info, input=spec, bn_mode=mode.value, runs=(run,))
 

@@ -1,0 +1,79 @@
+"""SPP figure: panels, scales, theory and markers (data drawn, not pixels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+
+import sigprop
+from sigprop import InputSpec, measure
+from sigprop.plotting import plot_spp
+
+
+def traced(depth: int, seeds: int = 1, **kwargs: object) -> sigprop.Trace:
+    traces = []
+    for seed in range(seeds):
+        net = sigprop.models.resnet(depth, width=8, seed=seed, **kwargs)  # type: ignore[arg-type]
+        traces.append(measure(net, InputSpec("gaussian", (2, 3, 8, 8), seed=seed),
+                              model_info=net.config))
+    merged = traces[0]
+    for t in traces[1:]:
+        merged = merged.merge(t)
+    return merged
+
+
+def test_bn_v2_plot_has_theory_and_stage_marks(tmp_path: Path) -> None:
+    trace = traced(12, stages=2)
+    fig = plot_spp(trace)
+    fig.savefig(tmp_path / "spp.png")
+    assert (tmp_path / "spp.png").stat().st_size > 10_000
+    _, variance, ratio = fig.axes
+    assert ratio.get_yscale() == "log"
+    labels = [line.get_label() for line in ratio.get_lines()]
+    assert labels[0] == "measured" and labels[1].startswith("theory: ratio = 1/(m2_0 + l)")
+    drawn = np.asarray(ratio.get_lines()[0].get_ydata())
+    assert drawn == pytest.approx([b.ratio for b in trace.runs[0].blocks])
+    stage_marks = [line for line in variance.get_lines() if line.get_label().startswith("_")]
+    assert [line.get_xdata()[0] for line in stage_marks] == [6]
+    plt.close(fig)
+
+
+def test_geometric_growth_gets_a_log_axis_and_overflow_is_marked() -> None:
+    trace = traced(600, norm="none")
+    fig = plot_spp(trace)
+    assert fig.axes[1].get_yscale() == "log"
+    assert any("non-finite from block" in t.get_text() for t in fig.axes[0].texts)
+    plt.close(fig)
+
+
+def test_several_seeds_draw_bands_and_several_traces_overlay() -> None:
+    bn, skipinit = traced(6, seeds=3), traced(6, seeds=1, norm="skipinit")
+    fig = plot_spp([bn, skipinit], labels=["BN", "SkipInit"])
+    assert len(fig.axes[1].collections) == 3  # skip, output, residual bands of the 3-seed trace
+    legend = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "BN: skip" in legend and "SkipInit: residual" in legend
+    assert fig.axes[2].get_yscale() == "log"
+    plt.close(fig)
+
+
+def test_all_zero_ratio_keeps_a_linear_axis() -> None:
+    fig = plot_spp(traced(4, norm="skipinit"))
+    assert fig.axes[2].get_yscale() == "linear"
+    plt.close(fig)
+
+
+def test_plot_into_given_axes_and_argument_errors() -> None:
+    trace = traced(3)
+    fig, axes = plt.subplots(1, 3)
+    assert plot_spp(trace, axes=list(axes)) is fig
+    with pytest.raises(ValueError, match="got 1 labels for 2 traces"):
+        plot_spp([trace, trace], labels=["a"])
+    with pytest.raises(ValueError, match="draws 3 panels, got 2 axes"):
+        plot_spp(trace, axes=list(axes[:2]))
+    plt.close("all")

@@ -1,0 +1,79 @@
+"""Trace: JSON round trip, long-format table, queries, malformed files."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+
+import sigprop
+from sigprop import InputSpec, Trace, TraceFormatError, measure
+
+
+@pytest.fixture(scope="module")
+def trace() -> Trace:
+    net = sigprop.models.resnet(5, stages=2, seed=0)
+    return measure(net, InputSpec("gaussian", (4, 3, 8, 8), seed=3), model_info=net.config)
+
+
+def test_json_round_trip_is_lossless(trace: Trace, tmp_path: Path) -> None:
+    trace.to_json(tmp_path / "stats.json")
+    assert Trace.from_json(tmp_path / "stats.json") == trace
+
+
+def test_non_finite_values_are_written_as_null(tmp_path: Path) -> None:
+    net = sigprop.models.resnet(600, norm="none", width=8, seed=0)
+    trace = measure(net, InputSpec("gaussian", (2, 3, 8, 8), seed=0), model_info=net.config)
+    path = tmp_path / "stats.json"
+    trace.to_json(path)
+    text = path.read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    doc = json.loads(text)
+    first = doc["runs"][0]["first_overflow"]
+    assert first == trace.runs[0].first_overflow
+    assert doc["runs"][0]["blocks"][-1]["skip"]["var"] is None
+    back = Trace.from_json(path)
+    assert back.to_dict() == trace.to_dict()
+    assert math.isnan(back.runs[0].blocks[-1].skip.var)
+
+
+def test_frame_is_long_format(trace: Trace) -> None:
+    frame = trace.to_frame()
+    assert list(frame.columns) == ["seed", "block", "name", "stage", "tensor", "stat", "value"]
+    assert len(frame) == 5 * 3 * 2
+    assert set(frame["tensor"]) == {"skip", "residual", "output"}
+    assert set(frame["stat"]) == {"var", "sq_mean"}
+    row = frame[(frame.block == 3) & (frame.tensor == "residual") & (frame.stat == "sq_mean")]
+    assert row["value"].item() == trace.runs[0].blocks[3].residual.sq_mean
+    assert row["stage"].item() == 1 and row["seed"].item() == 3
+
+
+def test_queries(trace: Trace) -> None:
+    assert trace.n_blocks == 5
+    stages = trace.by_stage()
+    assert [b.index for b in stages[0]] == [0, 1, 2] and [b.index for b in stages[1]] == [3, 4]
+    block = trace.runs[0].blocks[2]
+    assert block.ratio == block.residual.m2 / block.skip.m2
+    assert block.skip.m2 == block.skip.var + block.skip.sq_mean
+
+
+def test_merge_requires_the_same_model(trace: Trace) -> None:
+    merged = trace.merge(trace)
+    assert merged.seeds == (3, 3) and merged.n_blocks == 5
+    other = measure(sigprop.models.resnet(2, seed=0), InputSpec("gaussian", (2, 3, 8, 8), 0))
+    with pytest.raises(ValueError, match="cannot merge traces of different models"):
+        trace.merge(other)
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    ("{not json", "is not valid JSON"),
+    ("[1, 2]", "holds a JSON list, not an object"),
+    ('{"model": {}}', "not a sigprop stats document: KeyError"),
+])
+def test_malformed_files_raise_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
+    path = tmp_path / "bad.json"
+    path.write_text(content)
+    with pytest.raises(TraceFormatError, match=message):
+        Trace.from_json(path)
