@@ -8,9 +8,8 @@ from pathlib import Path
 
 import matplotlib
 import pytest
-from typer.testing import CliRunner
-
 from sigprop_cli.main import app
+from typer.testing import CliRunner
 
 matplotlib.use("Agg")
 ROOT = Path(__file__).resolve().parent.parent
@@ -19,7 +18,7 @@ PYTHON_BLOCK = re.compile(r"```python\n(.*?)```", re.S)
 
 
 def help_text(command: str) -> str:
-    args = command.split()[1:] + ["--help"]
+    args = [*command.split()[1:], "--help"]
     result = CliRunner().invoke(app, args, terminal_width=100)
     assert result.exit_code == 0
     return result.stdout
