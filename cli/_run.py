@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import reduce
 from pathlib import Path
 from typing import Any, NoReturn
 
+import torch
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
@@ -15,6 +19,7 @@ from rich.table import Table
 from torch import nn
 
 import sigprop
+from sigprop import stats
 from sigprop._validate import check_int, resolve_device
 from sigprop.plotting import plot_spp
 
@@ -58,30 +63,42 @@ def prepare_out(out: Path) -> Path:
 
 
 def run(analysis: Analysis, *, seed: int, device: str, bn_mode: sigprop.BNMode,
-        out: Path) -> sigprop.Trace:
-    """Measure, write stats.json / stats.csv / spp.png into ``out`` and print a summary."""
+        out: Path, seeds: int = 1) -> sigprop.Trace:
+    """Measure ``seeds`` runs (seeds ``seed, seed + 1, ...``: weights and input), write
+    stats.json / stats.csv / spp.png into ``out`` and print the summary and the verdicts."""
+    check_positive("--seeds", seeds, "run")
     try:
         torch_device = resolve_device(device)
     except ValueError as e:
         usage_error(str(e))
     prepare_out(out)
     started = time.perf_counter()
+    traces = []
+    total = analysis.expected_blocks * seeds if analysis.expected_blocks else None
+    with _progress(total) as advance:
+        for k in range(seeds):
+            traces.append(_measure_one(analysis, seed + k, torch_device, bn_mode, advance))
+    trace = reduce(sigprop.Trace.merge, traces)
+    elapsed = time.perf_counter() - started
+    result = stats.report(trace)
+    _write(trace, result, out)
+    _summarize(trace, result, elapsed, out)
+    return trace
+
+
+def _measure_one(analysis: Analysis, seed: int, device: torch.device, bn_mode: sigprop.BNMode,
+                 progress: Callable[[int], None]) -> sigprop.Trace:
     try:
         model, model_info = analysis.build(seed)
-        model.to(torch_device)
+        model.to(device)
     except (ValueError, TypeError) as e:
         usage_error(str(e))
     spec = sigprop.InputSpec("gaussian", analysis.input_shape, seed)
-    with _progress(analysis.expected_blocks) as advance:
-        try:
-            trace = sigprop.measure(model, spec, bn_mode=bn_mode, model_info=model_info,
-                                    progress=advance)
-        except (sigprop.ForwardError, sigprop.NoResidualBlockError) as e:
-            usage_error(str(e))
-    elapsed = time.perf_counter() - started
-    _write(trace, out)
-    _summarize(trace, elapsed, out)
-    return trace
+    try:
+        return sigprop.measure(model, spec, bn_mode=bn_mode, model_info=model_info,
+                               progress=progress)
+    except (sigprop.ForwardError, sigprop.NoResidualBlockError) as e:
+        usage_error(str(e))
 
 
 class _progress:
@@ -94,15 +111,17 @@ class _progress:
         self.task = self.bar.add_task("blocks", total=total)
 
     def __enter__(self) -> Callable[[int], None]:
+        """Start; the callback, called once per recorded block, advances the bar by one."""
         self.bar.start()
-        return lambda done: self.bar.update(self.task, completed=done)
+        return lambda _done: self.bar.advance(self.task)
 
     def __exit__(self, *exc: object) -> None:
         self.bar.stop()
 
 
-def _write(trace: sigprop.Trace, out: Path) -> None:
-    trace.to_json(out / STATS_JSON)
+def _write(trace: sigprop.Trace, result: stats.Report, out: Path) -> None:
+    doc = trace.to_dict() | result.to_dict()
+    (out / STATS_JSON).write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
     trace.to_frame().to_csv(out / STATS_CSV, index=False)
     import matplotlib.pyplot as plt
 
@@ -111,19 +130,40 @@ def _write(trace: sigprop.Trace, out: Path) -> None:
     plt.close(fig)
 
 
-def _summarize(trace: sigprop.Trace, elapsed: float, out: Path) -> None:
-    run = trace.runs[0]
-    first, last = run.blocks[0], run.blocks[-1]
-    table = Table(title="signal propagation at initialization", show_header=False)
+def _summarize(trace: sigprop.Trace, result: stats.Report, elapsed: float, out: Path) -> None:
+    skip = stats.band(trace, lambda b: b.skip.m2).mean
+    ratio = stats.band(trace, lambda b: b.ratio).mean
+    several = len(trace.runs) > 1
+    table = Table(title="signal propagation at initialization"
+                  + (f" (mean of {len(trace.runs)} seeds)" if several else ""), show_header=False)
     table.add_column(style="bold")
     table.add_column(justify="right")
     table.add_row("residual blocks", str(trace.n_blocks))
     table.add_row("stages", str(len(trace.by_stage())))
-    table.add_row("skip second moment, first block", f"{first.skip.m2:.4g}")
-    table.add_row("skip second moment, last block", f"{last.skip.m2:.4g}")
-    table.add_row("residual/skip ratio, last block", f"{last.ratio:.4g}")
-    overflow = run.first_overflow
-    table.add_row("first non-finite block", "none" if overflow is None else str(overflow))
+    table.add_row("skip second moment, first block", f"{skip[0]:.4g}")
+    table.add_row("skip second moment, last block", f"{skip[-1]:.4g}")
+    table.add_row("residual/skip ratio, last block", f"{ratio[-1]:.4g}")
+    overflow = [r.first_overflow for r in trace.runs if r.first_overflow is not None]
+    table.add_row("first non-finite block", str(min(overflow)) if overflow else "none")
+    table.add_row("effective depth (branch >= 0.1 x skip in norm)", str(result.effective_depth))
     table.add_row("time (build + measure)", f"{elapsed:.1f} s")
     table.add_row("written", f"{out}/{{{STATS_JSON}, {STATS_CSV}, {SPP_PNG}}}")
-    Console().print(table)
+    # Piped output gets 80 columns by default, too narrow for the verdict table.
+    console = Console(width=max(Console().width, 110))
+    console.print(table)
+    console.print(_verdict_table(result))
+    for v in result.verdicts:
+        console.print(f"  {v.claim}: {v.detail}", highlight=False)
+
+
+def _verdict_table(result: stats.Report) -> Table:
+    table = Table(title="theory vs measurement (95% intervals)")
+    for column in ("claim", "measured", "predicted", "interval", "verdict"):
+        table.add_column(column, justify="left" if column == "claim" else "right")
+    for v in result.verdicts:
+        predicted = "-" if v.predicted is None else f"{v.predicted:.4g}"
+        interval = "-" if math.isnan(v.interval[0]) else \
+            f"[{v.interval[0]:.4g}, {v.interval[1]:.4g}]"
+        table.add_row(v.claim, f"{v.measured:.4g}", predicted, interval,
+                      "holds" if v.consistent else "does not hold")
+    return table

@@ -16,6 +16,9 @@ app = typer.Typer(help="Measure a network and write stats.json, stats.csv and sp
                   no_args_is_help=True)
 
 Seed = Annotated[int, typer.Option(help="Seed of the weights and of the Gaussian input batch.")]
+Seeds = Annotated[int, typer.Option(
+    help="Number of runs, with seeds --seed, --seed + 1, ...: the plot draws 95% bands and the "
+    "fits pool the runs.")]
 Device = Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")]
 BatchSize = Annotated[int, typer.Option(help="Images in the Gaussian input batch.")]
 BN = Annotated[BNMode, typer.Option(
@@ -45,6 +48,7 @@ def resnet(
     batch_size: BatchSize = 32,
     image_size: Annotated[int, typer.Option(help="Height and width of the input images.")] = 32,
     seed: Seed = 0,
+    seeds: Seeds = 1,
     device: Device = "cpu",
     bn_mode: BN = BNMode.TRAIN,
     out: Out = Path("sigprop-out"),
@@ -62,4 +66,4 @@ def resnet(
         return net, net.config
 
     run(Analysis(build, (batch_size, 3, image_size, image_size), depth),
-        seed=seed, device=device, bn_mode=bn_mode, out=out)
+        seed=seed, seeds=seeds, device=device, bn_mode=bn_mode, out=out)

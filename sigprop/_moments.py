@@ -30,6 +30,18 @@ def moments_tensor(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor
     return torch.stack((var.mean(), mean.square().mean()))
 
 
+def block_row(skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
+              channels_last: bool = False) -> torch.Tensor:
+    """The seven statistics of one residual addition, as a float64 tensor on the device.
+
+    ``[var, sq_mean]`` of skip, residual and output, then ``cross = mean(skip * residual)`` over
+    all elements, from which the cosine between the skip operand and the output follows.
+    """
+    cross = torch.sum(skip.to(torch.float64) * residual.to(torch.float64)) / skip.numel()
+    return torch.cat([*(moments_tensor(t, channels_last) for t in (skip, residual, output)),
+                      cross.reshape(1)])
+
+
 def moments(x: torch.Tensor, channels_last: bool = False) -> Moments:
     """The :class:`Moments` of one tensor (synchronises with its device).
 

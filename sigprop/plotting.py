@@ -34,6 +34,9 @@ _PANELS: tuple[tuple[str, str, tuple[tuple[str, _Quantity, str], ...]], ...] = (
     ("Residual / skip", r"$E[f_l(x_l)^2]\, /\, E[x_l^2]$", (
         ("measured", lambda b: b.ratio, "-"),
     )),
+    ("Identity bias", r"$\cos(x_l,\ x_l + f_l(x_l))$", (
+        ("skip vs output", lambda b: b.cosine, "-"),
+    )),
 )
 
 
@@ -61,7 +64,11 @@ def plot_spp(
     theory: bool = True,
     axes: Sequence[Axes] | None = None,
 ) -> Figure:
-    """Signal-propagation plot against block index: squared mean, variance, residual/skip ratio.
+    """Signal-propagation plot against block index, four panels.
+
+    Average channel squared mean and variance (skip, output, residual), the residual/skip ratio of
+    second moments, and the identity bias: the cosine between the skip operand and the block
+    output (1: the block is the identity).
 
     Several traces (e.g. two architectures) are overlaid, one colour each. With several runs
     (seeds) a trace is drawn as its mean with a 95% confidence band. The theory of THEORY.md is
@@ -72,7 +79,7 @@ def plot_spp(
         traces: one trace or several to overlay.
         labels: legend entry per trace (default: the model's name and norm, if known).
         theory: draw the closed-form predictions where they exist.
-        axes: three axes to draw into (default: a new 1x3 figure).
+        axes: four axes to draw into (default: a new 2x2 figure).
 
     Returns:
         The figure holding the axes.
@@ -87,8 +94,8 @@ def plot_spp(
         raise ValueError(f"got {len(labels)} labels for {len(traces)} traces")
     with style():
         if axes is None:
-            fig, axes_array = plt.subplots(1, 3, figsize=(7.0, 2.4), layout="constrained")
-            axes = list(axes_array)
+            fig, axes_array = plt.subplots(2, 2, figsize=(7.0, 4.6), layout="constrained")
+            axes = list(axes_array.flat)
         if len(axes) != len(_PANELS):
             raise ValueError(f"plot_spp draws {len(_PANELS)} panels, got {len(axes)} axes")
         fig = cast("Figure", axes[0].get_figure(root=True))
@@ -108,8 +115,8 @@ def plot_spp(
             ax.set_xlabel("block index $l$")
             ax.set_ylabel(ylabel)
             ax.legend(frameon=False)
-        for ax, decades in zip(axes, (2.0, 2.0, 0.0), strict=True):
-            _auto_log(ax, decades)
+        for ax, decades in zip(axes, (2.0, 2.0, 0.0, math.inf), strict=True):
+            _scale_y(ax, decades)
     return fig
 
 
@@ -140,6 +147,8 @@ def _draw_theory(axes: Sequence[Axes], prediction: Prediction, several: bool, la
         axes[1].plot(index, skip_var, label=name, **kwargs)
     axes[2].plot(index, [p.ratio for p in prediction.blocks],
                  label=f"{name}: {prediction.rule.split(';')[-1].strip()}", **kwargs)
+    axes[3].plot(index, [1 / math.sqrt(1 + p.ratio) for p in prediction.blocks],
+                 label=f"{name}: 1/sqrt(1 + ratio)", **kwargs)
 
 
 def _mark_stages_and_overflow(axes: Sequence[Axes], trace: Trace, color: str) -> None:
@@ -156,8 +165,9 @@ def _mark_stages_and_overflow(axes: Sequence[Axes], trace: Trace, color: str) ->
                          color="#d55e00", ha="right", va="center")
 
 
-def _auto_log(ax: Axes, decades: float) -> None:
-    """Log y-scale when the positive data reach ``decades`` decades above their median.
+def _scale_y(ax: Axes, decades: float) -> None:
+    """Log y-scale when the positive data reach ``decades`` decades above their median; y-limits
+    from the lines, so that a wide band (few seeds) cannot squash them.
 
     Marker lines (unlabelled, in axes coordinates) are ignored; data that are all zero (e.g. a
     SkipInit branch with alpha = 0) keep a linear axis, where zero can be seen.
@@ -165,6 +175,11 @@ def _auto_log(ax: Axes, decades: float) -> None:
     data = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()
             if not str(line.get_label()).startswith("_")]
     values = np.concatenate(data) if data else np.array([])
-    positive = values[np.isfinite(values) & (values > 0)]
+    finite = values[np.isfinite(values)]
+    positive = finite[finite > 0]
     if positive.size and positive.max() / np.median(positive) >= 10.0**decades:
         ax.set_yscale("log")
+        ax.set_ylim(positive.min() / 2, positive.max() * 2)
+    elif finite.size and finite.max() > finite.min():
+        pad = 0.05 * (finite.max() - finite.min())
+        ax.set_ylim(finite.min() - pad, finite.max() + pad)

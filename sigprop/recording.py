@@ -11,7 +11,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sigprop._moments import moments_tensor
+from sigprop._moments import block_row
 from sigprop._validate import parse_choice
 from sigprop.blocks import Block, ResidualAdd, marked_additions
 from sigprop.models import ResNet
@@ -73,8 +73,7 @@ class _Recorder:
             stage += 1
         self.blocks.append(Block(index, name, stage, add.shortcut, add.channels_last))
         if self.with_stats:
-            self.rows.append(torch.cat([moments_tensor(t, add.channels_last)
-                                        for t in (skip, residual, output)]))
+            self.rows.append(block_row(skip, residual, output, add.channels_last))
         if self.progress is not None:
             self.progress(index + 1)
 
@@ -86,6 +85,7 @@ class _Recorder:
                 block.index, block.name, block.stage, block.shortcut,
                 **{role.value: Moments(row[2 * k], row[2 * k + 1])
                    for k, role in enumerate(TensorRole)},
+                cross=row[6],
             )
             for block, row in zip(self.blocks, values, strict=True)
         )

@@ -57,38 +57,59 @@ class Prediction:
         rule: the recursion in words, e.g. ``m2_l = m2_0 + l, ratio = 1/(m2_0 + l)``.
         exact: False where THEORY.md only gives an approximation (v1 with BN).
         blocks: one prediction per measured block, in call order.
+        growth: the skip second moment's factor per block for geometric families (2 for
+            unnormalized, 1 + alpha^2 for SkipInit, 1 + 1/d for sqrt-depth); None for linear ones.
     """
 
     family: str
     rule: str
     exact: bool
     blocks: tuple[BlockPrediction, ...]
+    growth: float | None = None
 
 
 # (skip m2 at the stage's first block, position in the stage) -> skip m2, residual m2.
 _Recursion = Callable[[float, int], tuple[float, float]]
 
 
-def _family(config: dict[str, Any]) -> tuple[str, str, bool, _Recursion] | None:
+@dataclass(frozen=True, slots=True)
+class _Family:
+    name: str
+    rule: str
+    exact: bool
+    recursion: _Recursion
+    growth: float | None = None
+
+
+def _geometric(name: str, rule: str, exact: bool, branch: float) -> _Family:
+    """Skip m2 times ``1 + branch`` per block; the branch carries ``branch`` times the skip."""
+    return _Family(name, rule, exact,
+                   lambda m0, l: (m0 * (1 + branch) ** l, branch * m0 * (1 + branch) ** l),
+                   1 + branch)
+
+
+def _family(config: dict[str, Any]) -> _Family | None:
     if config.get("name") != "resnet":
         return None
     norm, variant, depth = config["norm"], config["variant"], int(config["depth"])
-    if norm == "batchnorm" and variant == "v2":
-        return ("bn-v2", "m2_l = m2_0 + l; residual m2 = 1; ratio = 1/(m2_0 + l)", True,
-                lambda m0, l: (m0 + l, 1.0))
+    # A ReLU after the addition (v1) breaks the exact recursions.
+    exact = variant == "v2"
+    if norm == "batchnorm" and exact:
+        return _Family("bn-v2", "m2_l = m2_0 + l; residual m2 = 1; ratio = 1/(m2_0 + l)", True,
+                       lambda m0, l: (m0 + l, 1.0))
     if norm == "batchnorm":
-        return ("bn-v1", "approximately m2_l = m2_0 + l (ReLU after the addition clips little)",
-                False, lambda m0, l: (m0 + l, 1.0))
+        return _Family("bn-v1",
+                       "approximately m2_l = m2_0 + l (ReLU after the addition clips little)",
+                       False, lambda m0, l: (m0 + l, 1.0))
     if norm == "none":
-        return ("unnormalized", "m2_l = 2^l m2_0; ratio = 1", variant == "v2",
-                lambda m0, l: (m0 * 2.0**l, m0 * 2.0**l))
+        return _geometric("unnormalized", "m2_l = 2^l m2_0; ratio = 1", exact, 1.0)
     if norm == "skipinit":
-        a2 = float(config["alpha"]) ** 2
-        return ("skipinit", f"m2_l = (1 + alpha^2)^l m2_0 with alpha = {config['alpha']}",
-                variant == "v2", lambda m0, l: (m0 * (1 + a2) ** l, a2 * m0 * (1 + a2) ** l))
+        alpha = float(config["alpha"])
+        rule = f"m2_l = (1 + alpha^2)^l m2_0; ratio = alpha^2 = {alpha**2:g}"
+        return _geometric("skipinit", rule, exact, alpha**2)
     if norm == "sqrt-depth":
-        return ("sqrt-depth", f"m2_l = (1 + 1/d)^l m2_0 with d = {depth}", variant == "v2",
-                lambda m0, l: (m0 * (1 + 1 / depth) ** l, m0 * (1 + 1 / depth) ** l / depth))
+        return _geometric("sqrt-depth", f"m2_l = (1 + 1/d)^l m2_0; ratio = 1/d = 1/{depth}",
+                          exact, 1 / depth)
     return None
 
 
@@ -108,7 +129,6 @@ def predict(trace: Trace) -> Prediction | None:
     family = _family(dict(trace.model))
     if family is None or not trace.runs:
         return None
-    name, rule, exact, recursion = family
     anchors: dict[int, tuple[int, float]] = {}
     for block in trace.runs[0].blocks:
         if block.stage not in anchors:
@@ -118,14 +138,14 @@ def predict(trace: Trace) -> Prediction | None:
     predictions = []
     for block in trace.runs[0].blocks:
         start, m2_0 = anchors[block.stage]
-        skip, residual = recursion(m2_0, block.index - start)
-        split = _bn_v2_split(trace, block.stage, start, block.index) if name == "bn-v2" else None
+        skip, residual = family.recursion(m2_0, block.index - start)
+        split = (_bn_v2_split(trace, start, block.index) if family.name == "bn-v2" else None)
         predictions.append(BlockPrediction(block.index, block.stage, skip, residual,
                                            *(split or (math.nan, math.nan))))
-    return Prediction(name, rule, exact, tuple(predictions))
+    return Prediction(family.name, family.rule, family.exact, tuple(predictions), family.growth)
 
 
-def _bn_v2_split(trace: Trace, stage: int, start: int, index: int) -> tuple[float, float]:
+def _bn_v2_split(trace: Trace, start: int, index: int) -> tuple[float, float]:
     """Skip var and sq_mean of BN v2: each block adds 1 - 1/pi and 1/pi to the stage's first."""
     first = [run.blocks[start].skip for run in trace.runs if run.blocks[start].skip.finite]
     var_0 = float(np.mean([m.var for m in first])) if first else math.nan

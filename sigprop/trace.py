@@ -87,6 +87,8 @@ class BlockStats:
         stage: index of the stage; a new stage starts at each projection shortcut.
         shortcut: whether the skip operand is the block input or a projection of it.
         skip, residual, output: moments of ``skip``, ``residual`` and ``skip + residual``.
+        cross: ``mean(skip * residual)`` over all elements; 0 in expectation when the branch is
+            independent of the skip path, as the theory assumes at initialization.
     """
 
     index: int
@@ -96,6 +98,7 @@ class BlockStats:
     skip: Moments
     residual: Moments
     output: Moments
+    cross: float
 
     @property
     def ratio(self) -> float:
@@ -103,9 +106,29 @@ class BlockStats:
         return _safe_ratio(self.residual.m2, self.skip.m2)
 
     @property
+    def branch_norm_ratio(self) -> float:
+        """``||residual|| / ||skip||``: how far the block moves its skip path (0: identity)."""
+        return math.sqrt(self.ratio) if self.ratio >= 0 else math.nan
+
+    @property
+    def cosine(self) -> float:
+        """Cosine similarity between the skip operand and the output, over all elements.
+
+        1 means the block is the identity on its skip path (the block input itself for an
+        identity shortcut). With an independent branch it is ``1 / sqrt(1 + ratio)``.
+        """
+        return _safe_ratio(self.skip.m2 + self.cross, math.sqrt(self.skip.m2 * self.output.m2))
+
+    @property
+    def correlation(self) -> float:
+        """``cross / sqrt(m2_skip * m2_residual)``: the skip/branch correlation (theory: 0)."""
+        return _safe_ratio(self.cross, math.sqrt(self.skip.m2 * self.residual.m2))
+
+    @property
     def finite(self) -> bool:
         """True when every statistic of the block is finite."""
-        return self.skip.finite and self.residual.finite and self.output.finite
+        return (self.skip.finite and self.residual.finite and self.output.finite
+                and math.isfinite(self.cross))
 
     def moments(self, role: TensorRole) -> Moments:
         """The moments of the tensor playing ``role`` in the addition."""
@@ -290,6 +313,7 @@ def _block_to_dict(block: BlockStats) -> dict[str, Any]:
     for role in TensorRole:
         m = block.moments(role)
         doc[role.value] = {"var": _encode(m.var), "sq_mean": _encode(m.sq_mean)}
+    doc["cross"] = _encode(block.cross)
     return doc
 
 
@@ -305,5 +329,6 @@ def _block_from_dict(doc: Mapping[str, Any]) -> BlockStats:
         skip=moments("skip"),
         residual=moments("residual"),
         output=moments("output"),
+        cross=_decode(doc["cross"]),
     )
 

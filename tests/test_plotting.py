@@ -33,7 +33,7 @@ def test_bn_v2_plot_has_theory_and_stage_marks(tmp_path: Path) -> None:
     fig = plot_spp(trace)
     fig.savefig(tmp_path / "spp.png")
     assert (tmp_path / "spp.png").stat().st_size > 10_000
-    _, variance, ratio = fig.axes
+    _, variance, ratio, identity = fig.axes
     assert ratio.get_yscale() == "log"
     labels = [line.get_label() for line in ratio.get_lines()]
     assert labels[0] == "measured" and labels[1].startswith("theory: ratio = 1/(m2_0 + l)")
@@ -41,6 +41,9 @@ def test_bn_v2_plot_has_theory_and_stage_marks(tmp_path: Path) -> None:
     assert drawn == pytest.approx([b.ratio for b in trace.runs[0].blocks])
     stage_marks = [line for line in variance.get_lines() if line.get_label().startswith("_")]
     assert [line.get_xdata()[0] for line in stage_marks] == [6]
+    cosine = np.asarray(identity.get_lines()[0].get_ydata())
+    assert cosine == pytest.approx([b.cosine for b in trace.runs[0].blocks])
+    assert 0.5 < cosine.min() and cosine[-1] > cosine[0]  # deeper blocks are closer to identity
     plt.close(fig)
 
 
@@ -70,10 +73,10 @@ def test_all_zero_ratio_keeps_a_linear_axis() -> None:
 
 def test_plot_into_given_axes_and_argument_errors() -> None:
     trace = traced(3)
-    fig, axes = plt.subplots(1, 3)
+    fig, axes = plt.subplots(1, 4)
     assert plot_spp(trace, axes=list(axes)) is fig
     with pytest.raises(ValueError, match="got 1 labels for 2 traces"):
         plot_spp([trace, trace], labels=["a"])
-    with pytest.raises(ValueError, match="draws 3 panels, got 2 axes"):
+    with pytest.raises(ValueError, match="draws 4 panels, got 2 axes"):
         plot_spp(trace, axes=list(axes[:2]))
     plt.close("all")
