@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -63,3 +64,22 @@ def assert_unchanged(model: nn.Module, before: dict[str, Any]) -> None:
     assert after["state"].keys() == before["state"].keys()
     for key, value in before["state"].items():
         assert torch.equal(after["state"][key], value), key
+
+
+def synthetic_trace(skip_m2: Sequence[Sequence[float]], residual_m2: Sequence[Sequence[float]],
+                    model: dict[str, Any] | None = None, stage_starts: Sequence[int] = (0,)
+                    ) -> sigprop.Trace:
+    """A hand-built trace: one run per row, second moments put in ``var`` (``sq_mean`` 0)."""
+    runs = []
+    for seed, (skips, residuals) in enumerate(zip(skip_m2, residual_m2, strict=True)):
+        blocks = []
+        for index, (s, r) in enumerate(zip(skips, residuals, strict=True)):
+            stage = sum(1 for start in stage_starts if start <= index) - 1
+            shortcut = "projection" if index in stage_starts and index > 0 else "identity"
+            blocks.append(sigprop.BlockStats(
+                index, f"blocks.{index}", stage, sigprop.Shortcut(shortcut),
+                sigprop.Moments(s, 0.0), sigprop.Moments(r, 0.0), sigprop.Moments(s + r, 0.0),
+                0.0))
+        runs.append(sigprop.Run(seed, tuple(blocks)))
+    return sigprop.Trace(model or {"name": "synthetic"}, sigprop.InputSpec("tensor", (1,), None),
+                         "train", tuple(runs))

@@ -25,6 +25,14 @@ def test_scaled_blocks_give_closed_form_statistics(scaled_model: nn.Module) -> N
             assert moments.var == pytest.approx(factor**2 * base.var, rel=1e-12)
             assert moments.sq_mean == pytest.approx(factor**2 * base.sq_mean, rel=1e-12)
     assert second.ratio == pytest.approx(4.0, rel=1e-12)
+    # cross = mean(skip * residual): 0.5 E[x^2], then 1.5 * (-3) E[x^2].
+    assert first.cross == pytest.approx(0.5 * base.m2, rel=1e-12)
+    assert second.cross == pytest.approx(-4.5 * base.m2, rel=1e-12)
+    # Output = 1.5 x is parallel to skip = x; output = -1.5 x is anti-parallel to skip = 1.5 x.
+    assert first.cosine == pytest.approx(1.0, rel=1e-12)
+    assert second.cosine == pytest.approx(-1.0, rel=1e-12)
+    assert second.correlation == pytest.approx(-1.0, rel=1e-12)
+    assert second.branch_norm_ratio == pytest.approx(2.0, rel=1e-12)
     assert [b.name for b in trace.runs[0].blocks] == ["0", "1"]
     assert trace.input == InputSpec("tensor", (4, 3, 5, 5), None)
 

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
+import torch
 
 import sigprop
 from sigprop import InputSpec, Trace, measure
@@ -57,3 +59,61 @@ def test_v1_is_flagged_approximate_and_other_models_have_no_prediction() -> None
     net = sigprop.models.resnet(2, seed=0)
     plain = measure(net, InputSpec("gaussian", (2, 3, 8, 8), 0), model_info={"name": "mine"})
     assert predict(plain) is None
+
+
+def toy_network(norm: str, depth: int, alpha: float = 0.0, width: int = 512, batch: int = 512,
+                seed: int = 0) -> Trace:
+    """An independent numpy simulation: a residual MLP with v2 branches, He-initialized.
+
+    Branch: [BN] - ReLU - Linear - [BN] - ReLU - Linear - gain, BN over the batch per feature.
+    Features play the role of channels, so the closed forms apply unchanged.
+    """
+    rng = np.random.default_rng(seed)
+    x = rng.standard_normal((batch, width))
+
+    def bn(h: np.ndarray) -> np.ndarray:
+        return (h - h.mean(0)) / h.std(0) if norm == "batchnorm" else h
+
+    def he(h: np.ndarray) -> np.ndarray:
+        return np.maximum(h, 0.0) @ rng.normal(0.0, math.sqrt(2 / width), (width, width))
+
+    gain = {"skipinit": alpha, "sqrt-depth": 1 / math.sqrt(depth)}.get(norm, 1.0)
+    skips, residuals = [], []
+    for _ in range(depth):
+        r = gain * he(bn(he(bn(x))))
+        skips.append(sigprop.moments(torch.from_numpy(x)))
+        residuals.append(sigprop.moments(torch.from_numpy(r)))
+        x = x + r
+    blocks = tuple(
+        sigprop.BlockStats(l, f"blocks.{l}", 0, sigprop.Shortcut.IDENTITY, s, r,
+                           sigprop.Moments(math.nan, math.nan), 0.0)
+        for l, (s, r) in enumerate(zip(skips, residuals, strict=True)))
+    config = {"name": "resnet", "depth": depth, "variant": "v2", "norm": norm,
+              "alpha": alpha if norm == "skipinit" else None}
+    return Trace(config, InputSpec("gaussian", (batch, width), seed), "train",
+                 (sigprop.Run(seed, blocks),))
+
+
+def test_bn_v2_prediction_matches_a_numpy_simulation() -> None:
+    toy = toy_network("batchnorm", 24)
+    p = predict(toy)
+    assert p is not None
+    for block, pred in zip(toy.runs[0].blocks, p.blocks, strict=True):
+        assert block.skip.m2 == pytest.approx(pred.skip_m2, rel=0.05)
+        assert block.residual.m2 == pytest.approx(pred.residual_m2, rel=0.05)
+        assert block.residual.var == pytest.approx(BN_BRANCH_VAR, rel=0.1)
+        assert block.residual.sq_mean == pytest.approx(BN_BRANCH_SQ_MEAN, rel=0.2)
+        assert block.skip.var == pytest.approx(pred.skip_var, rel=0.1)
+
+
+@pytest.mark.parametrize(("norm", "alpha"), [("none", 0.0), ("skipinit", 0.5),
+                                             ("sqrt-depth", 0.0)])
+def test_geometric_predictions_match_a_numpy_simulation(norm: str, alpha: float) -> None:
+    toy = toy_network(norm, 12, alpha=alpha)
+    p = predict(toy)
+    assert p is not None and p.growth is not None
+    m2 = np.array([b.skip.m2 for b in toy.runs[0].blocks])
+    assert np.mean(m2[1:] / m2[:-1]) == pytest.approx(p.growth, rel=0.05)
+    residual = np.array([b.residual.m2 for b in toy.runs[0].blocks])
+    predicted = np.array([b.residual_m2 for b in p.blocks])
+    assert residual == pytest.approx(predicted, rel=0.25)
