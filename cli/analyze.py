@@ -8,7 +8,7 @@ from typing import Annotated, Any
 import typer
 
 from sigprop import BNMode, models
-from sigprop.models import Norm, Variant
+from sigprop.models import Norm, Order, Variant
 
 from ._run import Analysis, check_positive, run
 
@@ -41,6 +41,9 @@ def resnet(
     ] = Norm.BATCHNORM,
     alpha: Annotated[float | None, typer.Option(
         help="Initial SkipInit gain (only with --norm skipinit).  [default: 0.0]")] = None,
+    order: Annotated[Order, typer.Option(
+        help="Inside v2 BN branches: bn-relu (BN-ReLU-Conv, the paper's) or relu-bn "
+        "(ReLU-BN-Conv).")] = Order.BN_RELU,
     width: Annotated[int, typer.Option(help="Channels of the first stage.")] = 16,
     stages: Annotated[int, typer.Option(
         help="Stages; each later one halves the resolution, doubles the width and starts with "
@@ -62,7 +65,7 @@ def resnet(
 
     def build(seed: int) -> tuple[models.ResNet, dict[str, Any]]:
         net = models.resnet(depth, variant=variant, norm=norm, width=width, stages=stages,
-                            alpha=alpha, seed=seed)
+                            alpha=alpha, order=order, seed=seed)
         return net, net.config
 
     run(Analysis(build, (batch_size, 3, image_size, image_size), depth),

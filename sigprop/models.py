@@ -14,7 +14,7 @@ from sigprop._validate import check_int, parse_choice
 from sigprop.blocks import ResidualAdd
 from sigprop.trace import Shortcut
 
-__all__ = ["Norm", "ResNet", "Variant", "resnet"]
+__all__ = ["Norm", "Order", "ResNet", "Variant", "resnet"]
 
 
 class Variant(StrEnum):
@@ -31,6 +31,13 @@ class Norm(StrEnum):
     NONE = "none"
     SKIPINIT = "skipinit"  # no BN; a learnable scalar alpha ends every branch
     SQRT_DEPTH = "sqrt-depth"  # no BN; every branch is divided by sqrt(number of blocks)
+
+
+class Order(StrEnum):
+    """Order of normalization and activation inside a v2 branch."""
+
+    BN_RELU = "bn-relu"  # BN-ReLU-Conv, the paper's pre-activation block
+    RELU_BN = "relu-bn"  # ReLU-BN-Conv: the convolution sees zero-mean, unit-variance inputs
 
 
 class Gain(nn.Module):
@@ -64,13 +71,15 @@ def _gain(norm: Norm, alpha: float, depth: int) -> nn.Module:
 
 
 class PreActBlock(nn.Module):
-    """v2 block: ``x + gain * Conv(ReLU(BN(Conv(ReLU(BN(x))))))``.
+    """v2 block: ``x + gain * Conv(ReLU(BN(Conv(ReLU(BN(x))))))`` (or ReLU before BN).
 
     A projection shortcut (stage transition) is applied to the normalized, activated input.
     """
 
-    def __init__(self, c_in: int, c_out: int, stride: int, norm: Norm, gain: nn.Module):
+    def __init__(self, c_in: int, c_out: int, stride: int, norm: Norm, gain: nn.Module,
+                 order: Order = Order.BN_RELU):
         super().__init__()
+        self.order = order
         self.norm1 = _norm(c_in, norm)
         self.relu = nn.ReLU()
         self.conv1 = _conv(c_in, c_out, 3, stride)
@@ -81,10 +90,15 @@ class PreActBlock(nn.Module):
         self.shortcut = _conv(c_in, c_out, 1, stride) if projection else None
         self.add = ResidualAdd(Shortcut.PROJECTION if projection else Shortcut.IDENTITY)
 
+    def _activate(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        if self.order is Order.BN_RELU:
+            return self.relu(norm(x))  # type: ignore[no-any-return]
+        return norm(self.relu(x))  # type: ignore[no-any-return]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pre = self.relu(self.norm1(x))
+        pre = self._activate(self.norm1, x)
         skip = x if self.shortcut is None else self.shortcut(pre)
-        branch = self.conv2(self.relu(self.norm2(self.conv1(pre))))
+        branch = self.conv2(self._activate(self.norm2, self.conv1(pre)))
         out: torch.Tensor = self.add(skip, self.gain(branch))
         return out
 
@@ -154,6 +168,7 @@ def resnet(
     width: int = 16,
     stages: int = 1,
     alpha: float | None = None,
+    order: Order | str = Order.BN_RELU,
     in_channels: int = 3,
     num_classes: int = 10,
     seed: int | None = None,
@@ -169,6 +184,8 @@ def resnet(
         stages: number of stages; the first block of every later stage halves the resolution,
             doubles the width and uses a projection shortcut (1x1 strided convolution).
         alpha: initial SkipInit gain, only with ``norm="skipinit"`` (default 0.0).
+        order: ``bn-relu`` (BN-ReLU-Conv, the paper's) or ``relu-bn`` (ReLU-BN-Conv), for v2
+            with batch norm.
         in_channels: channels of the input images.
         num_classes: outputs of the linear head.
         seed: if given, initialize the weights from this seed with a private generator, leaving
@@ -182,6 +199,12 @@ def resnet(
     (8, 0.0)
     """
     variant, norm = parse_choice(Variant, variant, "variant"), parse_choice(Norm, norm, "norm")
+    order = parse_choice(Order, order, "order")
+    if order is not Order.BN_RELU and (variant is not Variant.V2 or norm is not Norm.BATCHNORM):
+        raise ValueError(
+            f"order {order.value!r} applies only to variant='v2' with norm='batchnorm', got "
+            f"variant='{variant}', norm='{norm}'"
+        )
     check_int("depth", depth, 1, "residual block")
     check_int("width", width, 1, "channel")
     check_int("stages", stages, 1, "stage")
@@ -201,19 +224,18 @@ def resnet(
     config: dict[str, Any] = {
         "name": "resnet", "depth": depth, "variant": variant.value, "norm": norm.value,
         "width": width, "stages": stages, "alpha": skip_alpha if norm is Norm.SKIPINIT else None,
-        "in_channels": in_channels, "num_classes": num_classes,
+        "order": order.value, "in_channels": in_channels, "num_classes": num_classes,
     }
     rng = torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()
     with rng:
         if seed is not None:
             torch.manual_seed(seed)
-        return _build(depth, variant, norm, width, stages, skip_alpha, in_channels, num_classes,
-                      config)
+        return _build(depth, variant, norm, order, width, stages, skip_alpha, in_channels,
+                      num_classes, config)
 
 
-def _build(depth: int, variant: Variant, norm: Norm, width: int, stages: int, alpha: float,
-           in_channels: int, num_classes: int, config: dict[str, Any]) -> ResNet:
-    block_type = PreActBlock if variant is Variant.V2 else PostActBlock
+def _build(depth: int, variant: Variant, norm: Norm, order: Order, width: int, stages: int,
+           alpha: float, in_channels: int, num_classes: int, config: dict[str, Any]) -> ResNet:
     stem: nn.Module = _conv(in_channels, width, 3)
     if variant is Variant.V1:
         stem = nn.Sequential(stem, _norm(width, norm), nn.ReLU())
@@ -223,7 +245,10 @@ def _build(depth: int, variant: Variant, norm: Norm, width: int, stages: int, al
         out = width * 2**stage
         for i in range(size):
             stride = 2 if stage > 0 and i == 0 else 1
-            blocks.append(block_type(channels, out, stride, norm, _gain(norm, alpha, depth)))
+            gain = _gain(norm, alpha, depth)
+            blocks.append(PreActBlock(channels, out, stride, norm, gain, order)
+                          if variant is Variant.V2 else
+                          PostActBlock(channels, out, stride, norm, gain))
             channels = out
     head_norm = _norm(channels, norm) if variant is Variant.V2 else nn.Identity()
     net = ResNet(stem, nn.Sequential(*blocks), head_norm, nn.Linear(channels, num_classes), config)

@@ -347,7 +347,7 @@ def verdicts(trace: Trace, tol: Tolerances | None = None) -> list[Verdict]:
 
 def _linear_verdict(slope: Estimate, growth: Estimate, family: str | None,
                     tol: Tolerances) -> Verdict:
-    predicted = 1.0 if family in ("bn-v2", "bn-v1") else None
+    predicted = {"bn-v2": 1.0, "bn-v1": 1.0, "bn-v2-relu-bn": 2.0}.get(family or "")
     linear = slope.r2 >= tol.linear_r2 and slope.r2 >= growth.r2 and slope.estimate > 0
     near = predicted is None or _overlaps(slope.ci95, slope.estimate,
                                           predicted * (1 - tol.slope_rel),

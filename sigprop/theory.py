@@ -94,6 +94,10 @@ def _family(config: dict[str, Any]) -> _Family | None:
     norm, variant, depth = config["norm"], config["variant"], int(config["depth"])
     # A ReLU after the addition (v1) breaks the exact recursions.
     exact = variant == "v2"
+    if norm == "batchnorm" and exact and config.get("order") == "relu-bn":
+        return _Family("bn-v2-relu-bn",
+                       "m2_l = m2_0 + 2l; residual m2 = 2; ratio = 2/(m2_0 + 2l)", True,
+                       lambda m0, l: (m0 + 2 * l, 2.0))
     if norm == "batchnorm" and exact:
         return _Family("bn-v2", "m2_l = m2_0 + l; residual m2 = 1; ratio = 1/(m2_0 + l)", True,
                        lambda m0, l: (m0 + l, 1.0))
@@ -139,16 +143,23 @@ def predict(trace: Trace) -> Prediction | None:
     for block in trace.runs[0].blocks:
         start, m2_0 = anchors[block.stage]
         skip, residual = family.recursion(m2_0, block.index - start)
-        split = (_bn_v2_split(trace, start, block.index) if family.name == "bn-v2" else None)
+        split = _skip_split(trace, start, block.index, family.name)
         predictions.append(BlockPrediction(block.index, block.stage, skip, residual,
                                            *(split or (math.nan, math.nan))))
     return Prediction(family.name, family.rule, family.exact, tuple(predictions), family.growth)
 
 
-def _bn_v2_split(trace: Trace, start: int, index: int) -> tuple[float, float]:
-    """Skip var and sq_mean of BN v2: each block adds 1 - 1/pi and 1/pi to the stage's first."""
+# Per-block increments of the skip path's (var, sq_mean) where the branch's split is known.
+_SPLITS = {"bn-v2": (BN_BRANCH_VAR, BN_BRANCH_SQ_MEAN), "bn-v2-relu-bn": (2.0, 0.0)}
+
+
+def _skip_split(trace: Trace, start: int, index: int, family: str) -> tuple[float, float] | None:
+    """Skip var and sq_mean: each block adds the branch's split to the stage's first block."""
+    if family not in _SPLITS:
+        return None
+    var_step, sq_step = _SPLITS[family]
     first = [run.blocks[start].skip for run in trace.runs if run.blocks[start].skip.finite]
     var_0 = float(np.mean([m.var for m in first])) if first else math.nan
     sq_0 = float(np.mean([m.sq_mean for m in first])) if first else math.nan
     steps = index - start
-    return var_0 + steps * BN_BRANCH_VAR, sq_0 + steps * BN_BRANCH_SQ_MEAN
+    return var_0 + steps * var_step, sq_0 + steps * sq_step

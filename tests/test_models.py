@@ -77,7 +77,7 @@ def test_seed_makes_weights_reproducible_without_touching_global_rng() -> None:
 def test_config_records_the_builder_arguments() -> None:
     assert resnet(5, norm="skipinit", alpha=0.1, stages=2).config == {
         "name": "resnet", "depth": 5, "variant": "v2", "norm": "skipinit", "width": 16,
-        "stages": 2, "alpha": 0.1, "in_channels": 3, "num_classes": 10,
+        "stages": 2, "alpha": 0.1, "order": "bn-relu", "in_channels": 3, "num_classes": 10,
     }
 
 
@@ -89,6 +89,8 @@ def test_config_records_the_builder_arguments() -> None:
     ({"depth": 2, "stages": 3}, "stages must be <= depth"),
     ({"depth": 2, "alpha": 0.5}, "alpha applies only to norm='skipinit'"),
     ({"depth": 2, "norm": "skipinit", "alpha": math.nan}, "alpha must be a finite number"),
+    ({"depth": 2, "order": "relu-bn", "norm": "none"},
+     "order 'relu-bn' applies only to variant='v2' with norm='batchnorm'"),
 ])
 def test_bad_configurations_are_rejected(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):

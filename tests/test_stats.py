@@ -136,6 +136,15 @@ def test_bn_v2_follows_the_sqrt_depth_law(bn_v2: Trace) -> None:
     assert sq_slope.estimate == pytest.approx(1 / math.pi, abs=0.15)
 
 
+def test_relu_bn_ordering_adds_two_per_block_and_no_mean() -> None:
+    trace = seeds_trace(128, seeds=2, order="relu-bn")
+    assert stats.skip_slope(trace).estimate == pytest.approx(2.0, rel=0.1)
+    assert stats.skip_slope(trace, quantity=lambda b: b.skip.sq_mean).estimate == \
+        pytest.approx(0.0, abs=0.01)
+    verdict = {v.id: v for v in stats.verdicts(trace)}["skip_linear_growth"]
+    assert verdict.predicted == 2.0 and verdict.consistent
+
+
 def test_unnormalized_grows_by_two_per_block(unnormalized: Trace) -> None:
     growth = stats.growth_rate(unnormalized)
     assert growth.estimate == pytest.approx(2.0, rel=0.1)

@@ -39,6 +39,15 @@ def test_bn_v2_is_linear_within_each_stage() -> None:
                 blocks[start].skip.sq_mean + l * BN_BRANCH_SQ_MEAN)
 
 
+def test_relu_bn_ordering_adds_two_per_block_without_mean() -> None:
+    trace = traced(4, order="relu-bn")
+    p = predict(trace)
+    assert p is not None and p.family == "bn-v2-relu-bn"
+    first = trace.runs[0].blocks[0].skip
+    assert [b.skip_m2 for b in p.blocks] == pytest.approx([first.m2 + 2 * l for l in range(4)])
+    assert [b.skip_sq_mean for b in p.blocks] == pytest.approx([first.sq_mean] * 4)
+
+
 @pytest.mark.parametrize(("kwargs", "family", "growth"), [
     ({"norm": "none"}, "unnormalized", 2.0),
     ({"norm": "skipinit", "alpha": 0.5}, "skipinit", 1.25),
