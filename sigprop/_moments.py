@@ -1,7 +1,18 @@
-"""Reduce an activation to its signal-propagation statistics, on its own device."""
+"""Reduce activations to signal-propagation statistics: cheap on the device, exact on the host.
+
+Inside a forward hook every tensor becomes its per-channel sum and sum of squares (two fast
+vectorized reductions, no host synchronisation); the float64 arithmetic that turns sums into
+variances runs once, on the host, after the forward pass. To keep squares from overflowing
+float32 before the activations themselves do, each tensor is first scaled by the power of two
+``2^-e`` that brings its largest magnitude below 1 (exact: a power of two only shifts exponents),
+and ``e`` is kept with the sums.
+"""
 
 from __future__ import annotations
 
+import weakref
+
+import numpy as np
 import torch
 
 from sigprop.trace import Moments
@@ -17,29 +28,35 @@ def reduction_dims(ndim: int, channels_last: bool) -> tuple[int, ...]:
     return tuple(d for d in range(ndim) if d != channel)
 
 
-def moments_tensor(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """``[var, sq_mean]`` of ``x`` as a float64 tensor on ``x``'s device (no host sync).
+def channel_sums(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
+    """``[sum_c, sum_sq_c, e]`` of ``x * 2^-e`` as one flat tensor on ``x``'s device.
 
-    Per channel: mean ``mu_c`` and population variance ``sigma2_c`` over the batch and every
-    position; then ``var = mean_c sigma2_c`` and ``sq_mean = mean_c mu_c**2``. The reduction runs
-    in float64 so that squaring large float32 activations cannot overflow before the activations
-    themselves do.
+    ``e`` is the exponent of ``max |x|`` (so every scaled value is below 1 in magnitude); the
+    sums accumulate in float32 (float64 for float64 input). No host synchronisation.
     """
     dims = reduction_dims(x.ndim, channels_last)
-    var, mean = torch.var_mean(x.to(torch.float64), dim=dims, correction=0)
-    return torch.stack((var.mean(), mean.square().mean()))
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    low, high = torch.aminmax(x)
+    _, exponent = torch.frexp(torch.maximum(high, -low).to(dtype))
+    scaled = x.to(dtype) * torch.exp2(-exponent.to(dtype))
+    sums = scaled.sum(dims)
+    squares = scaled.mul_(scaled).sum(dims)
+    return torch.cat((sums, squares, exponent.to(dtype).reshape(1)))
 
 
-def block_row(skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
-              channels_last: bool = False) -> torch.Tensor:
-    """The seven statistics of one residual addition, as a float64 tensor on the device.
+def moments_from_sums(flat: np.ndarray, count: int) -> Moments:
+    """The :class:`Moments` of a tensor from its :func:`channel_sums` (float64, on the host).
 
-    ``[var, sq_mean]`` of skip, residual and output, then ``cross = mean(skip * residual)`` over
-    all elements, from which the cosine between the skip operand and the output follows.
+    ``count`` is the number of elements per channel. Per channel ``mu_c = sum_c / count`` and
+    ``sigma2_c = sum_sq_c / count - mu_c**2`` (population variance).
     """
-    cross = torch.sum(skip.to(torch.float64) * residual.to(torch.float64)) / skip.numel()
-    return torch.cat([*(moments_tensor(t, channels_last) for t in (skip, residual, output)),
-                      cross.reshape(1)])
+    channels = (flat.size - 1) // 2
+    scale = 2.0 ** float(flat[-1])
+    with np.errstate(over="ignore", invalid="ignore"):
+        mean = flat[:channels] * scale / count
+        second = flat[channels:-1] * scale * scale / count
+        var = np.maximum(second - mean**2, 0.0)
+        return Moments(float(var.mean()), float((mean**2).mean()))
 
 
 def moments(x: torch.Tensor, channels_last: bool = False) -> Moments:
@@ -49,5 +66,52 @@ def moments(x: torch.Tensor, channels_last: bool = False) -> Moments:
     >>> moments(torch.tensor([[1.0, 10.0], [3.0, 10.0]]))
     Moments(var=0.5, sq_mean=52.0)
     """
-    var, sq_mean = moments_tensor(x, channels_last).tolist()
-    return Moments(var, sq_mean)
+    flat = channel_sums(x, channels_last).double().cpu().numpy()
+    return moments_from_sums(flat, x.numel() // x.shape[-1 if channels_last else 1])
+
+
+class BlockAccumulator:
+    """Collects the channel sums of skip, residual and output of every block, on the device.
+
+    The skip operand of a block is very often the output of the block before (a chain of
+    identity shortcuts); its sums are then reused instead of reduced a second time, as long as
+    the tensor has not been modified in place since.
+    """
+
+    def __init__(self) -> None:
+        self._sums: list[torch.Tensor] = []
+        self._counts: list[int] = []
+        self._last_output: tuple[weakref.ref[torch.Tensor], int, torch.Tensor] | None = None
+
+    def add(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
+            channels_last: bool) -> None:
+        """Reduce the three tensors of one residual addition (no host synchronisation)."""
+        last = self._last_output
+        if last is not None and last[0]() is skip and skip._version == last[1]:
+            skip_sums = last[2]
+        else:
+            skip_sums = channel_sums(skip, channels_last)
+        output_sums = channel_sums(output, channels_last)
+        self._sums += [skip_sums, channel_sums(residual, channels_last), output_sums]
+        channel_dim = -1 if channels_last else 1
+        self._counts += [t.numel() // t.shape[channel_dim] for t in (skip, residual, output)]
+        self._last_output = (weakref.ref(output), output._version, output_sums)
+
+    def results(self) -> list[tuple[Moments, Moments, Moments, float]]:
+        """Per block: moments of skip, residual and output, and ``cross = mean(skip*residual)``.
+
+        Copies everything from the device once. ``cross`` follows from
+        ``m2(output) = m2(skip) + 2 cross + m2(residual)``.
+        """
+        if not self._sums:
+            return []
+        flat = torch.cat(self._sums).double().cpu().numpy()
+        sizes = [t.numel() for t in self._sums]
+        pieces = np.split(flat, np.cumsum(sizes)[:-1])
+        stats = [moments_from_sums(p, n) for p, n in zip(pieces, self._counts, strict=True)]
+        out = []
+        for k in range(0, len(stats), 3):
+            skip, residual, output = stats[k : k + 3]
+            cross = (output.m2 - skip.m2 - residual.m2) / 2
+            out.append((skip, residual, output, cross))
+        return out

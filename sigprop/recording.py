@@ -11,11 +11,11 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sigprop._moments import block_row
+from sigprop._moments import BlockAccumulator
 from sigprop._validate import parse_choice
 from sigprop.blocks import Block, ResidualAdd, marked_additions
 from sigprop.models import ResNet
-from sigprop.trace import BlockStats, InputSpec, Moments, Run, Shortcut, TensorRole, Trace
+from sigprop.trace import BlockStats, InputSpec, Run, Shortcut, Trace
 
 __all__ = [
     "BNMode",
@@ -57,13 +57,13 @@ def gaussian_input(
 
 
 class _Recorder:
-    """Turns every tapped addition into a row of six statistics, kept on the device."""
+    """Describes every tapped addition and reduces its tensors to sums kept on the device."""
 
     def __init__(self, with_stats: bool, progress: Callable[[int], None] | None):
         self.with_stats = with_stats
         self.progress = progress
         self.blocks: list[Block] = []
-        self.rows: list[torch.Tensor] = []
+        self.sums = BlockAccumulator()
 
     def record(self, name: str, add: ResidualAdd, skip: torch.Tensor, residual: torch.Tensor,
                output: torch.Tensor) -> None:
@@ -73,21 +73,15 @@ class _Recorder:
             stage += 1
         self.blocks.append(Block(index, name, stage, add.shortcut, add.channels_last))
         if self.with_stats:
-            self.rows.append(block_row(skip, residual, output, add.channels_last))
+            self.sums.add(skip, residual, output, add.channels_last)
         if self.progress is not None:
             self.progress(index + 1)
 
     def block_stats(self) -> tuple[BlockStats, ...]:
         """Gather all statistics from the device at once and pair them with their blocks."""
-        values = torch.stack(self.rows).cpu().tolist() if self.rows else []
         return tuple(
-            BlockStats(
-                block.index, block.name, block.stage, block.shortcut,
-                **{role.value: Moments(row[2 * k], row[2 * k + 1])
-                   for k, role in enumerate(TensorRole)},
-                cross=row[6],
-            )
-            for block, row in zip(self.blocks, values, strict=True)
+            BlockStats(block.index, block.name, block.stage, block.shortcut, *stats)
+            for block, stats in zip(self.blocks, self.sums.results(), strict=True)
         )
 
 

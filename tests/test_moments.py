@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import sigprop
 from sigprop import moments
 from sigprop._moments import reduction_dims
 from tests.helpers import offset_input
@@ -62,3 +63,45 @@ def test_non_finite_activations_give_non_finite_statistics() -> None:
 def test_activation_without_channel_dimension_is_rejected() -> None:
     with pytest.raises(ValueError, match="batch and a channel dimension, got 1"):
         reduction_dims(1, channels_last=False)
+
+
+@pytest.mark.parametrize("norm", ["batchnorm", "none"])
+def test_measure_is_within_1e_5_of_a_float64_reference_of_the_same_activations(norm: str) -> None:
+    net = sigprop.models.resnet(32, norm=norm, stages=2, seed=0)
+    reference: list[list[tuple[float, float]]] = []
+
+    def capture(module: torch.nn.Module, args: tuple[torch.Tensor, ...],
+                output: torch.Tensor) -> None:
+        reference.append([numpy_moments(t.double().numpy(), channel_axis=1)
+                          for t in (args[0], args[1], output)])
+
+    adds = [m for m in net.modules() if isinstance(m, sigprop.ResidualAdd)]
+    handles = [m.register_forward_hook(capture) for m in adds]
+    try:
+        trace = sigprop.measure(net, sigprop.InputSpec("gaussian", (8, 3, 16, 16), seed=0))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert len(reference) == trace.n_blocks == 32
+    for block, expected in zip(trace.runs[0].blocks, reference, strict=True):
+        for measured, (var, sq_mean) in zip((block.skip, block.residual, block.output), expected,
+                                            strict=True):
+            assert measured.var == pytest.approx(var, rel=1e-5)
+            assert measured.sq_mean == pytest.approx(sq_mean, rel=1e-5)
+
+
+def test_skip_sums_are_reused_only_while_the_tensor_is_unchanged() -> None:
+    from sigprop._moments import BlockAccumulator
+
+    x = offset_input((2, 3, 4, 4), seed=4, dtype=torch.float32)
+    r = torch.ones_like(x)
+    acc = BlockAccumulator()
+    out = x + r
+    acc.add(x, r, out, channels_last=False)
+    acc.add(out, r, out + r, channels_last=False)  # skip is the previous output: reused
+    out.mul_(2.0)  # modified in place: its old sums no longer apply
+    acc.add(out, r, out + r, channels_last=False)
+    (_, _, first_out, _), (second_skip, _, _, _), (third_skip, _, _, _) = acc.results()
+    assert second_skip == first_out
+    assert third_skip.m2 == pytest.approx(4 * first_out.m2, rel=1e-6)
+    assert third_skip == sigprop.moments(out)
