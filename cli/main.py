@@ -6,6 +6,7 @@ import typer
 
 import sigprop
 
+from ._allocator import pin_glibc_allocator
 from .analyze import app as analyze_app
 
 app = typer.Typer(
@@ -33,3 +34,4 @@ def main(
     ),
 ) -> None:
     """Measure signal propagation at initialization in PyTorch residual networks."""
+    pin_glibc_allocator()

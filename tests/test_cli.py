@@ -94,3 +94,12 @@ def test_unwritable_out_exits_2(tmp_path: Path) -> None:
         locked.mkdir(mode=0o500)
         code, _, stderr = analyze(*SMALL, "--out", str(locked))
         assert code == 2 and "Permission denied" in stderr
+
+
+def test_allocator_pinning_succeeds_on_glibc() -> None:
+    import platform
+
+    from sigprop_cli._allocator import pin_glibc_allocator
+
+    expected = platform.libc_ver()[0] == "glibc"
+    assert pin_glibc_allocator() is expected
