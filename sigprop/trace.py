@@ -87,6 +87,8 @@ class BlockStats:
         stage: index of the stage; a new stage starts at each projection shortcut.
         shortcut: whether the skip operand is the block input or a projection of it.
         skip, residual, output: moments of ``skip``, ``residual`` and ``skip + residual``.
+        gain: the gain seen on the residual branch just before the addition (e.g.
+            ``bn3.weight = 0``: the branch is ~0 at initialization because of it), or None.
     """
 
     index: int
@@ -96,6 +98,7 @@ class BlockStats:
     skip: Moments
     residual: Moments
     output: Moments
+    gain: str | None = None
 
     @property
     def ratio(self) -> float:
@@ -290,6 +293,7 @@ def _block_to_dict(block: BlockStats) -> dict[str, Any]:
     for role in TensorRole:
         m = block.moments(role)
         doc[role.value] = {"var": _encode(m.var), "sq_mean": _encode(m.sq_mean)}
+    doc["gain"] = block.gain
     return doc
 
 
@@ -305,5 +309,6 @@ def _block_from_dict(doc: Mapping[str, Any]) -> BlockStats:
         skip=moments("skip"),
         residual=moments("residual"),
         output=moments("output"),
+        gain=None if doc.get("gain") is None else str(doc["gain"]),
     )
 
