@@ -6,15 +6,15 @@ How it works (details and limits in ``docs/discovery.md``):
   arguments of each call become *roots* of that call.
 * A :class:`~torch.overrides.TorchFunctionMode` sees every torch operation of the forward. Each
   result gets a small *label*: for every root it derives from, the number of operations on the
-  path from that root (``dist``), whether the path ran a parametrized layer (``weighted``), and
+  path from that root (``dist``), how many parametrized layers it ran (``weighted``), and
   whether it left the call that owns the root (``escaped``; multiplying by a gain does not count).
   Labels of finished calls are dropped once long and escaped, so they stay small.
 * An addition of two floating tensors of the same shape is residual when both operands derive
   from the same root, one by a strictly shorter path than the other: the shorter one is the
   *skip* (``identity`` if it is the root itself, ``projection`` if it is at most
-  :data:`SHORT_PATH` operations away), the longer one the *residual* branch, which must contain a
-  parametrized layer and stay inside the root's call. The owner of the addition is the module of
-  that call (see :func:`_choose` for the order of preference when several calls qualify).
+  :data:`SHORT_PATH` operations away), the longer one the *residual* branch, which must run more
+  parametrized layers than the skip path and stay inside the root's call. The owner of the
+  addition is the module of that call (:func:`_choose` orders the calls when several qualify).
 
 The hooks and the mode only update small dictionaries; they keep no activations (except a clone
 of the operand that ``out += identity`` is about to overwrite, for the duration of that one
@@ -74,10 +74,10 @@ class _TensorMap(Generic[V]):
 
 @dataclass(frozen=True, slots=True)
 class _Entry:
-    """How a tensor derives from one root: path length, parametrized layer seen, left the call."""
+    """How a tensor derives from one root: path length, parametrized layers on it, left the call."""
 
     dist: int
-    weighted: bool
+    weighted: int
     escaped: bool
 
 
@@ -227,11 +227,11 @@ class Discovery:
                     self.param_alias[tensor] = param
             return
         is_gain = func in _GAIN_OPS and len(labeled) == 1
-        weighted = param is not None and not is_gain
+        weighted = int(param is not None and not is_gain)
         derived: dict[int, _Entry] = {}
         for root, entry in merged.items():
             call = self.root_call[root]
-            new = _Entry(entry.dist + 1, entry.weighted or weighted,
+            new = _Entry(entry.dist + 1, entry.weighted + weighted,
                          entry.escaped or not (call.active or is_gain))
             if call.active or not new.escaped or new.dist <= SHORT_PATH:
                 derived[root] = new
@@ -300,7 +300,7 @@ class Discovery:
         self.root_call[root] = call
         call.roots.append(root)
         label = dict(self.labels.get(tensor) or {})
-        label[root] = _Entry(0, False, False)
+        label[root] = _Entry(0, 0, False)
         self.labels[tensor] = label
 
     def _override_addition(self, func: Callable[..., Any], args: Sequence[Any],
@@ -312,7 +312,7 @@ class Discovery:
             return None
         a, b = args[0], args[1]
         roots = call.roots
-        far = _Entry(1 << 30, False, False)
+        far = _Entry(1 << 30, 0, False)
         dist_a = min((label_a.get(r, far).dist for r in roots), default=far.dist)
         dist_b = min((label_b.get(r, far).dist for r in roots), default=far.dist)
         a_is_skip = dist_a <= dist_b
@@ -378,7 +378,7 @@ def _choose(root_call: dict[int, _Call], label_a: dict[int, _Entry],
             continue
         a_is_skip = ea.dist < eb.dist
         skip, res = (ea, eb) if a_is_skip else (eb, ea)
-        if skip.dist > SHORT_PATH or not res.weighted or res.escaped:
+        if skip.dist > SHORT_PATH or res.weighted <= skip.weighted or res.escaped:
             continue
         call = root_call[root]
         projection = skip.dist > 0
