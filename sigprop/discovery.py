@@ -49,6 +49,7 @@ _INPLACE_ADD = frozenset({_T.add_, _T.__iadd__})
 _GAIN_OPS = frozenset({torch.mul, _T.mul, _T.mul_, _T.__mul__, _T.__rmul__, _T.__imul__,
                        torch.div, _T.div, _T.div_, _T.__truediv__, _T.__itruediv__})
 _NORMS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
+_WEIGHTED_OPS = frozenset({torch.conv1d, torch.conv2d, torch.conv3d, nn.functional.linear})
 _CHANNELS_FIRST = (nn.modules.conv._ConvNd, _BatchNorm, nn.GroupNorm)
 
 
@@ -99,15 +100,19 @@ class GainTerm:
 
     Attributes:
         kind: ``param`` (a parameter or buffer multiplying the branch, e.g. SkipInit alpha or
-            layer scale gamma), ``norm`` (the weight of the normalization layer that produced the
-            branch; reported only when it is all zero) or ``constant`` (a Python number).
+            layer scale gamma), ``weight`` (the weight of the normalization, convolution or
+            linear layer that produced the branch; reported only when it is all zero) or
+            ``constant`` (a Python number).
         name: qualified name of the parameter (empty for a constant).
         value: the tensor (read after the forward pass) or the constant.
+        derived: the tensor was computed from the parameter ``name`` (e.g. a standardized
+            weight), it is not the parameter itself.
     """
 
     kind: str
     name: str
     value: torch.Tensor | float
+    derived: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,7 +189,7 @@ class Discovery:
             weight = getattr(module, "weight", None)
             if (isinstance(module, _NORMS) and isinstance(output, torch.Tensor)
                     and isinstance(weight, torch.Tensor)):
-                self.gains[output] = (GainTerm("norm", f"{name}.weight", weight),)
+                self.gains[output] = (GainTerm("weight", f"{name}.weight", weight),)
             if call.pending is not None:
                 self._emit(*call.pending)
 
@@ -242,6 +247,17 @@ class Discovery:
             previous = self.gains.get(labeled[0]) or ()
             for tensor in outputs:
                 self.gains[tensor] = (*previous, term) if term is not None else previous
+        elif func in _WEIGHTED_OPS and len(args) > 1 and isinstance(args[1], torch.Tensor):
+            # The layer that produced the branch: its weight matters only if it is all zero
+            # (e.g. an NF-ResNet's last conv, whose standardized weight has gain 0).
+            name = self._param_name(args[1])
+            for tensor in outputs:
+                if name is None:
+                    if tensor in self.gains:
+                        del self.gains[tensor]
+                else:
+                    derived = id(args[1]) not in self.param_names
+                    self.gains[tensor] = (GainTerm("weight", name, args[1], derived),)
         else:
             for tensor in outputs:
                 if tensor in self.gains:
@@ -440,8 +456,9 @@ def describe_gains(found: Sequence[Found]) -> list[str | None]:
     """A description of the branch gain of every found addition (one device sync for all).
 
     A parameter gain reads ``alpha = 0`` (scalar) or ``gamma: mean |g| = 1e-06`` (per channel); a
-    normalization weight is reported only when all zero (``bn3.weight = 0``); a constant factor
-    reads ``constant 0.2``. Names are relative to the block when inside it. None: no gain seen.
+    layer's weight is reported only when all zero (``bn3.weight = 0``; ``conv3.weight (effective)
+    = 0`` when the layer used a weight computed from its parameters); a constant factor reads
+    ``constant 0.2``. Names are relative to the block when inside it. None: no gain seen.
     """
     tensors = [t.value for f in found for t in f.gains if isinstance(t.value, torch.Tensor)]
     summary: list[list[float]] = []
@@ -465,7 +482,7 @@ def describe_gains(found: Sequence[Found]) -> list[str | None]:
             if name.startswith(f.name + "."):
                 name = name[len(f.name) + 1:]
             if zero:
-                parts.append(f"{name} = 0")
+                parts.append(f"{name} (effective) = 0" if term.derived else f"{name} = 0")
             elif term.kind == "param":
                 parts.append(f"{name} = {first:.3g}" if term.value.numel() == 1
                              else f"{name}: mean |g| = {mean_abs:.3g}")
