@@ -256,8 +256,8 @@ class Discovery:
                     if tensor in self.gains:
                         del self.gains[tensor]
                 else:
-                    derived = id(args[1]) not in self.param_names
-                    self.gains[tensor] = (GainTerm("weight", name, args[1], derived),)
+                    computed = id(args[1]) not in self.param_names
+                    self.gains[tensor] = (GainTerm("weight", name, args[1], computed),)
         else:
             for tensor in outputs:
                 if tensor in self.gains:
