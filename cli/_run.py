@@ -23,7 +23,9 @@ STATS_JSON, STATS_CSV, SPP_PNG = "stats.json", "stats.csv", "spp.png"
 
 def usage_error(message: str) -> NoReturn:
     """Print one ``error:`` line to stderr and exit with code 2 (bad usage)."""
-    typer.echo(f"error: {message}", err=True)
+    # Errors raised by a user's model can span several lines: keep the report on one.
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    typer.echo(f"error: {line}", err=True)
     raise typer.Exit(2)
 
 
@@ -122,6 +124,13 @@ def _summarize(trace: sigprop.Trace, elapsed: float, out: Path) -> None:
     table.add_row("skip second moment, first block", f"{first.skip.m2:.4g}")
     table.add_row("skip second moment, last block", f"{last.skip.m2:.4g}")
     table.add_row("residual/skip ratio, last block", f"{last.ratio:.4g}")
+    gains: dict[str, int] = {}
+    for block in run.blocks:
+        if block.gain is not None:
+            gains[block.gain] = gains.get(block.gain, 0) + 1
+    if gains:
+        table.add_row("gain on the residual branch",
+                      "; ".join(f"{gain} ({n} blocks)" for gain, n in gains.items()))
     overflow = run.first_overflow
     table.add_row("first non-finite block", "none" if overflow is None else str(overflow))
     table.add_row("time (build + measure)", f"{elapsed:.1f} s")
