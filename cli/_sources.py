@@ -143,7 +143,7 @@ def spec_builder(spec: str, kwargs: dict[str, Any]) -> Builder:
             raise ValueError(f"{spec} raised {type(e).__name__}: {e}") from e
         if not isinstance(model, nn.Module):
             raise ValueError(
-                f"{spec} returned a {type(model).__name__}, not a torch.nn.Module"
+                f"{spec} returned a value of type {type(model).__name__}, not a torch.nn.Module"
             )
         return model, {"source": "model", "name": spec, **{k: _plain(v) for k, v in
                                                             kwargs.items()}}
