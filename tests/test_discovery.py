@@ -83,11 +83,12 @@ class LoopNet(nn.Module):
         super().__init__()
         self.stem = nn.Conv2d(3, 4, 3, padding=1)
         self.blocks = nn.ModuleList(branch() for _ in range(n))
+        self.g = nn.Parameter(torch.tensor(0.5))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.stem(x)
-        for block in self.blocks:
-            x = x + block(x)
+        for i, block in enumerate(self.blocks):
+            x = x + block(x) if i % 2 == 0 else x + self.g * block(x)
         return x
 
 
@@ -238,7 +239,10 @@ def test_torchvision_style_blocks_with_relu_after_the_addition() -> None:
 
 
 def test_module_list_loop_names_the_branch_modules() -> None:
-    assert names(LoopNet(), X) == [(f"blocks.{i}", 0, "identity") for i in range(3)]
+    blocks = find_blocks(LoopNet(), X)
+    assert [(b.name, b.shortcut.value, b.gain) for b in blocks] == [
+        ("blocks.0", "identity", None), ("blocks.1", "identity", "g = 0.5"),
+        ("blocks.2", "identity", None)]
 
 
 def test_data_dependent_flow_and_a_block_called_twice_give_one_record_per_call() -> None:
@@ -279,7 +283,7 @@ def test_gains_on_the_branch_are_reported() -> None:
     assert (first.gain, second.gain) == ("alpha = 0", "gamma: mean |g| = 1e-06")
     assert first.residual.m2 == 0.0 and 0 < second.residual.m2 < 1e-9
     assert sigprop.Trace.from_dict(trace.to_dict()).runs[0].blocks == (first, second)
-    assert all(b.gain is None for b in find_blocks(LoopNet(), X))
+    assert all(b.gain is None for b in find_blocks(nn.Sequential(nn.Conv2d(3, 4, 1), Nested()), X))
 
 
 def test_override_names_blocks_discovery_cannot_handle() -> None:
