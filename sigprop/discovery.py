@@ -191,7 +191,8 @@ class Discovery:
                     and isinstance(weight, torch.Tensor)):
                 self.gains[output] = (GainTerm("weight", f"{name}.weight", weight),)
             if call.pending is not None:
-                self._emit(*call.pending)
+                pending, call.pending = call.pending, None  # release the tensors at once
+                self._emit(*pending)
 
         return hook
 
