@@ -48,6 +48,14 @@ _ADD = frozenset({torch.add, _T.add, _T.add_, _T.__add__, _T.__radd__, _T.__iadd
 _INPLACE_ADD = frozenset({_T.add_, _T.__iadd__})
 _GAIN_OPS = frozenset({torch.mul, _T.mul, _T.mul_, _T.__mul__, _T.__rmul__, _T.__imul__,
                        torch.div, _T.div, _T.div_, _T.__truediv__, _T.__itruediv__})
+# Operations that only change the layout or the dtype: they do not lengthen a path, so
+# ``x + f(x.reshape(...)).reshape(...)``-style blocks (Swin, ConvNeXt permutes) stay identities.
+_LAYOUT_OPS = frozenset({
+    _T.view, _T.view_as, _T.reshape, _T.reshape_as, _T.permute, _T.contiguous, _T.flatten,
+    _T.unflatten, _T.transpose, _T.squeeze, _T.unsqueeze, _T.to, _T.float, _T.clone,
+    torch.reshape, torch.permute, torch.flatten, torch.transpose, torch.squeeze, torch.unsqueeze,
+    torch.clone,
+})
 _NORMS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
 _WEIGHTED_OPS = frozenset({torch.conv1d, torch.conv2d, torch.conv3d, nn.functional.linear})
 _CHANNELS_FIRST = (nn.modules.conv._ConvNd, _BatchNorm, nn.GroupNorm)
@@ -233,17 +241,26 @@ class Discovery:
                     self.param_alias[tensor] = param
             return
         is_gain = func in _GAIN_OPS and len(labeled) == 1
+        free = func in _LAYOUT_OPS
         weighted = int(param is not None and not is_gain)
+        step = 0 if free else 1
         derived: dict[int, _Entry] = {}
         for root, entry in merged.items():
             call = self.root_call[root]
-            new = _Entry(entry.dist + 1, entry.weighted + weighted,
-                         entry.escaped or not (call.active or is_gain))
+            new = _Entry(entry.dist + step, entry.weighted + weighted,
+                         entry.escaped or not (call.active or is_gain or free))
             if call.active or not new.escaped or new.dist <= SHORT_PATH:
                 derived[root] = new
         for tensor in outputs:
             self.labels[tensor] = derived
-        if is_gain:
+        if free:
+            kept = self.gains.get(labeled[0])
+            for tensor in outputs:
+                if kept is not None:
+                    self.gains[tensor] = kept
+                elif tensor in self.gains:
+                    del self.gains[tensor]
+        elif is_gain:
             term = self._gain_term(args, kwargs, labeled[0])
             previous = self.gains.get(labeled[0]) or ()
             for tensor in outputs:
