@@ -330,3 +330,24 @@ def test_model_state_is_unchanged_after_discovery_and_after_a_raising_forward() 
     assert_unchanged(model, before)
     assert torch._C._len_torch_function_stack() == 0  # no function mode left active
     handle.remove()
+
+
+def test_token_statistics_are_per_feature_over_batch_and_tokens() -> None:
+    class LinearTokens(nn.Module):
+        def __init__(self, dim: int, c: float) -> None:
+            super().__init__()
+            self.lin = nn.Linear(dim, dim, bias=False)
+            with torch.no_grad():
+                self.lin.weight.copy_(c * torch.eye(dim))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.lin(x) + x
+
+    # Features are the last dimension: give each one its own mean and scale.
+    x = offset_input((3, 4, 6), seed=3).transpose(1, 2).contiguous()  # (N, T=6, C=4)
+    (block,) = measure(LinearTokens(4, 2.0).double(), x).runs[0].blocks
+    base = sigprop.moments(x, channels_last=True)
+    assert base.sq_mean > 1.0  # per-feature means: a channels-first reduction would differ
+    for moments, factor in ((block.skip, 1.0), (block.residual, 2.0), (block.output, 3.0)):
+        assert moments.var == pytest.approx(factor**2 * base.var, rel=1e-12)
+        assert moments.sq_mean == pytest.approx(factor**2 * base.sq_mean, rel=1e-12)
