@@ -28,7 +28,9 @@ STATS_JSON, STATS_CSV, SPP_PNG = "stats.json", "stats.csv", "spp.png"
 
 def usage_error(message: str) -> NoReturn:
     """Print one ``error:`` line to stderr and exit with code 2 (bad usage)."""
-    typer.echo(f"error: {message}", err=True)
+    # Errors raised by a user's model can span several lines: keep the report on one.
+    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    typer.echo(f"error: {line}", err=True)
     raise typer.Exit(2)
 
 
@@ -143,6 +145,14 @@ def _summarize(trace: sigprop.Trace, result: stats.Report, elapsed: float, out: 
     table.add_row("skip second moment, first block", f"{skip[0]:.4g}")
     table.add_row("skip second moment, last block", f"{skip[-1]:.4g}")
     table.add_row("residual/skip ratio, last block", f"{ratio[-1]:.4g}")
+    gains: dict[str, int] = {}
+    for _, block in trace.blocks():
+        if block.gain is not None:
+            gains[block.gain] = gains.get(block.gain, 0) + 1
+    if gains:
+        runs = f" over {len(trace.runs)} runs" if several else ""
+        table.add_row("gain on the residual branch", "; ".join(
+            f"{gain} ({n} blocks{runs})" for gain, n in gains.items()))
     overflow = [r.first_overflow for r in trace.runs if r.first_overflow is not None]
     table.add_row("first non-finite block", str(min(overflow)) if overflow else "none")
     table.add_row("effective depth (branch >= 0.1 x skip in norm)", str(result.effective_depth))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -10,7 +11,15 @@ import typer
 from sigprop import BNMode, models
 from sigprop.models import Norm, Order, Variant
 
-from ._run import Analysis, check_positive, run
+from ._run import Analysis, check_positive, run, usage_error
+from ._sources import (
+    Builder,
+    parse_kwargs,
+    parse_shape,
+    spec_builder,
+    timm_builder,
+    torchvision_builder,
+)
 
 app = typer.Typer(help="Measure a network and write stats.json, stats.csv and spp.png.",
                   no_args_is_help=True)
@@ -70,3 +79,94 @@ def resnet(
 
     run(Analysis(build, (batch_size, 3, image_size, image_size), depth),
         seed=seed, seeds=seeds, device=device, bn_mode=bn_mode, out=out)
+
+
+ImageSize = Annotated[int, typer.Option(help="Height and width of the Gaussian input images.")]
+
+
+def _measure_source(make: Callable[[], Builder], input_shape: tuple[int, ...], *, seed: int,
+                    seeds: int, device: str, bn_mode: BNMode, out: Path) -> None:
+    try:
+        build = make()
+    except ValueError as e:
+        usage_error(str(e))
+    run(Analysis(build, input_shape, None), seed=seed, seeds=seeds, device=device,
+        bn_mode=bn_mode, out=out)
+
+
+@app.command("torchvision")
+def torchvision_model(
+    name: Annotated[str, typer.Argument(help="torchvision classification model, e.g. resnet50.")],
+    batch_size: BatchSize = 8,
+    image_size: ImageSize = 224,
+    seed: Seed = 0,
+    seeds: Seeds = 1,
+    device: Device = "cpu",
+    bn_mode: BN = BNMode.TRAIN,
+    out: Out = Path("sigprop-out"),
+) -> None:
+    """Measure a torchvision classification model, built with no weights.
+
+    Residual blocks are found automatically (see docs/discovery.md).
+
+    Example: sigprop analyze torchvision resnet50
+    """
+    check_positive("--batch-size", batch_size, "image")
+    check_positive("--image-size", image_size, "pixel")
+    _measure_source(lambda: torchvision_builder(name), (batch_size, 3, image_size, image_size),
+                    seed=seed, seeds=seeds, device=device, bn_mode=bn_mode, out=out)
+
+
+@app.command("timm")
+def timm_model(
+    name: Annotated[str, typer.Argument(help="timm model, e.g. resnetv2_50.")],
+    batch_size: BatchSize = 8,
+    image_size: ImageSize = 224,
+    seed: Seed = 0,
+    seeds: Seeds = 1,
+    device: Device = "cpu",
+    bn_mode: BN = BNMode.TRAIN,
+    out: Out = Path("sigprop-out"),
+) -> None:
+    """Measure a timm model, built with pretrained=False.
+
+    Residual blocks are found automatically (see docs/discovery.md).
+
+    Example: sigprop analyze timm resnetv2_50
+    """
+    check_positive("--batch-size", batch_size, "image")
+    check_positive("--image-size", image_size, "pixel")
+    _measure_source(lambda: timm_builder(name), (batch_size, 3, image_size, image_size),
+                    seed=seed, seeds=seeds, device=device, bn_mode=bn_mode, out=out)
+
+
+@app.command("model")
+def custom_model(
+    spec: Annotated[str, typer.Argument(
+        help="path/to/file.py:callable or package.module:callable returning an nn.Module.")],
+    input_shape: Annotated[str, typer.Option(
+        help="Shape of one input without the batch, e.g. 3,32,32.")],
+    arg: Annotated[list[str] | None, typer.Option(
+        help="key=value keyword argument for the callable (repeatable); values are Python "
+        "literals, else strings.")] = None,
+    batch_size: BatchSize = 8,
+    seed: Seed = 0,
+    seeds: Seeds = 1,
+    device: Device = "cpu",
+    bn_mode: BN = BNMode.TRAIN,
+    out: Out = Path("sigprop-out"),
+) -> None:
+    """Measure your own model: the callable SPEC builds it (torch RNG seeded with --seed).
+
+    Residual blocks are found automatically (see docs/discovery.md).
+
+    Example: sigprop analyze model examples/custom_net.py:build --input-shape 3,32,32
+    """
+    check_positive("--batch-size", batch_size, "image")
+    try:
+        shape = parse_shape(input_shape)
+        kwargs = parse_kwargs(arg or [])
+    except ValueError as e:
+        usage_error(str(e))
+    _measure_source(lambda: spec_builder(spec, kwargs), (batch_size, *shape),
+                    seed=seed, seeds=seeds, device=device, bn_mode=bn_mode, out=out)

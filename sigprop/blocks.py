@@ -52,6 +52,8 @@ class Block:
         stage: stage index; a projection shortcut after the first block starts a new stage.
         shortcut: ``identity`` or ``projection``.
         channels_last: whether channels are the last dimension of the activations.
+        gain: the gain seen on the residual branch just before the addition, e.g.
+            ``bn3.weight = 0`` or ``gamma: mean |g| = 1e-06``; None when none was seen.
     """
 
     index: int
@@ -59,6 +61,7 @@ class Block:
     stage: int
     shortcut: Shortcut
     channels_last: bool = False
+    gain: str | None = None
 
 
 def marked_additions(model: nn.Module) -> list[tuple[str, ResidualAdd]]:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Mapping
+import difflib
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
@@ -14,6 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from sigprop._moments import BlockAccumulator
 from sigprop._validate import parse_choice
 from sigprop.blocks import Block, ResidualAdd, marked_additions
+from sigprop.discovery import Discovery, describe_gains, discovering
 from sigprop.models import ResNet
 from sigprop.trace import BlockStats, InputSpec, Run, Shortcut, Trace
 
@@ -65,22 +68,23 @@ class _Recorder:
         self.blocks: list[Block] = []
         self.sums = BlockAccumulator()
 
-    def record(self, name: str, add: ResidualAdd, skip: torch.Tensor, residual: torch.Tensor,
-               output: torch.Tensor) -> None:
+    def record(self, name: str, shortcut: Shortcut, channels_last: bool, skip: torch.Tensor,
+               residual: torch.Tensor, output: torch.Tensor) -> None:
         index = len(self.blocks)
         stage = self.blocks[-1].stage if self.blocks else 0
-        if add.shortcut is Shortcut.PROJECTION and index > 0:
+        if shortcut is Shortcut.PROJECTION and index > 0:
             stage += 1
-        self.blocks.append(Block(index, name, stage, add.shortcut, add.channels_last))
+        self.blocks.append(Block(index, name, stage, shortcut, channels_last))
         if self.with_stats:
-            self.sums.add(skip, residual, output, add.channels_last)
+            self.sums.add(skip, residual, output, channels_last)
         if self.progress is not None:
             self.progress(index + 1)
 
     def block_stats(self) -> tuple[BlockStats, ...]:
         """Gather all statistics from the device at once and pair them with their blocks."""
         return tuple(
-            BlockStats(block.index, block.name, block.stage, block.shortcut, *stats)
+            BlockStats(block.index, block.name, block.stage, block.shortcut, *stats,
+                       gain=block.gain)
             for block, stats in zip(self.blocks, self.sums.results(), strict=True)
         )
 
@@ -114,18 +118,22 @@ def _measurement_state(model: nn.Module, bn_mode: BNMode) -> Iterator[None]:
 
 
 def _forward(model: nn.Module, inputs: torch.Tensor, recorder: _Recorder,
-             bn_mode: BNMode) -> None:
-    additions = marked_additions(model)
-    if not additions:
-        raise NoResidualBlockError(
-            f"no residual block found in {type(model).__name__}: sigprop taps additions marked "
-            "with sigprop.ResidualAdd; use `self.add = sigprop.ResidualAdd()` and "
-            "`out = self.add(skip, branch)` in your block"
-        )
+             bn_mode: BNMode, blocks: Sequence[str] | None = None) -> None:
+    """Run the forward pass with the residual additions tapped.
+
+    ``blocks`` (names of block modules) overrides everything; otherwise :class:`ResidualAdd`
+    modules define the blocks if the model has any, and discovery finds them if not.
+    """
+    names = _check_block_names(model, blocks)
+    additions = marked_additions(model) if names is None else []
+    discovery = None
     with ExitStack() as stack, torch.no_grad():
         stack.enter_context(_measurement_state(model, bn_mode))
-        for name, add in additions:
-            stack.enter_context(add.register_forward_hook(_hook(recorder, name)))
+        if additions:
+            for name, add in additions:
+                stack.enter_context(add.register_forward_hook(_hook(recorder, name)))
+        else:
+            discovery = stack.enter_context(discovering(Discovery(model, recorder.record, names)))
         try:
             model(inputs)
         except Exception as e:
@@ -134,12 +142,44 @@ def _forward(model: nn.Module, inputs: torch.Tensor, recorder: _Recorder,
             raise ForwardError(
                 f"the model's forward pass failed {where}: {type(e).__name__}: {e}"
             ) from e
+    if discovery is not None:
+        gains = describe_gains(discovery.found)
+        recorder.blocks = [replace(b, gain=g) for b, g in zip(recorder.blocks, gains, strict=True)]
+    if names is not None:
+        missing = sorted(names - {b.name for b in recorder.blocks})
+        if missing:
+            raise NoResidualBlockError(
+                f"block {missing[0]!r} executed no addition of two tensors of the same shape: "
+                "name modules whose forward returns skip + residual"
+            )
+    if not recorder.blocks:
+        raise NoResidualBlockError(
+            f"no residual block found in {type(model).__name__}: no addition of a tensor and a "
+            "longer computation on it was executed (see docs/discovery.md); name the block "
+            "modules with blocks=[...] or mark the additions with sigprop.ResidualAdd"
+        )
+
+
+def _check_block_names(model: nn.Module, blocks: Sequence[str] | None) -> frozenset[str] | None:
+    if blocks is None:
+        return None
+    if isinstance(blocks, str) or not all(isinstance(b, str) for b in blocks):
+        raise TypeError(f"blocks must be a list of module names, got {blocks!r}")
+    known = {name for name, _ in model.named_modules()}
+    for name in blocks:
+        if name not in known:
+            close = difflib.get_close_matches(name, sorted(known), n=3)
+            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+            raise ValueError(f"blocks: {type(model).__name__} has no submodule {name!r}{hint}")
+    if not blocks:
+        raise ValueError("blocks must name at least one module, got []")
+    return frozenset(blocks)
 
 
 def _hook(recorder: _Recorder, name: str) -> Callable[..., None]:
     def hook(add: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         assert isinstance(add, ResidualAdd)
-        recorder.record(name, add, args[0], args[1], output)
+        recorder.record(name, add.shortcut, add.channels_last, args[0], args[1], output)
     return hook
 
 
@@ -173,6 +213,7 @@ def measure(
     seed: int | None = None,
     model_info: Mapping[str, Any] | None = None,
     progress: Callable[[int], None] | None = None,
+    blocks: Sequence[str] | None = None,
 ) -> Trace:
     """Measure skip, residual and output statistics of every residual block in one forward pass.
 
@@ -180,8 +221,11 @@ def measure(
     activations; results are copied from the device once, at the end. The model comes back
     exactly as given (parameters, buffers, training flags, hooks), also when its forward raises.
 
+    Residual additions are found by discovery (see :func:`find_blocks` and docs/discovery.md);
+    :class:`sigprop.ResidualAdd` modules, if the model has any, or ``blocks`` override it.
+
     Args:
-        model: a network whose residual additions are :class:`sigprop.ResidualAdd` modules.
+        model: any eager PyTorch network with residual additions.
         inputs: a batch on the model's device, or an :class:`InputSpec` to generate one
             (``InputSpec("gaussian", shape, seed)``: unit-variance, private generator).
         bn_mode: ``train`` normalizes with batch statistics (the paper's setting) without
@@ -191,6 +235,11 @@ def measure(
         model_info: configuration recorded in the trace (default: a built-in ResNet's
             ``config``, which enables the theory curves, else the model's class name).
         progress: called with the number of blocks done after each block.
+        blocks: override discovery: qualified names of the modules whose forward returns
+            ``skip + residual`` (e.g. ``["layer1.0", "layer1.1"]``). In each call of one of them,
+            the last addition of two tensors of the same shape is the residual addition; the
+            operand fewer operations away from the module's input is the skip (the first operand
+            on a tie).
 
     Returns:
         A :class:`Trace` with one run. Non-finite statistics (overflow) are kept as they are;
@@ -205,7 +254,7 @@ def measure(
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
     batch, spec = _resolve_input(inputs, model)
     recorder = _Recorder(with_stats=True, progress=progress)
-    _forward(model, batch, recorder, mode)
+    _forward(model, batch, recorder, mode, blocks)
     if model_info is not None:
         info = dict(model_info)
     else:
@@ -215,10 +264,25 @@ def measure(
 
 
 def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec,
-                *, bn_mode: BNMode | str = BNMode.TRAIN) -> list[Block]:
+                *, bn_mode: BNMode | str = BNMode.TRAIN,
+                blocks: Sequence[str] | None = None) -> list[Block]:
     """Every residual addition executed in one forward pass, in call order.
 
-    A module called twice gives two blocks. The model is left exactly as given.
+    An addition of two tensors of the same shape is residual when one operand (the skip) is the
+    input of a module call, or a short transformation of it (a projection), and the other (the
+    residual branch) a longer computation on it that runs a parametrized layer; it is owned by
+    that module (see docs/discovery.md). Additions of biases, embeddings, constants or unrelated
+    tensors are not reported. A module called twice gives two blocks. :class:`ResidualAdd`
+    modules, if the model has any, define the blocks instead. The model is left exactly as given.
+
+    Args:
+        model: any eager PyTorch network.
+        example_input: a batch on the model's device, or an :class:`InputSpec`.
+        bn_mode: ``train`` or ``eval`` (see :func:`measure`).
+        blocks: override discovery with the names of the block modules (see :func:`measure`).
+
+    Returns:
+        The blocks in call order, with the gain seen on each residual branch.
 
     >>> import sigprop
     >>> net = sigprop.models.resnet(4, stages=2)
@@ -229,5 +293,5 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec,
     """
     batch, _ = _resolve_input(example_input, model)
     recorder = _Recorder(with_stats=False, progress=None)
-    _forward(model, batch, recorder, parse_choice(BNMode, bn_mode, "bn_mode"))
+    _forward(model, batch, recorder, parse_choice(BNMode, bn_mode, "bn_mode"), blocks)
     return recorder.blocks

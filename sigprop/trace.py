@@ -91,6 +91,8 @@ class BlockStats:
             independent of the skip path, as the theory assumes at initialization. It is derived
             from ``m2(output) - m2(skip) - m2(residual)``, so its absolute precision is about
             1e-7 times ``m2(output)`` (float32 sums).
+        gain: the gain seen on the residual branch just before the addition (e.g.
+            ``bn3.weight = 0``: the branch is ~0 at initialization because of it), or None.
     """
 
     index: int
@@ -101,6 +103,7 @@ class BlockStats:
     residual: Moments
     output: Moments
     cross: float
+    gain: str | None = None
 
     @property
     def ratio(self) -> float:
@@ -316,6 +319,7 @@ def _block_to_dict(block: BlockStats) -> dict[str, Any]:
         m = block.moments(role)
         doc[role.value] = {"var": _encode(m.var), "sq_mean": _encode(m.sq_mean)}
     doc["cross"] = _encode(block.cross)
+    doc["gain"] = block.gain
     return doc
 
 
@@ -332,5 +336,6 @@ def _block_from_dict(doc: Mapping[str, Any]) -> BlockStats:
         residual=moments("residual"),
         output=moments("output"),
         cross=_decode(doc["cross"]),
+        gain=None if doc.get("gain") is None else str(doc["gain"]),
     )
 

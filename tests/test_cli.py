@@ -42,7 +42,8 @@ def test_analyze_writes_json_csv_and_plot(tmp_path: Path) -> None:
     assert run["seed"] == 3 and len(run["blocks"]) == 6
     block = run["blocks"][3]
     assert set(block) == {"index", "name", "stage", "shortcut", "skip", "residual", "output",
-                          "cross"}
+                          "cross", "gain"}
+    assert block["gain"] is None  # batch norm, no gain on the branch
     assert (block["index"], block["name"], block["stage"], block["shortcut"]) == (
         3, "blocks.3", 1, "projection")
     assert set(block["residual"]) == {"var", "sq_mean"}

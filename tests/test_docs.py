@@ -27,8 +27,9 @@ def help_text(command: str) -> str:
 def test_cli_reference_matches_help() -> None:
     doc = (ROOT / "docs" / "cli.md").read_text()
     blocks = HELP_BLOCK.findall(doc)
-    assert {command for command, _ in blocks} >= {"sigprop", "sigprop analyze",
-                                                   "sigprop analyze resnet"}
+    assert {command for command, _ in blocks} >= {
+        "sigprop", "sigprop analyze", "sigprop analyze resnet", "sigprop analyze torchvision",
+        "sigprop analyze timm", "sigprop analyze model"}
     for command, text in blocks:
         assert text == help_text(command), (
             f"docs/cli.md is out of date for `{command} --help`; regenerate it with "

@@ -1,0 +1,123 @@
+"""``sigprop analyze torchvision | timm | model`` through CliRunner: files, exit codes, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from sigprop_cli.main import app
+from typer.testing import CliRunner
+
+runner = CliRunner()
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLE = str(ROOT / "examples" / "custom_net.py")
+TINY = ["--batch-size", "2", "--image-size", "32"]
+
+
+def analyze(*args: str) -> tuple[int, str, str]:
+    result = runner.invoke(app, ["analyze", *args])
+    return result.exit_code, result.stdout, result.stderr
+
+
+def blocks(out: Path) -> list[dict[str, object]]:
+    doc = json.loads((out / "stats.json").read_text())
+    found: list[dict[str, object]] = doc["runs"][0]["blocks"]
+    return found
+
+
+def test_torchvision_model(tmp_path: Path) -> None:
+    code, stdout, stderr = analyze("torchvision", "resnet18", *TINY, "--out", str(tmp_path))
+    assert code == 0, stderr
+    doc = json.loads((tmp_path / "stats.json").read_text())
+    assert doc["model"] == {"source": "torchvision", "name": "resnet18"}
+    assert doc["input"]["shape"] == [2, 3, 32, 32]
+    found = blocks(tmp_path)
+    assert [b["name"] for b in found] == [f"layer{s}.{i}" for s in range(1, 5) for i in range(2)]
+    assert [b["gain"] for b in found] == [None] * 8
+    assert (tmp_path / "spp.png").exists() and (tmp_path / "stats.csv").exists()
+    assert "residual blocks" in stdout
+
+
+def test_timm_model_reports_its_zero_initialized_branches(tmp_path: Path) -> None:
+    code, stdout, stderr = analyze("timm", "resnet18", *TINY, "--seed", "1",
+                                   "--out", str(tmp_path))
+    assert code == 0, stderr
+    found = blocks(tmp_path)
+    assert len(found) == 8 and {b["gain"] for b in found} == {"bn2.weight = 0"}
+    assert "bn2.weight = 0 (8 blocks)" in stdout
+
+
+def test_custom_model_from_a_file_with_arguments(tmp_path: Path) -> None:
+    code, _, stderr = analyze("model", f"{EXAMPLE}:build", "--input-shape", "3,16,16",
+                              "--arg", "depth=1", "--arg", "width=4", "--batch-size", "2",
+                              "--out", str(tmp_path))
+    assert code == 0, stderr
+    doc = json.loads((tmp_path / "stats.json").read_text())
+    assert doc["model"] == {"source": "model", "name": f"{EXAMPLE}:build", "depth": 1, "width": 4}
+    found = blocks(tmp_path)
+    assert [(b["name"], b["stage"], b["shortcut"], b["gain"]) for b in found] == [
+        ("blocks.0", 0, "identity", None), ("blocks.1", 1, "projection", None),
+        ("blocks.2", 2, "projection", "alpha = 0")]
+
+
+def test_custom_model_from_a_module(tmp_path: Path) -> None:
+    code, _, stderr = analyze("model", "torchvision.models:resnet18", "--input-shape", "3,32,32",
+                              "--batch-size", "2", "--arg", "num_classes=3",
+                              "--out", str(tmp_path))
+    assert code == 0, stderr
+    assert len(blocks(tmp_path)) == 8
+
+
+def _write(tmp_path: Path, body: str) -> str:
+    path = tmp_path / "user_model.py"
+    path.write_text("import torch\nfrom torch import nn\n\n" + body)
+    return str(path)
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["torchvision", "resnet19"], "unknown torchvision classification model 'resnet19'; "
+     "did you mean resnet18"),
+    (["timm", "resnet_nope"], "unknown timm model 'resnet_nope'"),
+    (["model", "missing.py:build", "--input-shape", "3,8,8"],
+     "cannot load model 'missing.py:build': no such file 'missing.py'"),
+    (["model", f"{EXAMPLE}:nothing", "--input-shape", "3,8,8"], "has no attribute 'nothing'"),
+    (["model", "no_such_package.mod:build", "--input-shape", "3,8,8"],
+     "cannot import 'no_such_package.mod'"),
+    (["model", "build_only", "--input-shape", "3,8,8"], "must be path/to/file.py:callable"),
+    (["model", f"{EXAMPLE}:build", "--input-shape", "3,x"],
+     "--input-shape '3,x' must be positive integers"),
+    (["model", f"{EXAMPLE}:build", "--input-shape", "3,8,8", "--arg", "depth"],
+     "--arg 'depth' must be key=value"),
+    (["model", f"{EXAMPLE}:build", "--input-shape", "3,8,8", "--arg", "colour=2"],
+     "build raised TypeError: "),
+    (["model", f"{EXAMPLE}:build", "--input-shape", "5,8,8"],
+     "the model's forward pass failed before block 0: RuntimeError: "),
+])
+def test_bad_input_exits_2_with_one_error_line(args: list[str], message: str,
+                                               tmp_path: Path) -> None:
+    code, stdout, stderr = analyze(*args, "--batch-size", "2", "--out", str(tmp_path))
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), stderr
+    assert message in lines[0] and "Traceback" not in stderr + stdout
+
+
+@pytest.mark.parametrize(("body", "message"), [
+    ("def build():\n    raise RuntimeError('bad config')\n",
+     "build raised RuntimeError: bad config"),
+    ("def build():\n    return 3\n", "build returned a value of type int, not a torch.nn.Module"),
+    ("def build():\n    return nn.Sequential(nn.Conv2d(3, 3, 1), nn.ReLU())\n",
+     "no residual block found in Sequential"),
+    ("def build(:\n", "raised SyntaxError"),
+    ("build = 3\n", "'build' is not callable"),
+])
+def test_bad_user_files_exit_2_with_one_error_line(body: str, message: str,
+                                                   tmp_path: Path) -> None:
+    spec = f"{_write(tmp_path, body)}:build"
+    code, stdout, stderr = analyze("model", spec, "--input-shape", "3,8,8", "--batch-size", "2",
+                                   "--out", str(tmp_path / "out"))
+    assert code == 2
+    lines = stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
+    assert "Traceback" not in stderr + stdout

@@ -1,0 +1,74 @@
+"""Discovery on real torchvision and timm models (built without weights, tiny inputs)."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import torch
+import torchvision
+
+import sigprop
+from tests.helpers import assert_unchanged, snapshot
+
+X = sigprop.InputSpec("gaussian", (2, 3, 32, 32), seed=0)
+
+
+@pytest.mark.parametrize(("name", "count"), [
+    ("resnet18", 8), ("resnet34", 16), ("resnet50", 16), ("resnet101", 33),
+    ("wide_resnet50_2", 16), ("resnext50_32x4d", 16),
+])
+def test_torchvision_resnets(name: str, count: int) -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.get_model(name, weights=None)
+    before = snapshot(model)
+    blocks = sigprop.find_blocks(model, X)
+    assert_unchanged(model, before)
+    assert len(blocks) == count
+    expected = [(f"layer{s}.{i}", s - 1) for s in range(1, 5)
+                for i in range(len(getattr(model, f"layer{s}")))]
+    assert [(b.name, b.stage) for b in blocks] == expected
+    # Projections exactly where the block has a downsample (the first block of a stage that
+    # changes the shape: layer1.0 too for bottlenecks, which widen 64 -> 256).
+    projections = [b.name for b in blocks if b.shortcut is sigprop.Shortcut.PROJECTION]
+    assert projections == [b.name for b in blocks
+                           if model.get_submodule(b.name).downsample is not None]
+    assert projections[-3:] == ["layer2.0", "layer3.0", "layer4.0"] and len(projections) <= 4
+    assert all(b.gain is None and not b.channels_last for b in blocks)
+
+
+def test_torchvision_zero_init_residual_is_reported_as_the_gain() -> None:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, zero_init_residual=True)
+    blocks = sigprop.measure(model, X).runs[0].blocks
+    assert {b.gain for b in blocks} == {"bn2.weight = 0"}
+    assert all(b.residual.m2 == 0.0 and b.output == b.skip for b in blocks)
+
+
+def test_timm_resnet50_zero_initialized_last_bn() -> None:
+    torch.manual_seed(0)
+    model = timm.create_model("resnet50", pretrained=False)
+    blocks = sigprop.measure(model, X).runs[0].blocks
+    assert len(blocks) == 16 and [b.stage for b in blocks] == [0] * 3 + [1] * 4 + [2] * 6 + [3] * 3
+    assert {b.gain for b in blocks} == {"bn3.weight = 0"}
+    assert all(b.residual.m2 == 0.0 and b.skip.m2 > 0.1 for b in blocks)
+
+
+@pytest.mark.parametrize(("name", "first", "gain"), [
+    ("resnetv2_50", "stages.0.blocks.0", None),
+    # NF-ResNets start every branch at 0 through the gain of their last (standardized) conv,
+    # then scale it by alpha = 0.2.
+    ("nf_resnet50", "stages.0.0", "conv3.weight (effective) = 0 * constant 0.2"),
+])
+def test_timm_preactivation_and_normalizer_free(name: str, first: str, gain: str | None) -> None:
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False)
+    blocks = sigprop.measure(model, X).runs[0].blocks
+    assert len(blocks) == 16 and blocks[0].name == first
+    assert [b.stage for b in blocks] == [0] * 3 + [1] * 4 + [2] * 6 + [3] * 3
+    projections = [b.index for b in blocks if b.shortcut is sigprop.Shortcut.PROJECTION]
+    assert projections == [0, 3, 7, 13]
+    assert {b.gain for b in blocks} == {gain}
+    if gain is None:  # pre-activation branches start with BN: m2 of order 1
+        assert all(0.1 < b.residual.m2 < 10 for b in blocks)
+    else:
+        assert all(b.residual.m2 == 0.0 and b.skip.m2 > 0 for b in blocks)
