@@ -21,6 +21,7 @@ from torch import nn
 import sigprop
 from sigprop import stats
 from sigprop._validate import check_int, resolve_device
+from sigprop.audit import fresh_batchnorms
 from sigprop.plotting import plot_spp
 
 STATS_JSON, STATS_CSV, SPP_PNG = "stats.json", "stats.csv", "spp.png"
@@ -64,43 +65,74 @@ def prepare_out(out: Path) -> Path:
     return out
 
 
-def run(analysis: Analysis, *, seed: int, device: str, bn_mode: sigprop.BNMode,
-        out: Path, seeds: int = 1) -> sigprop.Trace:
-    """Measure ``seeds`` runs (seeds ``seed, seed + 1, ...``: weights and input), write
-    stats.json / stats.csv / spp.png into ``out`` and print the summary and the verdicts."""
-    check_positive("--seeds", seeds, "run")
+@dataclass(frozen=True)
+class RunOptions:
+    """Options every model source shares."""
+
+    seed: int
+    seeds: int
+    device: str
+    bn_mode: sigprop.BNMode
+    out: Path | None
+    json: bool
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What one command measured: the merged trace, its statistics, and what else it needs."""
+
+    trace: sigprop.Trace
+    report: stats.Report
+    elapsed: float
+    batchnorms: tuple[int, int]
+
+    def document(self) -> dict[str, Any]:
+        """The stats.json document: the trace with its fits and verdicts."""
+        return self.trace.to_dict() | self.report.to_dict()
+
+
+def collect(analysis: Analysis, options: RunOptions, out: Path | None) -> Collected:
+    """Measure ``options.seeds`` runs (seeds ``seed, seed + 1, ...``: weights and input).
+
+    Bad usage exits with code 2 before any forward pass. A model without residual blocks raises
+    ``sigprop.NoResidualBlockError``, for the caller to judge (bad usage or a failed check).
+    """
     try:
-        torch_device = resolve_device(device)
+        device = resolve_device(options.device)
     except ValueError as e:
         usage_error(str(e))
-    prepare_out(out)
+    if out is not None:
+        prepare_out(out)
     started = time.perf_counter()
     traces = []
-    total = analysis.expected_blocks * seeds if analysis.expected_blocks else None
+    batchnorms = (0, 0)
+    total = analysis.expected_blocks * options.seeds if analysis.expected_blocks else None
     with _progress(total) as advance:
-        for k in range(seeds):
-            traces.append(_measure_one(analysis, seed + k, torch_device, bn_mode, advance))
+        for k in range(options.seeds):
+            model, model_info = _build(analysis, options.seed + k, device)
+            batchnorms = fresh_batchnorms(model)
+            spec = sigprop.InputSpec("gaussian", analysis.input_shape, options.seed + k)
+            try:
+                traces.append(sigprop.measure(model, spec, bn_mode=options.bn_mode,
+                                              model_info=model_info, progress=advance))
+            except sigprop.ForwardError as e:
+                usage_error(str(e))
     trace = reduce(sigprop.Trace.merge, traces)
-    elapsed = time.perf_counter() - started
-    result = stats.report(trace)
-    _write(trace, result, out)
-    _summarize(trace, result, elapsed, out)
-    return trace
+    return Collected(trace, stats.report(trace), time.perf_counter() - started, batchnorms)
 
 
-def _measure_one(analysis: Analysis, seed: int, device: torch.device, bn_mode: sigprop.BNMode,
-                 progress: Callable[[int], None]) -> sigprop.Trace:
+def _build(analysis: Analysis, seed: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     try:
         model, model_info = analysis.build(seed)
         model.to(device)
     except (ValueError, TypeError) as e:
         usage_error(str(e))
-    spec = sigprop.InputSpec("gaussian", analysis.input_shape, seed)
-    try:
-        return sigprop.measure(model, spec, bn_mode=bn_mode, model_info=model_info,
-                               progress=progress)
-    except (sigprop.ForwardError, sigprop.NoResidualBlockError) as e:
-        usage_error(str(e))
+    return model, model_info
+
+
+def print_json(doc: Any) -> None:
+    """Strict JSON (no NaN) on stdout."""
+    typer.echo(json.dumps(doc, indent=1, allow_nan=False))
 
 
 class _progress:
@@ -121,9 +153,11 @@ class _progress:
         self.bar.stop()
 
 
-def _write(trace: sigprop.Trace, result: stats.Report, out: Path) -> None:
-    doc = trace.to_dict() | result.to_dict()
-    (out / STATS_JSON).write_text(json.dumps(doc, indent=1, allow_nan=False) + "\n")
+def write_outputs(collected: Collected, out: Path) -> None:
+    """stats.json (trace, fits, verdicts), stats.csv (long format) and spp.png into ``out``."""
+    trace = collected.trace
+    (out / STATS_JSON).write_text(
+        json.dumps(collected.document(), indent=1, allow_nan=False) + "\n")
     trace.to_frame().to_csv(out / STATS_CSV, index=False)
     import matplotlib.pyplot as plt
 
@@ -132,7 +166,9 @@ def _write(trace: sigprop.Trace, result: stats.Report, out: Path) -> None:
     plt.close(fig)
 
 
-def _summarize(trace: sigprop.Trace, result: stats.Report, elapsed: float, out: Path) -> None:
+def summarize(collected: Collected, out: Path) -> None:
+    """The summary table and the verdict table on stdout."""
+    trace, result, elapsed = collected.trace, collected.report, collected.elapsed
     skip = stats.band(trace, lambda b: b.skip.m2).mean
     ratio = stats.band(trace, lambda b: b.ratio).mean
     several = len(trace.runs) > 1

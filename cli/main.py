@@ -8,6 +8,7 @@ import sigprop
 
 from ._allocator import pin_glibc_allocator
 from .analyze import app as analyze_app
+from .audit import app as audit_app
 
 app = typer.Typer(
     name="sigprop",
@@ -19,6 +20,7 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(analyze_app, name="analyze")
+app.add_typer(audit_app, name="audit")
 
 
 def _version(value: bool) -> None:

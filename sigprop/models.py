@@ -88,7 +88,8 @@ class PreActBlock(nn.Module):
         self.gain = gain
         projection = stride != 1 or c_in != c_out
         self.shortcut = _conv(c_in, c_out, 1, stride) if projection else None
-        self.add = ResidualAdd(Shortcut.PROJECTION if projection else Shortcut.IDENTITY)
+        self.add = ResidualAdd(Shortcut.PROJECTION if projection else Shortcut.IDENTITY,
+                               gain="gain.alpha" if isinstance(gain, Gain) else None)
 
     def _activate(self, norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
         if self.order is Order.BN_RELU:
@@ -118,7 +119,8 @@ class PostActBlock(nn.Module):
         self.shortcut = (
             nn.Sequential(_conv(c_in, c_out, 1, stride), _norm(c_out, norm)) if projection else None
         )
-        self.add = ResidualAdd(Shortcut.PROJECTION if projection else Shortcut.IDENTITY)
+        self.add = ResidualAdd(Shortcut.PROJECTION if projection else Shortcut.IDENTITY,
+                               gain="gain.alpha" if isinstance(gain, Gain) else None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         skip = x if self.shortcut is None else self.shortcut(x)

@@ -16,7 +16,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from sigprop._moments import BlockAccumulator
 from sigprop._validate import parse_choice
 from sigprop.blocks import Block, ResidualAdd, marked_additions
-from sigprop.discovery import Discovery, describe_gains, discovering
+from sigprop.discovery import Discovery, Found, GainTerm, describe_gains, discovering
 from sigprop.models import ResNet
 from sigprop.trace import BlockStats, InputSpec, Run, Shortcut, Trace
 
@@ -127,11 +127,13 @@ def _forward(model: nn.Module, inputs: torch.Tensor, recorder: _Recorder,
     names = _check_block_names(model, blocks)
     additions = marked_additions(model) if names is None else []
     discovery = None
+    marked: list[Found] = []
     with ExitStack() as stack, torch.no_grad():
         stack.enter_context(_measurement_state(model, bn_mode))
         if additions:
-            for name, add in additions:
-                stack.enter_context(add.register_forward_hook(_hook(recorder, name)))
+            for name, owner, add in additions:
+                found = Found(name, add.shortcut, add.channels_last, _declared_gain(owner, add))
+                stack.enter_context(add.register_forward_hook(_hook(recorder, found, marked)))
         else:
             discovery = stack.enter_context(discovering(Discovery(model, recorder.record, names)))
         try:
@@ -142,9 +144,8 @@ def _forward(model: nn.Module, inputs: torch.Tensor, recorder: _Recorder,
             raise ForwardError(
                 f"the model's forward pass failed {where}: {type(e).__name__}: {e}"
             ) from e
-    if discovery is not None:
-        gains = describe_gains(discovery.found)
-        recorder.blocks = [replace(b, gain=g) for b, g in zip(recorder.blocks, gains, strict=True)]
+    gains = describe_gains(discovery.found if discovery is not None else marked)
+    recorder.blocks = [replace(b, gain=g) for b, g in zip(recorder.blocks, gains, strict=True)]
     if names is not None:
         missing = sorted(names - {b.name for b in recorder.blocks})
         if missing:
@@ -176,10 +177,28 @@ def _check_block_names(model: nn.Module, blocks: Sequence[str] | None) -> frozen
     return frozenset(blocks)
 
 
-def _hook(recorder: _Recorder, name: str) -> Callable[..., None]:
+def _declared_gain(owner: nn.Module, add: ResidualAdd) -> tuple[GainTerm, ...]:
+    """The gain a :class:`ResidualAdd` names, as a term for :func:`describe_gains`."""
+    if add.gain is None:
+        return ()
+    tensor: torch.Tensor
+    try:
+        tensor = owner.get_parameter(add.gain)
+    except AttributeError:
+        try:
+            tensor = owner.get_buffer(add.gain)
+        except AttributeError:
+            raise ValueError(
+                f"ResidualAdd(gain={add.gain!r}) names no parameter or buffer of its block "
+                f"{type(owner).__name__}: give the name relative to the block, e.g. 'gain.alpha'"
+            ) from None
+    return (GainTerm("param", add.gain, tensor),)
+
+
+def _hook(recorder: _Recorder, found: Found, marked: list[Found]) -> Callable[..., None]:
     def hook(add: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-        assert isinstance(add, ResidualAdd)
-        recorder.record(name, add.shortcut, add.channels_last, args[0], args[1], output)
+        marked.append(found)
+        recorder.record(found.name, found.shortcut, found.channels_last, args[0], args[1], output)
     return hook
 
 

@@ -8,10 +8,10 @@ import re
 from pathlib import Path
 
 import pytest
-from sigprop_cli.main import app
 from typer.testing import CliRunner
 
 import sigprop
+from sigprop_cli.main import app
 
 runner = CliRunner()
 SMALL = ["--depth", "6", "--width", "4", "--batch-size", "2", "--image-size", "8"]

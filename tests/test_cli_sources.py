@@ -6,8 +6,9 @@ import json
 from pathlib import Path
 
 import pytest
-from sigprop_cli.main import app
 from typer.testing import CliRunner
+
+from sigprop_cli.main import app
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parent.parent

@@ -137,3 +137,13 @@ def test_bad_arguments_are_rejected_before_any_forward() -> None:
         measure(net, torch.ones(1, 3, 4, 4), bn_mode="batch")
     with pytest.raises(TypeError, match=r"inputs must be a torch\.Tensor or a sigprop\.InputSpec"):
         measure(net, [1, 2, 3])  # type: ignore[arg-type]
+
+
+def test_declared_gain_is_reported_and_a_wrong_name_is_a_clear_error() -> None:
+    net = sigprop.models.resnet(3, norm="skipinit", alpha=0.25, seed=0)
+    trace = measure(net, InputSpec("gaussian", (2, 3, 8, 8), seed=0))
+    assert [b.gain for b in trace.runs[0].blocks] == ["gain.alpha = 0.25"] * 3
+    block = ScaledBlock(3, 1.0)
+    block.add = sigprop.ResidualAdd(gain="branch.scale")
+    with pytest.raises(ValueError, match=r"ResidualAdd\(gain='branch.scale'\) names no parameter"):
+        measure(block, offset_input((2, 3, 4, 4), dtype=torch.float32))

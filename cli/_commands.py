@@ -1,0 +1,180 @@
+"""The model sources (resnet, torchvision, timm, model), shared by ``analyze`` and ``audit``.
+
+Each source command parses its options into an :class:`Analysis` (what to build and feed) and
+:class:`RunOptions` (how to run), and hands both to the group's action.
+
+No ``from __future__ import annotations`` here: Typer evaluates the commands' annotations, and
+the ``--out``/``--json`` aliases are local to :func:`add_source_commands`.
+"""
+
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from sigprop import BNMode, models
+from sigprop.models import Norm, Order, Variant
+
+from ._run import Analysis, RunOptions, check_positive, usage_error
+from ._sources import (
+    Builder,
+    parse_kwargs,
+    parse_shape,
+    spec_builder,
+    timm_builder,
+    torchvision_builder,
+)
+
+Action = Callable[[Analysis, RunOptions], None]
+
+Seed = Annotated[int, typer.Option(help="Seed of the weights and of the Gaussian input batch.")]
+Seeds = Annotated[int, typer.Option(
+    help="Number of runs, with seeds --seed, --seed + 1, ...: the plot draws 95% bands and the "
+    "fits pool the runs.")]
+Device = Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")]
+BatchSize = Annotated[int, typer.Option(help="Images in the Gaussian input batch.")]
+ImageSize = Annotated[int, typer.Option(help="Height and width of the Gaussian input images.")]
+BN = Annotated[BNMode, typer.Option(
+    help="train: BN normalizes with batch statistics (the paper's setting; running statistics "
+    "are not updated). eval: BN uses its running statistics.")]
+
+
+def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: str,
+                        out_default: Path | None, out_help: str, json_help: str) -> None:
+    """Register ``resnet``, ``torchvision``, ``timm`` and ``model`` on ``app``, running ``action``.
+
+    Args:
+        app: the command group.
+        group: its name on the command line (``analyze`` or ``audit``), for the examples.
+        action: what to do with the parsed source and options.
+        verb: first word of every command's help, e.g. ``Measure`` or ``Audit``.
+        out_default: default of ``--out`` (None: write no files unless asked).
+        out_help, json_help: help of ``--out`` and ``--json`` for this group.
+    """
+    Out = Annotated[Path | None, typer.Option(help=out_help)]
+    Json = Annotated[bool, typer.Option("--json", help=json_help)]
+
+    def options(seed: int, seeds: int, device: str, bn_mode: BNMode, out: Path | None,
+                json_output: bool) -> RunOptions:
+        check_positive("--seeds", seeds, "run")
+        return RunOptions(seed, seeds, device, bn_mode, out, json_output)
+
+    @app.command("resnet", help=f"{verb} the paper's CIFAR-style ResNet with --depth residual "
+                 f"blocks.\n\nExample: sigprop {group} resnet --depth 512")
+    def resnet(
+        depth: Annotated[int, typer.Option(
+            help="Number of residual blocks d (the paper's depth), NOT layers: each block holds "
+            "two 3x3 convolutions.")] = 512,
+        variant: Annotated[Variant, typer.Option(
+            help="v2: pre-activation BN-ReLU-Conv branches, identity skip. v1: post-activation "
+            "Conv-BN-ReLU-Conv-BN branches, ReLU after the addition.")] = Variant.V2,
+        norm: Annotated[Norm, typer.Option(
+            help="batchnorm; none (unnormalized); skipinit (no BN, learnable scalar gain alpha "
+            "at the end of each branch); sqrt-depth (no BN, branch times 1/sqrt(depth)).")
+        ] = Norm.BATCHNORM,
+        alpha: Annotated[float | None, typer.Option(
+            help="Initial SkipInit gain (only with --norm skipinit).  [default: 0.0]")] = None,
+        order: Annotated[Order, typer.Option(
+            help="Inside v2 BN branches: bn-relu (BN-ReLU-Conv, the paper's) or relu-bn "
+            "(ReLU-BN-Conv).")] = Order.BN_RELU,
+        width: Annotated[int, typer.Option(help="Channels of the first stage.")] = 16,
+        stages: Annotated[int, typer.Option(
+            help="Stages; each later one halves the resolution, doubles the width and starts "
+            "with a projection shortcut.")] = 1,
+        batch_size: BatchSize = 32,
+        image_size: ImageSize = 32,
+        seed: Seed = 0,
+        seeds: Seeds = 1,
+        device: Device = "cpu",
+        bn_mode: BN = BNMode.TRAIN,
+        out: Out = out_default,
+        json_output: Json = False,
+    ) -> None:
+        check_positive("--batch-size", batch_size, "image")
+        check_positive("--image-size", image_size, "pixel")
+
+        def build(seed: int) -> tuple[models.ResNet, dict[str, Any]]:
+            net = models.resnet(depth, variant=variant, norm=norm, width=width, stages=stages,
+                                alpha=alpha, order=order, seed=seed)
+            return net, net.config
+
+        action(Analysis(build, (batch_size, 3, image_size, image_size), depth),
+               options(seed, seeds, device, bn_mode, out, json_output))
+
+    def source(make: Callable[[], Builder], input_shape: tuple[int, ...],
+               run_options: RunOptions) -> None:
+        try:
+            build = make()
+        except ValueError as e:
+            usage_error(str(e))
+        action(Analysis(build, input_shape, None), run_options)
+
+    @app.command("torchvision", help=f"{verb} a torchvision classification model, built with no "
+                 "weights.\n\nResidual blocks are found automatically (see docs/discovery.md)."
+                 f"\n\nExample: sigprop {group} torchvision resnet50")
+    def torchvision_model(
+        name: Annotated[str, typer.Argument(
+            help="torchvision classification model, e.g. resnet50.")],
+        batch_size: BatchSize = 8,
+        image_size: ImageSize = 224,
+        seed: Seed = 0,
+        seeds: Seeds = 1,
+        device: Device = "cpu",
+        bn_mode: BN = BNMode.TRAIN,
+        out: Out = out_default,
+        json_output: Json = False,
+    ) -> None:
+        check_positive("--batch-size", batch_size, "image")
+        check_positive("--image-size", image_size, "pixel")
+        source(lambda: torchvision_builder(name), (batch_size, 3, image_size, image_size),
+               options(seed, seeds, device, bn_mode, out, json_output))
+
+    @app.command("timm", help=f"{verb} a timm model, built with pretrained=False.\n\nResidual "
+                 "blocks are found automatically (see docs/discovery.md).\n\nExample: sigprop "
+                 f"{group} timm resnetv2_50")
+    def timm_model(
+        name: Annotated[str, typer.Argument(help="timm model, e.g. resnetv2_50.")],
+        batch_size: BatchSize = 8,
+        image_size: ImageSize = 224,
+        seed: Seed = 0,
+        seeds: Seeds = 1,
+        device: Device = "cpu",
+        bn_mode: BN = BNMode.TRAIN,
+        out: Out = out_default,
+        json_output: Json = False,
+    ) -> None:
+        check_positive("--batch-size", batch_size, "image")
+        check_positive("--image-size", image_size, "pixel")
+        source(lambda: timm_builder(name), (batch_size, 3, image_size, image_size),
+               options(seed, seeds, device, bn_mode, out, json_output))
+
+    @app.command("model", help=f"{verb} your own model: the callable SPEC builds it (torch RNG "
+                 "seeded with --seed).\n\nResidual blocks are found automatically (see "
+                 f"docs/discovery.md).\n\nExample: sigprop {group} model "
+                 "examples/custom_net.py:build --input-shape 3,32,32")
+    def custom_model(
+        spec: Annotated[str, typer.Argument(
+            help="path/to/file.py:callable or package.module:callable returning an nn.Module.")],
+        input_shape: Annotated[str, typer.Option(
+            help="Shape of one input without the batch, e.g. 3,32,32.")],
+        arg: Annotated[list[str] | None, typer.Option(
+            help="key=value keyword argument for the callable (repeatable); values are Python "
+            "literals, else strings.")] = None,
+        batch_size: BatchSize = 8,
+        seed: Seed = 0,
+        seeds: Seeds = 1,
+        device: Device = "cpu",
+        bn_mode: BN = BNMode.TRAIN,
+        out: Out = out_default,
+        json_output: Json = False,
+    ) -> None:
+        check_positive("--batch-size", batch_size, "image")
+        try:
+            shape = parse_shape(input_shape)
+            kwargs = parse_kwargs(arg or [])
+        except ValueError as e:
+            usage_error(str(e))
+        source(lambda: spec_builder(spec, kwargs), (batch_size, *shape),
+               options(seed, seeds, device, bn_mode, out, json_output))
