@@ -111,44 +111,31 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             usage_error(str(e))
         action(Analysis(build, input_shape, None), run_options)
 
-    @app.command("torchvision", help=f"{verb} a torchvision classification model, built with no "
-                 "weights.\n\nResidual blocks are found automatically (see docs/discovery.md)."
-                 f"\n\nExample: sigprop {group} torchvision resnet50")
-    def torchvision_model(
-        name: Annotated[str, typer.Argument(
-            help="torchvision classification model, e.g. resnet50.")],
-        batch_size: BatchSize = 8,
-        image_size: ImageSize = 224,
-        seed: Seed = 0,
-        seeds: Seeds = 1,
-        device: Device = "cpu",
-        bn_mode: BN = BNMode.TRAIN,
-        out: Out = out_default,
-        json_output: Json = False,
-    ) -> None:
-        check_positive("--batch-size", batch_size, "image")
-        check_positive("--image-size", image_size, "pixel")
-        source(lambda: torchvision_builder(name), (batch_size, 3, image_size, image_size),
-               options(seed, seeds, device, bn_mode, out, json_output))
+    def zoo_command(library: str, builder: Callable[[str], Builder], built: str,
+                    example: str) -> None:
+        @app.command(library, help=f"{verb} a {library} model, built with {built}.\n\n"
+                     "Residual blocks are found automatically (see docs/discovery.md).\n\n"
+                     f"Example: sigprop {group} {library} {example}")
+        def zoo_model(
+            name: Annotated[str, typer.Argument(metavar="NAME",
+                                                help=f"{library} model, e.g. {example}.")],
+            batch_size: BatchSize = 8,
+            image_size: ImageSize = 224,
+            seed: Seed = 0,
+            seeds: Seeds = 1,
+            device: Device = "cpu",
+            bn_mode: BN = BNMode.TRAIN,
+            out: Out = out_default,
+            json_output: Json = False,
+        ) -> None:
+            check_positive("--batch-size", batch_size, "image")
+            check_positive("--image-size", image_size, "pixel")
+            source(lambda: builder(name), (batch_size, 3, image_size, image_size),
+                   options(seed, seeds, device, bn_mode, out, json_output))
 
-    @app.command("timm", help=f"{verb} a timm model, built with pretrained=False.\n\nResidual "
-                 "blocks are found automatically (see docs/discovery.md).\n\nExample: sigprop "
-                 f"{group} timm resnetv2_50")
-    def timm_model(
-        name: Annotated[str, typer.Argument(help="timm model, e.g. resnetv2_50.")],
-        batch_size: BatchSize = 8,
-        image_size: ImageSize = 224,
-        seed: Seed = 0,
-        seeds: Seeds = 1,
-        device: Device = "cpu",
-        bn_mode: BN = BNMode.TRAIN,
-        out: Out = out_default,
-        json_output: Json = False,
-    ) -> None:
-        check_positive("--batch-size", batch_size, "image")
-        check_positive("--image-size", image_size, "pixel")
-        source(lambda: timm_builder(name), (batch_size, 3, image_size, image_size),
-               options(seed, seeds, device, bn_mode, out, json_output))
+    zoo_command("torchvision", torchvision_builder, "no weights (classification models)",
+                "resnet50")
+    zoo_command("timm", timm_builder, "pretrained=False", "resnetv2_50")
 
     @app.command("model", help=f"{verb} your own model: the callable SPEC builds it (torch RNG "
                  "seeded with --seed).\n\nResidual blocks are found automatically (see "
@@ -156,6 +143,7 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
                  "examples/custom_net.py:build --input-shape 3,32,32")
     def custom_model(
         spec: Annotated[str, typer.Argument(
+            metavar="SPEC",
             help="path/to/file.py:callable or package.module:callable returning an nn.Module.")],
         input_shape: Annotated[str, typer.Option(
             help="Shape of one input without the batch, e.g. 3,32,32.")],
