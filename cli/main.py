@@ -7,6 +7,8 @@ import typer
 import sigprop
 
 from .analyze import app as analyze_app
+from .figures import figures_command
+from .plot import plot_command
 
 app = typer.Typer(
     name="sigprop",
@@ -18,6 +20,8 @@ app = typer.Typer(
     add_completion=False,
 )
 app.add_typer(analyze_app, name="analyze")
+app.command("figures")(figures_command)
+app.command("plot")(plot_command)
 
 
 def _version(value: bool) -> None:
