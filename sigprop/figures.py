@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 
 from sigprop import models, stats
-from sigprop.plotting import _scale_y, style
+from sigprop.plotting import style
 from sigprop.recording import measure
 from sigprop.theory import BlockPrediction, predict
 from sigprop.trace import BlockStats, InputSpec, Trace
@@ -399,9 +399,27 @@ def _mark_overflow(axes: Sequence[Axes], block: int, label: str, x: float | None
     for ax in axes:
         ax.axvline(block if x is None else x, color=OVERFLOW_COLOR, linewidth=0.8,
                    linestyle="-.")
-    axes[0].annotate(f"{label}: non-finite from block {block}", xy=(block if x is None else x,
-                     0.03), xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
-                     color=OVERFLOW_COLOR, ha="right", va="bottom")
+    # To the right of the marker, where the overflowing line has (mostly) ended.
+    axes[0].annotate(f" {label}: non-finite from block {block}",
+                     xy=(block if x is None else x, 0.5), xycoords=("data", "axes fraction"),
+                     rotation=90, fontsize=6, color=OVERFLOW_COLOR, ha="left", va="center")
+
+
+def _fit_y(ax: Axes, log: bool) -> None:
+    """y-limits from the data lines (measured and theory), not from the bands, which with few
+    seeds can be far wider; markers drawn in axes coordinates (vertical lines) are ignored."""
+    data = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()
+            if line.get_transform() == ax.transData]
+    values = np.concatenate(data) if data else np.array([])
+    finite = values[np.isfinite(values)]
+    if log:
+        ax.set_yscale("log")
+        positive = finite[finite > 0]
+        if positive.size:
+            ax.set_ylim(positive.min() / 2, positive.max() * 2)
+    elif finite.size and finite.max() > finite.min():
+        pad = 0.05 * (finite.max() - finite.min())
+        ax.set_ylim(finite.min() - pad, finite.max() + pad)
 
 
 def _all_zero(trace: Trace, quantity: Quantity) -> bool:
@@ -484,7 +502,7 @@ def plot_spp_trio(traces: Sequence[Trace], labels: Sequence[str] | None = None, 
             ax.set_title(title)
             ax.set_xlabel("block index $l$")
             ax.set_ylabel(ylabel)
-            _scale_y(ax, 0.0)
+            _fit_y(ax, log=True)
         axs[0].plot([], [], label="theory", **_THEORY)
         _legend(axs[0], loc="upper left")
         _legend(axs[3], loc="upper left")
@@ -520,7 +538,7 @@ def plot_sqrt_depth_law(traces: Sequence[Trace], labels: Sequence[str] | None = 
             _line(axis, traces[k], _QUANTITIES["ratio"], colors[k % len(colors)], text,
                   x=position, log=True)
             _theory_line(axis, traces[k], _PREDICTED["ratio"],
-                         "theory $1/(m_{2,0} + l)$: slope -1" if k == order[0] else None,
+                         "theory $1/(m_{2,0} + l)$: slope -1" if k == order[-1] else None,
                          x=position)
         axis.set_xscale("log")
         axis.set_yscale("log")
@@ -689,7 +707,7 @@ def plot_orderings(bn_relu: Trace, relu_bn: Trace, v1: Trace, multistage: Trace,
             ax.set_ylabel(ylabel)
             ax.plot([], [], label="theory", **_THEORY)
             _legend(ax, loc="upper left")
-            _scale_y(ax, math.inf)
+            _fit_y(ax, log=False)
     return fig
 
 
@@ -732,10 +750,10 @@ def plot_zoo(traces: Sequence[Trace], labels: Sequence[str] | None = None, *,
         axs[0].axhline(threshold, color="0.4", linestyle=":", linewidth=0.9)
         axs[0].set_ylabel(r"$\|f_l(x_l)\|\,/\,\|x_l\|$")
         axs[0].set_title("Branch / skip norm ratio")
-        _scale_y(axs[0], 0.0)
+        _fit_y(axs[0], log=True)
         axs[1].set_ylabel(r"$\cos(x_l,\ x_l + f_l(x_l))$")
         axs[1].set_title("Identity bias (1: the block is the identity)")
-        _scale_y(axs[1], math.inf)
+        _fit_y(axs[1], log=False)
         for ax in axs:
             ax.set_xlabel("relative depth $(l + 1) / n$")
             ax.set_xlim(0, 1)
@@ -780,8 +798,8 @@ def plot_identity_bias(traces: Sequence[Trace], labels: Sequence[str] | None = N
         axs[0].set_title("Cosine between skip path and block output")
         axs[1].set_ylabel(r"$\|f_l(x_l)\|\,/\,\|x_l\|$")
         axs[1].set_title("Branch / skip norm ratio")
-        _scale_y(axs[1], 0.0)
-        _scale_y(axs[0], math.inf)
+        _fit_y(axs[1], log=True)
+        _fit_y(axs[0], log=False)
         for ax in axs:
             ax.set_xlabel("block index $l$")
         axs[1].plot([], [], label="theory", **_THEORY)
@@ -805,7 +823,7 @@ def _alpha_text(alpha: float) -> str:
 # One colour per network across the figure set (seaborn's colour-blind palette, by index).
 _PALETTE_INDEX = {"BN v2": 0, "unnormalized": 1, "SkipInit, alpha = 0": 2,
                   "SkipInit, alpha = 0.1": 4, "branch / sqrt(d)": 5, "BN v1": 3,
-                  "BN v2, 3 stages": 9}
+                  "BN v2, 3 stages": 6}
 
 
 def _colors_for(labels: Sequence[str]) -> list[str]:
@@ -838,8 +856,9 @@ def _render_headline(config: FigureConfig, spec: RunSpec) -> Callable[[Traces], 
         prediction = predict(trace)
         theory = prediction.blocks[-1].ratio if prediction else math.nan
         caption = (
-            f"Signal propagation of a {spec.depth}-block BN ResNet-v2 (one stage), the output of "
-            f"`sigprop analyze resnet --depth {spec.depth}` with its defaults. The skip path's "
+            f"Signal propagation of a {spec.depth}-block BN ResNet-v2 (one stage), as drawn by "
+            f"`sigprop analyze resnet --depth {spec.depth} --width {spec.width or config.width} "
+            f"--batch-size {spec.batch} --image-size {spec.image}`. The skip path's "
             "average channel squared mean and variance grow linearly, by about 1/pi and "
             "1 - 1/pi per block; the residual/skip ratio of second moments falls as "
             f"1/(m2_0 + l): {b.mean[0]:.2f} at block 0, {b.mean[-1]:.4f} at block "
@@ -947,8 +966,8 @@ def _render_sweep(config: FigureConfig, runs: dict[str, list[RunSpec]]
             f"the same colour ({rules}; m2_0 is the measured skip second moment at block 0). "
             f"BN v2 grows linearly in d (least-squares slope {slope:.2f}, theory 1); the "
             "unnormalized network grows as 2^d"
-            + (f" and overflows float32 from d = {first} on (not drawn)" if first else "")
-            + f", measured only up to d = {config.sweep_overflow_depth}; SkipInit at alpha = 0 "
+            + (f"; it is non-finite (float32 overflow) at d = {first}, not drawn" if first else "")
+            + f"; deeper unnormalized networks are not measured; SkipInit at alpha = 0 "
             "stays at m2_0 and the 1/sqrt(d) branch scaling ends near e m2_0 at every depth. "
             f"Depths {', '.join(str(d) for d in config.sweep_depths)}. "
             f"{config.describe(seeds=config.seeds[:config.sweep_seeds])}")
@@ -985,13 +1004,17 @@ def _render_orderings(config: FigureConfig, runs: dict[str, RunSpec]
             "second moment grows by "
             f"{_fmt(stats.skip_slope(t['BN-ReLU-Conv']))} vs "
             f"{_fmt(stats.skip_slope(t['ReLU-BN-Conv']))} per block (theory 1 and 2), and only "
-            "BN-ReLU-Conv gives the skip path a mean (squared mean +1/pi per block vs 0). "
+            "BN-ReLU-Conv gives the skip path a mean (squared mean "
+            f"{_fmt(stats.skip_slope(t['BN-ReLU-Conv'], 0, _QUANTITIES['skip_sq_mean']))} per "
+            "block, theory 1/pi = 0.32, lower at finite width; ReLU-BN-Conv: 0). "
             "(c) post-activation v1 (statistics of the sum before the ReLU) vs pre-activation "
             f"v2: v1 grows by {_fmt(stats.skip_slope(t['v1']))} per block, roughly linearly "
             "(approximate theory). (d) a "
             f"{config.stages}-stage v2 network (width doubles, resolution halves at every "
             "projection shortcut, dotted): the skip path restarts at every stage (first-block "
-            f"second moments {starts}) and grows linearly again (slopes per stage {slopes}). "
+            f"second moments {starts}) and grows linearly again (slopes per stage {slopes}; the "
+            "later stages run at lower resolution, where zero padding lowers the branch's "
+            "gain). "
             f"{config.describe()}")
         return FigureResult("orderings", "Orderings and variants", fig, data, caption)
     return render
@@ -1017,7 +1040,7 @@ def _render_zoo(config: FigureConfig, runs: dict[str, RunSpec]
         fig = plot_zoo(ordered, labels, colors=_colors_for(labels))
         data = tidy(ordered, labels, {k: _QUANTITIES[k] for k in
                                       ("branch_norm_ratio", "cosine")}, theory=False)
-        depths = ", ".join(f"{label} {stats.effective_depth(t)}"
+        depths = "; ".join(f"{label}: {stats.effective_depth(t)}"
                            for label, t in zip(labels, ordered, strict=True))
         caption = (
             "Model zoo: which networks are biased towards the identity at initialization. "
