@@ -231,7 +231,7 @@ def measure_run(spec: RunSpec, config: FigureConfig,
 
     >>> trace = measure_run(RunSpec(4), QUICK)
     >>> trace.n_blocks, trace.seeds
-    (4, (0, 1))
+    (4, (0, 1, 2))
     """
     width = spec.width or config.width
     batch = spec.batch or config.batch
@@ -380,14 +380,17 @@ def _line(ax: Axes, trace: Trace, quantity: Quantity, color: str, label: str,
 
 def _theory_line(ax: Axes, trace: Trace, quantity: TheoryQuantity, label: str | None,
                  x: Callable[[int], float] = float) -> None:
+    """The closed form of ``quantity``, up to the last block any run measured finitely: past an
+    overflow the prediction (e.g. 2^l) leaves float32's range and only squashes the axis."""
     prediction = predict(trace)
     if prediction is None:
         return
-    values = [quantity(p) for p in prediction.blocks]
+    blocks = prediction.blocks[: _last_finite(trace) + 1]
+    values = [quantity(p) for p in blocks]
     if all(not math.isfinite(v) for v in values):
         return
-    ax.plot([x(p.index) for p in prediction.blocks], values,
-            label=label if label else "_theory", **_THEORY)
+    ax.plot([x(p.index) for p in blocks], values, label=label if label else "_theory",
+            **_THEORY)
 
 
 def _overflow(trace: Trace) -> int | None:
@@ -395,14 +398,24 @@ def _overflow(trace: Trace) -> int | None:
     return min(found) if found else None
 
 
-def _mark_overflow(axes: Sequence[Axes], block: int, label: str, x: float | None = None) -> None:
+def _last_finite(trace: Trace) -> int:
+    """The last block index at which some run is still finite."""
+    ends = [trace.n_blocks if r.first_overflow is None else r.first_overflow for r in trace.runs]
+    return max(ends) - 1
+
+
+def _mark_overflow(axes: Sequence[Axes], trace: Trace, label: str) -> None:
+    """A vertical line at the first non-finite block of any run, said in words beside the end
+    of the last finite run (where the overflowing line has ended)."""
+    block = _overflow(trace)
+    if block is None:
+        return
     for ax in axes:
-        ax.axvline(block if x is None else x, color=OVERFLOW_COLOR, linewidth=0.8,
-                   linestyle="-.")
-    # To the right of the marker, where the overflowing line has (mostly) ended.
-    axes[0].annotate(f" {label}: non-finite from block {block}",
-                     xy=(block if x is None else x, 0.5), xycoords=("data", "axes fraction"),
-                     rotation=90, fontsize=6, color=OVERFLOW_COLOR, ha="left", va="center")
+        ax.axvline(block, color=OVERFLOW_COLOR, linewidth=0.8, linestyle="-.")
+    axes[0].annotate(f"{label}:\nnon-finite from\nblock {block}",
+                     xy=(_last_finite(trace), 0.5), xycoords=("data", "axes fraction"),
+                     xytext=(4, 0), textcoords="offset points", fontsize=6,
+                     color=OVERFLOW_COLOR, ha="left", va="center")
 
 
 def _fit_y(ax: Axes, log: bool) -> None:
@@ -496,8 +509,7 @@ def plot_spp_trio(traces: Sequence[Trace], labels: Sequence[str] | None = None, 
                       label + (r" ($\equiv 0$, not drawn)" if zero else ""), log=True)
                 if name in _PREDICTED:
                     _theory_line(ax, trace, _PREDICTED[name], None)
-            if (block := _overflow(trace)) is not None:
-                _mark_overflow(axs, block, label)
+            _mark_overflow(axs, trace, label)
         for ax, (title, ylabel, _) in zip(axs, _TRIO, strict=True):
             ax.set_title(title)
             ax.set_xlabel("block index $l$")
@@ -706,8 +718,12 @@ def plot_orderings(bn_relu: Trace, relu_bn: Trace, v1: Trace, multistage: Trace,
             ax.set_xlabel("block index $l$")
             ax.set_ylabel(ylabel)
             ax.plot([], [], label="theory", **_THEORY)
-            _legend(ax, loc="upper left")
             _fit_y(ax, log=False)
+        # Headroom for the legend: the first stage's line ends in the top left.
+        bottom, top = axs[3].get_ylim()
+        axs[3].set_ylim(bottom, top + 0.35 * (top - bottom))
+        for ax in axs:
+            _legend(ax, loc="upper left")
     return fig
 
 
@@ -792,8 +808,7 @@ def plot_identity_bias(traces: Sequence[Trace], labels: Sequence[str] | None = N
             _line(axs[1], trace, _QUANTITIES["branch_norm_ratio"], color,
                   label + (r" ($\equiv 0$, not drawn)" if zero else ""), log=True)
             _theory_line(axs[1], trace, _PREDICTED["branch_norm_ratio"], None)
-            if (block := _overflow(trace)) is not None:
-                _mark_overflow(axs, block, label)
+            _mark_overflow(axs, trace, label)
         axs[0].set_ylabel(r"$\cos(x_l,\ x_l + f_l(x_l))$")
         axs[0].set_title("Cosine between skip path and block output")
         axs[1].set_ylabel(r"$\|f_l(x_l)\|\,/\,\|x_l\|$")

@@ -28,7 +28,8 @@ def test_cli_reference_matches_help() -> None:
     doc = (ROOT / "docs" / "cli.md").read_text()
     blocks = HELP_BLOCK.findall(doc)
     assert {command for command, _ in blocks} >= {"sigprop", "sigprop analyze",
-                                                   "sigprop analyze resnet"}
+                                                   "sigprop analyze resnet", "sigprop figures",
+                                                   "sigprop plot"}
     for command, text in blocks:
         assert text == help_text(command), (
             f"docs/cli.md is out of date for `{command} --help`; regenerate it with "
@@ -36,7 +37,7 @@ def test_cli_reference_matches_help() -> None:
         )
 
 
-@pytest.mark.parametrize("page", ["README.md", "docs/python-api.md"])
+@pytest.mark.parametrize("page", ["README.md", "docs/python-api.md", "docs/figures.md"])
 def test_python_examples_run(page: str, tmp_path: Path) -> None:
     examples = PYTHON_BLOCK.findall((ROOT / page).read_text())
     assert examples

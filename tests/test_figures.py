@@ -79,7 +79,8 @@ def test_spp_trio_shapes(quick: Path) -> None:
     # Theory rows: BN v2 skip m2 grows by exactly 1 per block.
     theory = frame[(frame.series == "BN v2") & (frame.source == "theory")
                    & (frame.quantity == "skip_m2")]
-    assert np.allclose(np.diff(theory.value), 1.0) and theory.seed.isna().all()
+    assert np.allclose(np.diff(theory.value), 1.0, atol=1e-4)  # CSV: 6 significant digits
+    assert theory.seed.isna().all()
 
 
 def test_sqrt_depth_law_ratio_falls_as_one_over_l(quick: Path) -> None:
