@@ -69,9 +69,11 @@ def figures_command(
                     config, specs, progress=lambda name: bar.update(task, advance=1,
                                                                     description=name)):
                 bar.update(task, description=f"writing {result.name}")
-                for ext in formats:
-                    result.figure.savefig(out / f"{result.name}.{ext}",
-                                          metadata=_METADATA.get(ext))
+                # A fixed salt: SVG element ids are otherwise random on every run.
+                with plt.rc_context({"svg.hashsalt": "sigprop"}):
+                    for ext in formats:
+                        result.figure.savefig(out / f"{result.name}.{ext}",
+                                              metadata=_METADATA.get(ext))
                 plt.close(result.figure)
                 (out / f"{result.name}.txt").write_text(result.caption + "\n")
                 # Six significant digits: far below the seed-to-seed scatter, half the size.

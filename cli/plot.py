@@ -68,9 +68,10 @@ def plot_command(
     import matplotlib.pyplot as plt
 
     fig = plot_spp(traces, labels=label or None, theory=theory)
+    metadata = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}.get(out.suffix.lower())
     try:
-        fig.savefig(out, metadata={".svg": {"Date": None}, ".pdf": {"CreationDate": None}}.get(
-            out.suffix.lower()))
+        with plt.rc_context({"svg.hashsalt": "sigprop"}):  # reproducible SVG element ids
+            fig.savefig(out, metadata=metadata)
     except OSError as e:
         usage_error(f"cannot write --out {str(out)!r} ({e.strerror or e})")
     finally:

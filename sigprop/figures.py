@@ -905,8 +905,10 @@ def _render_trio(config: FigureConfig, runs: dict[str, RunSpec]
             + (f" and overflows float32 at block {overflow} (vertical line)" if overflow
                is not None else "")
             + "; SkipInit with alpha = 0 is the identity (its residual is exactly 0, so it "
-            "has no point on the log axis) and with alpha = 0.1 grows by 1.01 per block. "
-            f"Theory dashed. {config.describe()}")
+            "has no point on the log axis) and with alpha = 0.1 grows by 1.01 per block. On "
+            "axes that span the unnormalized explosion, the linear growth of BN v2 lies near "
+            "the bottom; the single-network SPP and the orderings figure show it on linear "
+            f"axes. Theory dashed. {config.describe()}")
         return FigureResult("spp-trio", "SPP of BN, unnormalized and SkipInit", fig, data,
                             caption)
     return render
