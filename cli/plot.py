@@ -27,7 +27,8 @@ def load(path: Path) -> sigprop.Trace:
     except (OSError, UnicodeDecodeError) as e:
         usage_error(f"{path}: cannot read it ({e})")
     except sigprop.TraceFormatError as e:
-        usage_error(f"{path}: {e}; pass a stats.json written by `sigprop analyze`")
+        where = "" if str(e).startswith(str(path)) else f"{path}: "  # from_json names the file
+        usage_error(f"{where}{e}; pass a stats.json written by `sigprop analyze`")
     if not trace.runs or trace.n_blocks == 0:
         usage_error(f"{path}: holds no measured blocks; nothing to plot")
     lengths = {len(run.blocks) for run in trace.runs}
