@@ -12,11 +12,14 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 from sigprop_cli.main import app
 from typer.testing import CliRunner
 
+import sigprop
 from sigprop import figures
 from sigprop.figures import COLUMNS, QUICK
+from tests.helpers import ScaledBlock
 
 NAMES = [spec.name for spec in figures.figure_specs(QUICK)]
 
@@ -173,3 +176,18 @@ def test_figures_bad_options_exit_2(args: list[str], tmp_path: Path) -> None:
     assert result.exit_code == 2 and result.stderr.startswith("error: ")
     assert "Traceback" not in result.stdout + result.stderr
     assert not list(tmp_path.iterdir())
+
+
+def test_zoo_takes_traces_of_any_model() -> None:
+    """Not only built-in ResNets: a model without theory or config is drawn and tabulated."""
+    net = torch.nn.Sequential(ScaledBlock(3, 0.5), ScaledBlock(3, 0.5), ScaledBlock(3, 0.0))
+    custom = sigprop.measure(net, sigprop.gaussian_input((4, 3, 8, 8), seed=0))
+    bn = figures.measure_run(figures.RunSpec(6), QUICK)
+    fig = figures.plot_zoo([custom, bn], ["custom", "BN v2"])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[0] == "custom: 2/3"  # branch 0.5 x skip in norm twice, then exactly 0
+    norm_ratio = fig.axes[0].get_lines()[0].get_ydata()
+    assert np.allclose(norm_ratio[:2], 0.5) and np.isnan(norm_ratio[2])  # log axis: 0 not drawn
+    frame = figures.tidy([custom], ["custom"], {"cosine": lambda b: b.cosine})
+    assert set(frame.source) == {"measured"} and set(frame.depth) == {3}
+    plt.close("all")
