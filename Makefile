@@ -1,12 +1,13 @@
-# Two commands on a fresh clone: `make analyze` (the main job) and `make test` (the test suite).
-# Both create .venv with everything they need on first use.
+# Two commands on a fresh clone: `make analyze` (the main job) and `make test` (the test suite);
+# `make figures` regenerates figures/.
+# All create .venv with everything they need on first use.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 ARGS ?= --depth 512
 
-.PHONY: analyze test lint venv clean
+.PHONY: analyze figures test lint venv clean
 
 venv: $(STAMP)
 
@@ -18,6 +19,10 @@ $(STAMP): pyproject.toml
 
 analyze: $(STAMP)
 	$(BIN)/sigprop analyze resnet $(ARGS)
+
+# Regenerates figures/ (images, captions, data) deterministically.
+figures: $(STAMP)
+	$(BIN)/sigprop figures --out figures
 
 lint: $(STAMP)
 	$(BIN)/ruff check sigprop cli tests

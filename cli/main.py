@@ -9,6 +9,8 @@ import sigprop
 from ._allocator import pin_glibc_allocator
 from .analyze import app as analyze_app
 from .audit import app as audit_app
+from .figures import figures_command
+from .plot import plot_command
 
 app = typer.Typer(
     name="sigprop",
@@ -21,6 +23,8 @@ app = typer.Typer(
 )
 app.add_typer(analyze_app, name="analyze")
 app.add_typer(audit_app, name="audit")
+app.command("figures")(figures_command)
+app.command("plot")(plot_command)
 
 
 def _version(value: bool) -> None:

@@ -56,7 +56,8 @@ PAGES = sorted(str(p.relative_to(ROOT)) for p in [ROOT / "README.md", *ROOT.glob
 
 
 def test_the_main_pages_have_examples() -> None:
-    assert {"README.md", "docs/python-api.md", "docs/auditing.md"} <= set(PAGES)
+    assert {"README.md", "docs/python-api.md", "docs/auditing.md",
+            "docs/figures.md"} <= set(PAGES)
 
 
 @pytest.mark.parametrize("page", PAGES)

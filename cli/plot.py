@@ -1,0 +1,80 @@
+"""``sigprop plot``: re-render saved runs (stats.json) as one signal-propagation plot."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+import sigprop
+from sigprop.plotting import plot_spp
+
+from ._run import STATS_JSON, usage_error
+
+SUFFIXES = (".png", ".svg", ".pdf")
+
+
+def load(path: Path) -> sigprop.Trace:
+    """Read a stats.json (or the stats.json inside a folder); usage error if it is not one."""
+    if path.is_dir():
+        path = path / STATS_JSON
+    try:
+        trace = sigprop.Trace.from_json(path)
+    except FileNotFoundError:
+        usage_error(f"{path}: no such file; pass the stats.json written by "
+                    "`sigprop analyze` (or its --out folder)")
+    except (OSError, UnicodeDecodeError) as e:
+        usage_error(f"{path}: cannot read it ({e})")
+    except sigprop.TraceFormatError as e:
+        where = "" if str(e).startswith(str(path)) else f"{path}: "  # from_json names the file
+        usage_error(f"{where}{e}; pass a stats.json written by `sigprop analyze`")
+    if not trace.runs or trace.n_blocks == 0:
+        usage_error(f"{path}: holds no measured blocks; nothing to plot")
+    lengths = {len(run.blocks) for run in trace.runs}
+    if len(lengths) > 1:
+        usage_error(f"{path}: its runs have different numbers of blocks {sorted(lengths)}; "
+                    "runs of one file must measure the same network")
+    return trace
+
+
+def plot_command(
+    files: Annotated[list[Path], typer.Argument(
+        help="stats.json files written by `sigprop analyze` (or their folders); several are "
+        "overlaid, one colour each.", show_default=False)],
+    out: Annotated[Path, typer.Option(
+        help="Image to write; the format follows the suffix: .png, .svg or .pdf.",
+        show_default=False)],
+    label: Annotated[list[str] | None, typer.Option(
+        help="Legend entry of each file, in order (repeat once per file; default: the model "
+        "and its depth).", show_default=False)] = None,
+    theory: Annotated[bool, typer.Option(
+        help="Draw the closed-form theory of the built-in ResNets.")] = True,
+) -> None:
+    """Overlay saved runs (stats.json) in one signal-propagation plot.
+
+    Example: sigprop plot bn/stats.json skipinit/stats.json --label BN --label SkipInit --out
+    both.png
+    """
+    if out.suffix.lower() not in SUFFIXES:
+        usage_error(f"--out {str(out)!r} has no image suffix: use one of "
+                    f"{', '.join(SUFFIXES)}, e.g. --out spp.png")
+    if label and len(label) != len(files):
+        usage_error(f"got {len(label)} --label for {len(files)} files: give one per file, "
+                    "in order, or none")
+    traces = [load(path) for path in files]
+    if not out.parent.is_dir():
+        usage_error(f"cannot write --out {str(out)!r}: folder {str(out.parent)!r} does not "
+                    "exist")
+    import matplotlib.pyplot as plt
+
+    fig = plot_spp(traces, labels=label or None, theory=theory)
+    metadata = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}.get(out.suffix.lower())
+    try:
+        with plt.rc_context({"svg.hashsalt": "sigprop"}):  # reproducible SVG element ids
+            fig.savefig(out, metadata=metadata)
+    except OSError as e:
+        usage_error(f"cannot write --out {str(out)!r} ({e.strerror or e})")
+    finally:
+        plt.close(fig)
+    typer.echo(f"wrote {out} ({len(traces)} run file{'s' if len(traces) > 1 else ''})")

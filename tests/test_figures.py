@@ -1,0 +1,193 @@
+"""The figure set: `sigprop figures --quick` writes every figure, caption and table, and the
+tables show the shapes the theory predicts (the data are tested, not the pixels)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import sigprop
+from sigprop import figures
+from sigprop.figures import COLUMNS, QUICK
+from sigprop_cli.main import app
+from tests.helpers import ScaledBlock
+
+NAMES = [spec.name for spec in figures.figure_specs(QUICK)]
+
+
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("figures")
+    result = CliRunner().invoke(app, ["figures", "--quick", "--out", str(out),
+                                      "--format", "png,svg"])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert f"wrote {len(NAMES)} figures (quick set)" in result.stdout
+    return out
+
+
+def table(out: Path, name: str) -> pd.DataFrame:
+    frame = pd.read_csv(out / f"{name}.csv")
+    assert list(frame.columns) == COLUMNS
+    return frame
+
+
+def measured(frame: pd.DataFrame, series: str, quantity: str) -> pd.DataFrame:
+    """seed x block table of one measured quantity."""
+    rows = frame[(frame.series == series) & (frame.source == "measured")
+                 & (frame.quantity == quantity)]
+    assert not rows.empty, (series, quantity)
+    return rows.pivot(index="seed", columns="block", values="value")
+
+
+def test_every_figure_caption_and_table_is_written(quick: Path) -> None:
+    assert NAMES == ["spp-resnet-v2-batchnorm", "spp-trio", "identity-bias", "sqrt-depth-law",
+                     "depth-sweep", "orderings", "zoo"]
+    for name in NAMES:
+        assert (quick / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+        assert (quick / f"{name}.svg").read_text().lstrip().startswith("<?xml")
+        caption = (quick / f"{name}.txt").read_text()
+        assert "Width" in caption and "Gaussian" in caption and "seed" in caption, name
+        assert len(table(quick, name)) > 0
+    assert not list(quick.glob("*.pdf"))
+
+
+def test_spp_trio_shapes(quick: Path) -> None:
+    frame = table(quick, "spp-trio")
+    assert set(frame.series) == {"BN v2", "unnormalized", "SkipInit, alpha = 0",
+                                 "SkipInit, alpha = 0.1"}
+    assert set(frame[frame.source == "measured"].seed) == set(QUICK.seeds)
+    # Unnormalized: the skip second moment rises geometrically (a line in log space).
+    skip = measured(frame, "unnormalized", "skip_m2").to_numpy()
+    blocks = np.arange(skip.shape[1])
+    for run in np.log(skip):
+        slope, intercept = np.polyfit(blocks, run, 1)
+        residual = run - (intercept + slope * blocks)
+        assert np.exp(slope) > 1.3 and 1 - residual.var() / run.var() > 0.95
+    # BN v2: linear growth, about +1 per block (width 8: a loose band).
+    bn = measured(frame, "BN v2", "skip_m2").mean().to_numpy()
+    assert 0.5 < np.polyfit(blocks, bn, 1)[0] < 1.5
+    # SkipInit at alpha = 0: the residual is exactly 0, the skip path does not move.
+    assert (measured(frame, "SkipInit, alpha = 0", "residual_var").to_numpy() == 0).all()
+    still = measured(frame, "SkipInit, alpha = 0", "skip_m2").to_numpy()
+    assert np.allclose(still, still[:, :1])
+    # Theory rows: BN v2 skip m2 grows by exactly 1 per block.
+    theory = frame[(frame.series == "BN v2") & (frame.source == "theory")
+                   & (frame.quantity == "skip_m2")]
+    assert np.allclose(np.diff(theory.value), 1.0, atol=1e-4)  # CSV: 6 significant digits
+    assert theory.seed.isna().all()
+
+
+def test_sqrt_depth_law_ratio_falls_as_one_over_l(quick: Path) -> None:
+    frame = table(quick, "sqrt-depth-law")
+    for depth in QUICK.law_depths:
+        ratio = measured(frame, f"d = {depth}", "ratio").to_numpy()
+        mean = ratio.mean(axis=0)
+        assert mean[:3].mean() > 3 * mean[-3:].mean()
+        position = np.log(np.arange(1, ratio.shape[1] + 1))
+        exponent = np.polyfit(np.tile(position, len(ratio)), np.log(ratio).ravel(), 1)[0]
+        assert -1.3 < exponent < -0.6, (depth, exponent)
+    assert "exponent" in (quick / "sqrt-depth-law.txt").read_text()
+
+
+def test_depth_sweep_bn_linear_unnormalized_explodes_skipinit_flat(quick: Path) -> None:
+    frame = table(quick, "depth-sweep")
+    final = frame[(frame.source == "measured") & (frame.quantity == "final_m2")]
+    bn = final[final.series == "BN v2"].groupby("depth").value.mean()
+    assert list(bn.index) == list(QUICK.sweep_depths)
+    slope, intercept = np.polyfit(bn.index, bn.to_numpy(), 1)
+    fitted = intercept + slope * bn.index.to_numpy()
+    assert 0.6 < slope < 1.4 and np.corrcoef(fitted, bn.to_numpy())[0, 1] ** 2 > 0.9
+    none = final[final.series == "unnormalized"].groupby("depth").value.median()
+    assert none.iloc[-1] / none.iloc[0] > 1e6
+    flat = final[final.series == "SkipInit, alpha = 0"].groupby("depth").value.mean()
+    assert flat.max() / flat.min() < 2
+    theory = frame[(frame.series == "BN v2") & (frame.source == "theory")]
+    assert np.allclose(theory.value - theory.depth, theory.value.iloc[0] - theory.depth.iloc[0],
+                       atol=1.0)  # m2_0 + d, m2_0 measured per network
+
+
+def test_orderings_and_stage_resets(quick: Path) -> None:
+    frame = table(quick, "orderings")
+    blocks = np.arange(QUICK.variants_depth)
+    slope = {series: np.polyfit(blocks, measured(frame, series, "skip_m2").mean(), 1)[0]
+             for series in ("BN-ReLU-Conv v2", "ReLU-BN-Conv v2")}
+    assert slope["ReLU-BN-Conv v2"] > 1.4 * slope["BN-ReLU-Conv v2"]
+    sq_mean = measured(frame, "ReLU-BN-Conv v2", "skip_sq_mean").mean().to_numpy()
+    assert sq_mean[-1] < 0.2 * measured(frame, "BN-ReLU-Conv v2", "skip_sq_mean").mean().iloc[-1]
+    multi = frame[(frame.series == f"BN v2, {QUICK.stages} stages")
+                  & (frame.source == "measured") & (frame.quantity == "skip_m2")]
+    assert sorted(set(multi.stage)) == list(range(QUICK.stages))
+    skip = multi.groupby("block").value.mean()
+    for stage in range(1, QUICK.stages):
+        start = int(multi[multi.stage == stage].block.min())
+        assert skip[start] < 0.5 * skip[start - 1]  # the projection resets the skip path
+
+
+def test_identity_bias_and_zoo(quick: Path) -> None:
+    frame = table(quick, "identity-bias")
+    assert (measured(frame, "SkipInit, alpha = 0", "cosine").to_numpy() == 1).all()
+    assert 0.55 < np.nanmean(measured(frame, "unnormalized", "cosine").to_numpy()) < 0.85
+    bn = measured(frame, "BN v2", "cosine").mean().to_numpy()
+    assert bn[-5:].mean() > bn[:5].mean() and bn[-1] > 0.97
+    norm = measured(frame, "SkipInit, alpha = 0.1", "branch_norm_ratio").to_numpy()
+    assert 0.08 < norm.mean() < 0.12 and norm.max() < 0.2  # alpha = 0.1 (per block: width 8)
+    zoo = table(quick, "zoo")
+    assert {"BN v2", "BN v1", "unnormalized", "SkipInit, alpha = 0",
+            "branch / sqrt(d)"} <= set(zoo.series)
+    assert set(zoo.source) == {"measured"}
+    assert "effective depth" in (quick / "zoo.txt").read_text()
+
+
+def test_generation_is_deterministic() -> None:
+    specs = [s for s in figures.figure_specs(QUICK) if s.name == "sqrt-depth-law"]
+    first, second = (next(figures.generate(QUICK, specs)) for _ in range(2))
+    pd.testing.assert_frame_equal(first.data, second.data)
+    assert first.caption == second.caption
+    plt.close("all")
+
+
+def test_plot_functions_take_traces_and_axes() -> None:
+    trace = figures.measure_run(figures.RunSpec(6), QUICK)
+    fig, axes = plt.subplots(1, 2)
+    assert figures.plot_zoo([trace], ["BN"], axes=list(axes)) is fig
+    assert figures.plot_identity_bias([trace], axes=list(axes)) is fig
+    with pytest.raises(ValueError, match="got 1 labels for 2 traces"):
+        figures.plot_zoo([trace, trace], ["a"])
+    with pytest.raises(ValueError, match="draws 4 panels, got 2 axes"):
+        figures.plot_spp_trio([trace], axes=list(axes))
+    with pytest.raises(ValueError, match="not in sweeps"):
+        figures.plot_depth_sweep({"BN": [trace]}, explosive=["none"])
+    plt.close("all")
+
+
+@pytest.mark.parametrize("args", [["--format", "png,gif"], ["--format", ","],
+                                  ["--threads", "0"]])
+def test_figures_bad_options_exit_2(args: list[str], tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["figures", "--quick", "--out", str(tmp_path), *args])
+    assert result.exit_code == 2 and result.stderr.startswith("error: ")
+    assert "Traceback" not in result.stdout + result.stderr
+    assert not list(tmp_path.iterdir())
+
+
+def test_zoo_takes_traces_of_any_model() -> None:
+    """Not only built-in ResNets: a model without theory or config is drawn and tabulated."""
+    net = torch.nn.Sequential(ScaledBlock(3, 0.5), ScaledBlock(3, 0.5), ScaledBlock(3, 0.0))
+    custom = sigprop.measure(net, sigprop.gaussian_input((4, 3, 8, 8), seed=0))
+    bn = figures.measure_run(figures.RunSpec(6), QUICK)
+    fig = figures.plot_zoo([custom, bn], ["custom", "BN v2"])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[0] == "custom: 2/3"  # branch 0.5 x skip in norm twice, then exactly 0
+    norm_ratio = fig.axes[0].get_lines()[0].get_ydata()
+    assert np.allclose(norm_ratio[:2], 0.5) and np.isnan(norm_ratio[2])  # log axis: 0 not drawn
+    frame = figures.tidy([custom], ["custom"], {"cosine": lambda b: b.cosine})
+    assert set(frame.source) == {"measured"} and set(frame.depth) == {3}
+    plt.close("all")
