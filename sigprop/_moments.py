@@ -28,33 +28,50 @@ def reduction_dims(ndim: int, channels_last: bool) -> tuple[int, ...]:
     return tuple(d for d in range(ndim) if d != channel)
 
 
-def channel_sums(x: torch.Tensor, channels_last: bool = False) -> torch.Tensor:
-    """``[sum_c, sum_sq_c, e]`` of ``x * 2^-e`` as one flat tensor on ``x``'s device.
+def _channel_sum(t: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    """Per-channel sum; reduces the contiguous positions first, the fastest order on CPUs."""
+    if channels_last:
+        return t.reshape(-1, t.shape[-1]).sum(0)
+    if t.ndim > 2 and t.is_contiguous():
+        return t.view(t.shape[0], t.shape[1], -1).sum(-1).sum(0)
+    return t.sum(reduction_dims(t.ndim, channels_last))
 
-    ``e`` is the exponent of ``max |x|`` (so every scaled value is below 1 in magnitude); the
-    sums accumulate in float32 (float64 for float64 input). No host synchronisation.
-    """
-    dims = reduction_dims(x.ndim, channels_last)
-    dtype = torch.promote_types(x.dtype, torch.float32)
+
+def _scale_below_peak(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """The power of two ``2^-e`` with ``max |x| < 2^e`` (1 when x is 0 or not finite)."""
     low, high = torch.aminmax(x)
     _, exponent = torch.frexp(torch.maximum(high, -low).to(dtype))
-    scaled = x.to(dtype) * torch.exp2(-exponent.to(dtype))
-    sums = scaled.sum(dims)
-    squares = scaled.mul_(scaled).sum(dims)
-    return torch.cat((sums, squares, exponent.to(dtype).reshape(1)))
+    return torch.exp2(-exponent.to(dtype))
+
+
+def channel_sums(x: torch.Tensor, channels_last: bool = False,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
+    """``[sum_c, sum_sq_c, s]`` of ``x * s`` as one flat tensor on ``x``'s device.
+
+    ``s`` is a power of two (``scale``, or by default the one bringing ``max |x|`` below 1), so
+    the squares cannot overflow while ``x`` is finite and scaling loses no precision. The sums
+    accumulate in float32 (float64 for float64 input). No host synchronisation.
+    """
+    reduction_dims(x.ndim, channels_last)  # validates the shape
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    s = _scale_below_peak(x, dtype) if scale is None else scale.to(dtype)
+    scaled = x.to(dtype) * s
+    sums = _channel_sum(scaled, channels_last)
+    squares = _channel_sum(scaled.mul_(scaled), channels_last)
+    return torch.cat((sums, squares, s.reshape(1)))
 
 
 def moments_from_sums(flat: np.ndarray, count: int) -> Moments:
     """The :class:`Moments` of a tensor from its :func:`channel_sums` (float64, on the host).
 
     ``count`` is the number of elements per channel. Per channel ``mu_c = sum_c / count`` and
-    ``sigma2_c = sum_sq_c / count - mu_c**2`` (population variance).
+    ``sigma2_c = sum_sq_c / count - mu_c**2`` (population variance), undoing the scale ``s``.
     """
     channels = (flat.size - 1) // 2
-    scale = 2.0 ** float(flat[-1])
-    with np.errstate(over="ignore", invalid="ignore"):
-        mean = flat[:channels] * scale / count
-        second = flat[channels:-1] * scale * scale / count
+    scale = float(flat[-1])
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        mean = flat[:channels] / scale / count
+        second = flat[channels:-1] / scale / scale / count
         var = np.maximum(second - mean**2, 0.0)
         return Moments(float(var.mean()), float((mean**2).mean()))
 
@@ -75,13 +92,17 @@ class BlockAccumulator:
 
     The skip operand of a block is very often the output of the block before (a chain of
     identity shortcuts); its sums are then reused instead of reduced a second time, as long as
-    the tensor has not been modified in place since.
+    the tensor has not been modified in place since. The power-of-two scale that keeps squares
+    in float32 range comes from the magnitude of the first skip, then follows the RMS of each
+    block's output, all on the device: a block would have to grow its signal by more than 1e15
+    for the squares to overflow before the activations do.
     """
 
     def __init__(self) -> None:
         self._sums: list[torch.Tensor] = []
         self._counts: list[int] = []
         self._last_output: tuple[weakref.ref[torch.Tensor], int, torch.Tensor] | None = None
+        self._scale: torch.Tensor | None = None
 
     def add(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
             channels_last: bool) -> None:
@@ -90,9 +111,12 @@ class BlockAccumulator:
         if last is not None and last[0]() is skip and skip._version == last[1]:
             skip_sums = last[2]
         else:
-            skip_sums = channel_sums(skip, channels_last)
-        output_sums = channel_sums(output, channels_last)
-        self._sums += [skip_sums, channel_sums(residual, channels_last), output_sums]
+            skip_sums = channel_sums(skip, channels_last, self._scale)
+            self._scale = skip_sums[-1]
+        output_sums = channel_sums(output, channels_last, self._scale)
+        self._sums += [skip_sums, channel_sums(residual, channels_last, self._scale),
+                       output_sums]
+        self._scale = _follow_rms(output_sums, output.numel())
         channel_dim = -1 if channels_last else 1
         self._counts += [t.numel() // t.shape[channel_dim] for t in (skip, residual, output)]
         self._last_output = (weakref.ref(output), output._version, output_sums)
@@ -115,3 +139,16 @@ class BlockAccumulator:
             cross = (output.m2 - skip.m2 - residual.m2) / 2
             out.append((skip, residual, output, cross))
         return out
+
+
+_SCALE_RANGE = (2.0**-120, 2.0**120)
+
+
+def _follow_rms(sums: torch.Tensor, numel: int) -> torch.Tensor:
+    """The power of two that brings the RMS of the tensor behind ``sums`` near 1."""
+    channels = (sums.numel() - 1) // 2
+    scale = sums[-1]
+    mean_square = sums[channels:-1].sum() / numel  # mean of (x * scale)^2
+    _, exponent = torch.frexp(mean_square)  # 0 for 0, inf and NaN: the scale stays
+    step = torch.exp2(-torch.div(exponent, 2, rounding_mode="floor").to(scale.dtype))
+    return torch.clamp(scale * step, *_SCALE_RANGE)
