@@ -62,11 +62,12 @@ def gaussian_input(
 class _Recorder:
     """Describes every tapped addition and reduces its tensors to sums kept on the device."""
 
-    def __init__(self, with_stats: bool, progress: Callable[[int], None] | None):
+    def __init__(self, with_stats: bool, progress: Callable[[int], None] | None,
+                 safe: bool = False):
         self.with_stats = with_stats
         self.progress = progress
         self.blocks: list[Block] = []
-        self.sums = BlockAccumulator()
+        self.sums = BlockAccumulator(safe)
 
     def record(self, name: str, shortcut: Shortcut, channels_last: bool, skip: torch.Tensor,
                residual: torch.Tensor, output: torch.Tensor) -> None:
@@ -274,11 +275,18 @@ def measure(
     batch, spec = _resolve_input(inputs, model)
     recorder = _Recorder(with_stats=True, progress=progress)
     _forward(model, batch, recorder, mode, blocks)
+    stats = recorder.block_stats()
+    if not all(b.finite for b in stats):
+        # The fast statistics overflow long before float32 activations do: measure again with
+        # every tensor scaled, so the first non-finite block is where the network overflows.
+        recorder = _Recorder(with_stats=True, progress=None, safe=True)
+        _forward(model, batch, recorder, mode, blocks)
+        stats = recorder.block_stats()
     if model_info is not None:
         info = dict(model_info)
     else:
         info = dict(model.config) if isinstance(model, ResNet) else {"name": type(model).__name__}
-    run = Run(seed if seed is not None else spec.seed, recorder.block_stats())
+    run = Run(seed if seed is not None else spec.seed, stats)
     return Trace(model=info, input=spec, bn_mode=mode.value, runs=(run,))
 
 

@@ -195,6 +195,11 @@ def ratio_exponent(trace: Trace, stage: int = 0, level: float = 0.95) -> Estimat
     block in the stage, pooled over runs. The sqrt(depth) law ``ratio = 1/(m2_0 + l)`` gives -1
     for second moments (-1/2 for standard deviations). Blocks with a zero or non-finite ratio are
     left out (a SkipInit branch at alpha = 0 has no exponent: NaN).
+
+    The ratio divides by the skip second moment, a random walk, so neighbouring residuals of the
+    fit are correlated; the interval widens the least-squares standard error by the AR(1)
+    factor ``sqrt((1 + rho) / (1 - rho))``, with ``rho`` the lag-1 autocorrelation of the
+    residuals within each run (no widening when ``rho <= 0``).
     """
     series = _stage_series(trace, stage, lambda b: b.ratio)
     xs, ys = [], []
@@ -207,10 +212,24 @@ def ratio_exponent(trace: Trace, stage: int = 0, level: float = 0.95) -> Estimat
     if x.size < 3 or np.ptp(x) == 0:
         return Estimate("ratio_exponent", stage, math.nan, (math.nan, math.nan), int(x.size))
     result = sps.linregress(x, y)
-    half = float(sps.t.ppf(0.5 + level / 2, x.size - 2) * result.stderr)
     slope = float(result.slope)
+    rho = _lag1_autocorrelation([yr - (result.intercept + slope * xr) for xr, yr in zip(xs, ys,
+                                                                                      strict=True)])
+    widen = math.sqrt((1 + rho) / (1 - rho)) if 0 < rho < 1 else 1.0
+    half = float(sps.t.ppf(0.5 + level / 2, x.size - 2) * result.stderr) * widen
     return Estimate("ratio_exponent", stage, slope, (slope - half, slope + half), int(x.size),
                     float(result.rvalue**2), float(math.exp(result.intercept)))
+
+
+def _lag1_autocorrelation(residuals: list[np.ndarray]) -> float:
+    """Lag-1 autocorrelation of residual series, pairs taken within each series only."""
+    pairs = [(r[:-1], r[1:]) for r in residuals if r.size > 2]
+    if not pairs:
+        return 0.0
+    lead = np.concatenate([a for a, _ in pairs])
+    lag = np.concatenate([b for _, b in pairs])
+    denominator = float(np.sqrt((lead**2).sum() * (lag**2).sum()))
+    return float((lead * lag).sum()) / denominator if denominator > 0 else 0.0
 
 
 def fits(trace: Trace, level: float = 0.95) -> list[Estimate]:
