@@ -27,8 +27,9 @@ from functools import reduce
 from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
+from torch import nn
 
-from sigprop import models, stats
+from sigprop import models, sources, stats
 from sigprop.plotting import style
 from sigprop.recording import measure
 from sigprop.theory import BlockPrediction, predict
@@ -104,10 +105,12 @@ _PREDICTED: dict[str, TheoryQuantity] = {
 
 @dataclass(frozen=True, slots=True)
 class RunSpec:
-    """A built-in ResNet to measure (the arguments of :func:`sigprop.models.resnet`).
+    """A network to measure: a built-in ResNet (the arguments of :func:`sigprop.models.resnet`)
+    or, with ``model``, a real architecture.
 
     Attributes:
-        depth: number of residual blocks.
+        depth: number of residual blocks (for a real architecture: how many it has, for the
+            progress bar).
         norm, variant, order, alpha, stages: as in :func:`sigprop.models.resnet`.
         width, batch, image, seeds: channels of the first stage, images per batch, image side
             and seeds; None takes the :class:`FigureConfig`'s value.
@@ -123,6 +126,7 @@ class RunSpec:
     batch: int | None = None
     image: int | None = None
     seeds: tuple[int, ...] | None = None
+    model: str | None = None  # "torchvision:NAME" or "timm:NAME", built without weights
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +147,8 @@ class FigureConfig:
         variants_depth: depth of the orderings/variants figure and of the zoo.
         stages: number of stages of the multi-stage network.
         headline: (depth, batch, image) of the README's single-network SPP.
+        zoo_image, zoo_batch: input size of the real architectures (torchvision, timm) in the
+            zoo.
     """
 
     name: str
@@ -158,6 +164,8 @@ class FigureConfig:
     variants_depth: int
     stages: int
     headline: tuple[int, int, int]
+    zoo_image: int
+    zoo_batch: int
 
     def describe(self, spec: RunSpec | None = None, seeds: Sequence[int] | None = None) -> str:
         """The sizes and seeds in words, for a caption."""
@@ -177,11 +185,12 @@ FULL = FigureConfig(
     spp_depth=512,
     law_depths=(64, 256, 1024), sweep_depths=(16, 32, 64, 128, 256, 512, 1024, 2048),
     sweep_overflow_depth=512, variants_depth=256, stages=3, headline=(512, 32, 32),
+    zoo_image=64, zoo_batch=8,
 )
 QUICK = FigureConfig(
     name="quick", width=8, batch=4, image=8, seeds=(0, 1, 2), sweep_seeds=3, spp_depth=48,
     law_depths=(16, 48), sweep_depths=(4, 8, 16, 32, 64), sweep_overflow_depth=64,
-    variants_depth=24, stages=3, headline=(32, 4, 8),
+    variants_depth=24, stages=3, headline=(32, 4, 8), zoo_image=32, zoo_batch=2,
 )
 
 
@@ -238,11 +247,20 @@ def measure_run(spec: RunSpec, config: FigureConfig,
     image = spec.image or config.image
     traces = []
     for seed in spec.seeds or config.seeds:
-        net = models.resnet(spec.depth, variant=spec.variant, norm=spec.norm, width=width,
-                            stages=spec.stages, alpha=spec.alpha, order=spec.order, seed=seed)
+        net, info = _build(spec, width, seed)
         traces.append(measure(net, InputSpec("gaussian", (batch, 3, image, image), seed),
-                              progress=progress))
+                              model_info=info, progress=progress))
     return reduce(Trace.merge, traces)
+
+
+def _build(spec: RunSpec, width: int, seed: int) -> tuple[nn.Module, dict[str, Any]]:
+    if spec.model is not None:
+        source, _, name = spec.model.partition(":")
+        builders = {"torchvision": sources.torchvision_builder, "timm": sources.timm_builder}
+        return builders[source](name)(seed)
+    net = models.resnet(spec.depth, variant=spec.variant, norm=spec.norm, width=width,
+                        stages=spec.stages, alpha=spec.alpha, order=spec.order, seed=seed)
+    return net, net.config
 
 
 def total_blocks(specs: Sequence[FigureSpec], config: FigureConfig) -> int:
@@ -842,10 +860,14 @@ _PALETTE_INDEX = {"BN v2": 0, "unnormalized": 1, "SkipInit, alpha = 0": 2,
 
 
 def _colors_for(labels: Sequence[str]) -> list[str]:
+    """Fixed colours for the built-in networks; the others take the colours left, in order."""
     import seaborn as sns
 
     palette = sns.color_palette("colorblind").as_hex()
-    return [palette[_PALETTE_INDEX.get(label, 7)] for label in labels]
+    spare = iter([c for k, c in enumerate(palette) if k not in _PALETTE_INDEX.values()]
+                 + ["#000000", "#7b3294", "#a6611a"])
+    return [palette[_PALETTE_INDEX[label]] if label in _PALETTE_INDEX else next(spare, "#444444")
+            for label in labels]
 
 
 def _spp_runs(config: FigureConfig) -> dict[str, RunSpec]:
@@ -1046,7 +1068,19 @@ def _zoo_runs(config: FigureConfig) -> dict[str, RunSpec]:
         "unnormalized": RunSpec(d, norm="none"),
         _alpha_text(0.0): RunSpec(d, norm="skipinit", alpha=0.0),
         "branch / sqrt(d)": RunSpec(d, norm="sqrt-depth"),
+        **{label: RunSpec(blocks, model=model, image=config.zoo_image, batch=config.zoo_batch)
+           for label, model, blocks in _REAL_MODELS},
     }
+
+
+# Real architectures of the zoo: (legend, source:name, residual blocks).
+_REAL_MODELS = (
+    ("torchvision resnet50", "torchvision:resnet50", 16),
+    ("timm resnet50 (zero-init last BN)", "timm:resnet50", 16),
+    ("timm resnetv2_50", "timm:resnetv2_50", 16),
+    ("timm nf_resnet50", "timm:nf_resnet50", 16),
+    ("timm convnext_atto (layer scale)", "timm:convnext_atto", 12),
+)
 
 
 def _render_zoo(config: FigureConfig, runs: dict[str, RunSpec]
@@ -1057,19 +1091,24 @@ def _render_zoo(config: FigureConfig, runs: dict[str, RunSpec]
         fig = plot_zoo(ordered, labels, colors=_colors_for(labels))
         data = tidy(ordered, labels, {k: _QUANTITIES[k] for k in
                                       ("branch_norm_ratio", "cosine")}, theory=False)
-        depths = "; ".join(f"{label}: {stats.effective_depth(t)}"
+        depths = "; ".join(f"{label}: {stats.effective_depth(t)} of {t.n_blocks}"
                            for label, t in zip(labels, ordered, strict=True))
         caption = (
             "Model zoo: which networks are biased towards the identity at initialization. "
             "Branch/skip norm ratio ||f_l(x_l)|| / ||x_l|| (log axis; dotted: 0.1) and cosine "
             "between skip path and block output against relative depth (l + 1)/n. The legend "
             "gives the effective depth, the number of blocks whose branch moves the skip path "
-            f"by at least 10% in norm: {depths}, out of {config.variants_depth}. BN biases "
+            f"by at least 10% in norm: {depths}. BN biases "
             "deep blocks towards the identity (norm ratio ~ 1/sqrt(l)); SkipInit at alpha = 0 "
             "makes every block exactly the identity; a 1/sqrt(d) branch scaling makes every "
             "block uniformly close to it; the unnormalized network has no identity bias. "
-            "These are the built-in ResNets; the function takes traces of any model. "
-            f"{config.describe()}")
+            "Real architectures, built without weights and measured on "
+            f"{config.zoo_batch} Gaussian {config.zoo_image}x{config.zoo_image} images: "
+            "timm's resnet50 zero-initializes the last BN of every branch and its nf_resnet50 "
+            "the last convolution (SkipInit-like), so their blocks start as exact identities; "
+            "convnext_atto's layer scale (1e-6) makes every branch ~1e-6 of its skip path; "
+            "torchvision's resnet50 and timm's resnetv2_50 rely on BN alone. "
+            f"Built-in ResNets: {config.describe()}")
         return FigureResult("zoo", "Model zoo", fig, data, caption)
     return render
 
