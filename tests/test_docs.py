@@ -82,3 +82,11 @@ def _regenerate() -> None:
 
 if __name__ == "__main__":
     _regenerate()
+
+
+def test_gallery_captions_match_the_generated_ones() -> None:
+    gallery = (ROOT / "docs" / "figures.md").read_text()
+    shown = re.findall(r"!\[[^\]]*\]\(\.\./figures/([a-z0-9-]+)\.png\)\n\n\*([^\n]*)\*", gallery)
+    assert {name for name, _ in shown} == {p.stem for p in (ROOT / "figures").glob("*.png")}
+    for name, caption in shown:
+        assert caption == (ROOT / "figures" / f"{name}.txt").read_text().strip(), name
