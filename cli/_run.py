@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import math
+import sys
 import time
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
@@ -27,8 +29,19 @@ from sigprop.plotting import plot_spp
 STATS_JSON, STATS_CSV, SPP_PNG = "stats.json", "stats.csv", "spp.png"
 
 
+_debug = False
+
+
+def set_debug(enabled: bool) -> None:
+    """``sigprop --debug``: usage errors also print the traceback of the exception behind them."""
+    global _debug
+    _debug = enabled
+
+
 def usage_error(message: str) -> NoReturn:
     """Print one ``error:`` line to stderr and exit with code 2 (bad usage)."""
+    if _debug and sys.exc_info()[0] is not None:
+        traceback.print_exc()
     # Errors raised by a user's model can span several lines: keep the report on one.
     line = " ".join(part.strip() for part in message.splitlines() if part.strip())
     typer.echo(f"error: {line}", err=True)

@@ -7,6 +7,7 @@ import typer
 import sigprop
 
 from ._allocator import pin_glibc_allocator
+from ._run import set_debug
 from .analyze import app as analyze_app
 from .audit import app as audit_app
 from .figures import figures_command
@@ -38,6 +39,10 @@ def main(
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
+    debug: bool = typer.Option(
+        False, "--debug", help="On a usage error, also print the Python traceback behind it."
+    ),
 ) -> None:
     """Measure signal propagation at initialization in PyTorch residual networks."""
+    set_debug(debug)
     pin_glibc_allocator()

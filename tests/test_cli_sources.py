@@ -122,3 +122,15 @@ def test_bad_user_files_exit_2_with_one_error_line(body: str, message: str,
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], stderr
     assert "Traceback" not in stderr + stdout
+
+
+def test_debug_shows_the_traceback_behind_a_usage_error(tmp_path: Path) -> None:
+    source = tmp_path / "broken.py"
+    source.write_text("def build():\n    raise RuntimeError('my builder failed')\n")
+    args = ["analyze", "model", f"{source}:build", "--input-shape", "3,8,8", "--out",
+            str(tmp_path / "out")]
+    plain = runner.invoke(app, args)
+    debug = runner.invoke(app, ["--debug", *args])
+    assert plain.exit_code == debug.exit_code == 2
+    assert "my builder failed" in plain.stderr and "Traceback" not in plain.stderr
+    assert "Traceback" in debug.stderr and "RuntimeError: my builder failed" in debug.stderr
