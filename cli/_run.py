@@ -7,6 +7,7 @@ import math
 import sys
 import time
 import traceback
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
@@ -194,10 +195,7 @@ def summarize(collected: Collected, out: Path) -> None:
     table.add_row("skip second moment, first block", f"{skip[0]:.4g}")
     table.add_row("skip second moment, last block", f"{skip[-1]:.4g}")
     table.add_row("residual/skip ratio, last block", f"{ratio[-1]:.4g}")
-    gains: dict[str, int] = {}
-    for _, block in trace.blocks():
-        if block.gain is not None:
-            gains[block.gain] = gains.get(block.gain, 0) + 1
+    gains = Counter(block.gain for _, block in trace.blocks() if block.gain is not None)
     if gains:
         runs = f" over {len(trace.runs)} runs" if several else ""
         table.add_row("gain on the residual branch", "; ".join(

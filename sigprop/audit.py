@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -161,9 +162,7 @@ def _zero_branches(trace: Trace, tol: AuditTolerances) -> Finding:
     if not zero:
         return Finding("zero_branches", Status.PASS, "no residual branch is zero at initialization",
                        0.0)
-    gains: dict[str, int] = {}
-    for block in zero:
-        gains[block.gain or "no gain seen"] = gains.get(block.gain or "no gain seen", 0) + 1
+    gains = Counter(block.gain or "no gain seen" for block in zero)
     causes = "; ".join(f"{gain} ({n})" for gain, n in gains.items())
     per_run = len(zero) / len(trace.runs)
     return Finding("zero_branches", Status.INFO,

@@ -458,6 +458,11 @@ def _all_zero(trace: Trace, quantity: Quantity) -> bool:
     return all(v == 0 for v in values if math.isfinite(v))
 
 
+def _log_label(trace: Trace, quantity: str, label: str) -> str:
+    """The legend entry of a log-axis line, saying so when the data are all 0 (not drawable)."""
+    return label + (r" ($\equiv 0$, not drawn)" if _all_zero(trace, _QUANTITIES[quantity]) else "")
+
+
 def _check(traces: Sequence[Trace], labels: Sequence[str] | None) -> list[str]:
     if not traces:
         raise ValueError("this figure needs at least one trace")
@@ -522,9 +527,8 @@ def plot_spp_trio(traces: Sequence[Trace], labels: Sequence[str] | None = None, 
         palette = list(colors) if colors else _colors()
         for k, (trace, label) in enumerate(zip(traces, labels, strict=True)):
             for ax, (_, _, name) in zip(axs, _TRIO, strict=True):
-                zero = _all_zero(trace, _QUANTITIES[name])
                 _line(ax, trace, _QUANTITIES[name], palette[k % len(palette)],
-                      label + (r" ($\equiv 0$, not drawn)" if zero else ""), log=True)
+                      _log_label(trace, name, label), log=True)
                 if name in _PREDICTED:
                     _theory_line(ax, trace, _PREDICTED[name], None)
             _mark_overflow(axs, trace, label)
@@ -820,11 +824,10 @@ def plot_identity_bias(traces: Sequence[Trace], labels: Sequence[str] | None = N
         palette = list(colors) if colors else _colors()
         for k, (trace, label) in enumerate(zip(traces, labels, strict=True)):
             color = palette[k % len(palette)]
-            zero = _all_zero(trace, _QUANTITIES["branch_norm_ratio"])
             _line(axs[0], trace, _QUANTITIES["cosine"], color, label)
             _theory_line(axs[0], trace, _PREDICTED["cosine"], None)
             _line(axs[1], trace, _QUANTITIES["branch_norm_ratio"], color,
-                  label + (r" ($\equiv 0$, not drawn)" if zero else ""), log=True)
+                  _log_label(trace, "branch_norm_ratio", label), log=True)
             _theory_line(axs[1], trace, _PREDICTED["branch_norm_ratio"], None)
             _mark_overflow(axs, trace, label)
         axs[0].set_ylabel(r"$\cos(x_l,\ x_l + f_l(x_l))$")
