@@ -1,11 +1,13 @@
 """Reduce activations to signal-propagation statistics: cheap on the device, exact on the host.
 
-Inside a forward hook every tensor becomes its per-channel sum and sum of squares (two fast
-vectorized reductions, no host synchronisation); the float64 arithmetic that turns sums into
-variances runs once, on the host, after the forward pass. To keep squares from overflowing
-float32 before the activations themselves do, each tensor is first scaled by the power of two
-``2^-e`` that brings its largest magnitude below 1 (exact: a power of two only shifts exponents),
-and ``e`` is kept with the sums.
+Inside a forward hook every tensor becomes its per-channel sum and sum of squares, written
+straight into preallocated device storage by a few vectorized reductions (no temporary tensor
+for channels-first activations, no host synchronisation); the float64 arithmetic that turns
+sums into variances runs once, on the host, vectorized over all tensors, after the pass.
+
+The squares of float32 activations overflow at ~1e19, long before the activations themselves
+(3.4e38). The safe mode scales each tensor by a power of two first (exact: it only shifts
+exponents) and keeps the scale with the sums.
 """
 
 from __future__ import annotations
@@ -28,20 +30,83 @@ def reduction_dims(ndim: int, channels_last: bool) -> tuple[int, ...]:
     return tuple(d for d in range(ndim) if d != channel)
 
 
-def _channel_sums(t: torch.Tensor, channels_last: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per-channel sum and sum of squares, in two fused reductions (no temporary tensor).
+class _Scratch:
+    """Small reusable buffers for the partial sums of :func:`write_channel_sums`."""
 
-    The sums of squares are squared 2-norms of contiguous rows, the fastest order on CPUs; they
-    accumulate in ``t``'s precision, so they overflow once rows reach ~1e19 in float32.
+    def __init__(self) -> None:
+        self._buffers: dict[tuple[tuple[int, ...], torch.dtype, torch.device], torch.Tensor] = {}
+
+    def get(self, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
+            ) -> torch.Tensor:
+        key = (shape, dtype, device)
+        buffer = self._buffers.get(key)
+        if buffer is None:
+            buffer = self._buffers[key] = torch.empty(shape, dtype=dtype, device=device)
+        return buffer
+
+
+def write_channel_sums(x: torch.Tensor, channels_last: bool, out: torch.Tensor,
+                       scale: torch.Tensor | None = None, scratch: _Scratch | None = None
+                       ) -> None:
+    """Write ``[sum_c, sum_sq_c, s]`` of ``x * s`` into ``out`` (float64, ``2C + 1`` values).
+
+    Without ``scale`` (the fast path) ``x`` is reduced as it is and the last slot of ``out`` is
+    left alone (the caller fills it with 1). With a power-of-two ``scale`` (the safe path) ``x``
+    is scaled first, exactly, so the squares stay finite while ``x`` is. Sums accumulate in
+    float32 (float64 for float64 input), over contiguous rows where the layout allows; the
+    batch dimension is summed in float64. No host synchronisation.
     """
-    if channels_last:
-        rows = t.reshape(-1, t.shape[-1])
-        return rows.sum(0), torch.linalg.vector_norm(rows, 2, dim=0).square()
-    if t.ndim > 2 and t.is_contiguous():
-        rows = t.view(t.shape[0], t.shape[1], -1)
-        return rows.sum(-1).sum(0), torch.linalg.vector_norm(rows, 2, dim=-1).square().sum(0)
-    dims = reduction_dims(t.ndim, channels_last)
-    return t.sum(dims), (t * t).sum(dims)
+    dims = reduction_dims(x.ndim, channels_last)
+    channel = x.ndim - 1 if channels_last else 1
+    channels = x.shape[channel]
+    acc = torch.promote_types(x.dtype, torch.float32)
+    if scale is not None:
+        x = x.to(acc) * scale.to(acc)
+        out[-1:].copy_(scale)
+    sums, squares = out[:channels], out[channels : 2 * channels]
+    scratch = scratch or _Scratch()
+    if channel == 1 and x.ndim > 2 and x.is_contiguous():
+        # (N, C, positions): reduce each contiguous row, then the batch.
+        rows = x.view(x.shape[0], channels, -1)
+        partial = scratch.get(rows.shape[:2], acc, x.device)
+        torch.sum(rows, -1, dtype=acc, out=partial)
+        torch.sum(partial, 0, dtype=torch.float64, out=sums)
+        torch.linalg.vector_norm(rows, 2, dim=-1, dtype=acc, out=partial)
+        torch.sum(partial.square_(), 0, dtype=torch.float64, out=squares)
+        return
+    columns = x.movedim(channel, -1)
+    if columns.is_contiguous():
+        # Channels last in memory (tokens, or the channels_last memory format): reduce columns.
+        rows = columns.view(-1, channels)
+        partial = scratch.get((channels,), acc, x.device)
+        sums.copy_(torch.sum(rows, 0, dtype=acc, out=partial))
+        squares.copy_(torch.sum(torch.square(rows.to(acc)), 0, out=partial))
+        return
+    torch.sum(x, dims, dtype=torch.float64, out=sums)
+    torch.sum(torch.square(x.to(torch.float64)), dims, out=squares)
+
+
+def moments_from_sums(flat: np.ndarray, offsets: np.ndarray, channels: np.ndarray,
+                      counts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``var`` and ``sq_mean`` of many tensors from their sums, in float64, all at once.
+
+    Tensor ``k`` has its :func:`write_channel_sums` at ``flat[offsets[k]:]``, ``channels[k]``
+    channels and ``counts[k]`` elements per channel. Per channel ``mu_c = sum_c / count`` and
+    ``sigma2_c = sum_sq_c / count - mu_c**2`` (population variance), undoing the scale ``s``;
+    ``var`` and ``sq_mean`` average ``sigma2_c`` and ``mu_c**2`` over channels.
+    """
+    tensor = np.repeat(np.arange(offsets.size), channels)
+    first = np.cumsum(channels) - channels  # position of each tensor's first channel
+    sum_at = np.repeat(offsets - first, channels) + np.arange(tensor.size)
+    width = np.repeat(channels, channels)
+    scale = np.repeat(flat[offsets + 2 * channels], channels)
+    count = np.repeat(counts, channels)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        mean = flat[sum_at] / scale / count
+        second = flat[sum_at + width] / scale / scale / count
+        var = np.maximum(second - mean**2, 0.0)
+        return (np.bincount(tensor, var, offsets.size) / channels,
+                np.bincount(tensor, mean**2, offsets.size) / channels)
 
 
 def _scale_below_peak(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
@@ -51,42 +116,6 @@ def _scale_below_peak(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return torch.exp2(-exponent.to(dtype))
 
 
-def channel_sums(x: torch.Tensor, channels_last: bool = False,
-                 scale: torch.Tensor | None = None) -> torch.Tensor:
-    """``[sum_c, sum_sq_c, s]`` of ``x * s`` as one flat tensor on ``x``'s device.
-
-    Without ``scale`` (the fast path) ``s = 1``: no copy of ``x``, but the squares overflow
-    float32 once activations reach ~1e19, long before the activations themselves do. With a
-    power-of-two ``scale`` (the safe path) ``x`` is scaled first, exactly, so the squares stay in
-    range while ``x`` is finite. The sums accumulate in float32 (float64 for float64 input).
-    No host synchronisation.
-    """
-    reduction_dims(x.ndim, channels_last)  # validates the shape
-    dtype = torch.promote_types(x.dtype, torch.float32)
-    if scale is None:
-        s = torch.ones(1, dtype=dtype, device=x.device)
-        sums, squares = _channel_sums(x.to(dtype), channels_last)
-    else:
-        s = scale.to(dtype).reshape(1)
-        sums, squares = _channel_sums(x.to(dtype) * s, channels_last)
-    return torch.cat((sums, squares, s))
-
-
-def moments_from_sums(flat: np.ndarray, count: int) -> Moments:
-    """The :class:`Moments` of a tensor from its :func:`channel_sums` (float64, on the host).
-
-    ``count`` is the number of elements per channel. Per channel ``mu_c = sum_c / count`` and
-    ``sigma2_c = sum_sq_c / count - mu_c**2`` (population variance), undoing the scale ``s``.
-    """
-    channels = (flat.size - 1) // 2
-    scale = float(flat[-1])
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        mean = flat[:channels] / scale / count
-        second = flat[channels:-1] / scale / scale / count
-        var = np.maximum(second - mean**2, 0.0)
-        return Moments(float(var.mean()), float((mean**2).mean()))
-
-
 def moments(x: torch.Tensor, channels_last: bool = False) -> Moments:
     """The :class:`Moments` of one tensor (synchronises with its device).
 
@@ -94,44 +123,54 @@ def moments(x: torch.Tensor, channels_last: bool = False) -> Moments:
     >>> moments(torch.tensor([[1.0, 10.0], [3.0, 10.0]]))
     Moments(var=0.5, sq_mean=52.0)
     """
+    channels = x.shape[-1 if channels_last else 1] if x.ndim >= 2 else 0
+    out = torch.empty(2 * channels + 1, dtype=torch.float64, device=x.device)
     scale = _scale_below_peak(x, torch.promote_types(x.dtype, torch.float32))
-    flat = channel_sums(x, channels_last, scale).double().cpu().numpy()
-    return moments_from_sums(flat, x.numel() // x.shape[-1 if channels_last else 1])
+    write_channel_sums(x, channels_last, out, scale)
+    var, sq_mean = moments_from_sums(out.cpu().numpy(), np.array([0]), np.array([channels]),
+                                     np.array([x.numel() // channels]))
+    return Moments(float(var[0]), float(sq_mean[0]))
 
 
 class _DeviceStore:
-    """Append-only float64 storage on one device, in large chunks.
+    """Append-only float64 storage on the device, in large chunks that start as ones.
 
     Many small tensors kept alive through a forward pass would sit between the freed activation
-    buffers and fragment the heap (seen: +1.3 MB of resident memory per block); writing every
-    result into a few large preallocated chunks keeps memory flat.
+    buffers and fragment the heap (seen: +1.3 MB of resident memory per block), and allocating
+    them costs time in every hook; reductions write into views of a few preallocated chunks.
     """
 
     CHUNK = 1 << 18
 
     def __init__(self) -> None:
         self._chunks: list[torch.Tensor] = []
+        self._start = 0  # offset of the last chunk in the concatenation of all chunks
         self._used = 0  # elements used in the last chunk
 
-    def append(self, values: torch.Tensor) -> tuple[int, int]:
-        """Copy ``values`` (1-D) in; returns ``(chunk, offset)`` to find them again."""
-        size = values.numel()
-        if not self._chunks or self._used + size > self._chunks[-1].numel():
-            self._chunks.append(torch.empty(max(self.CHUNK, size), dtype=torch.float64,
-                                            device=values.device))
+    def allocate(self, size: int, device: torch.device) -> tuple[torch.Tensor, int]:
+        """A view of ``size`` fresh elements and its offset in :meth:`to_host`'s array."""
+        last = self._chunks[-1] if self._chunks else None
+        if last is None or self._used + size > last.numel() or last.device != device:
+            if last is not None:
+                self._start += last.numel()
+            last = torch.ones(max(self.CHUNK, size), dtype=torch.float64, device=device)
+            self._chunks.append(last)
             self._used = 0
-        where = (len(self._chunks) - 1, self._used)
-        self._chunks[-1][self._used : self._used + size].copy_(values)
+        view = last[self._used : self._used + size]
+        offset = self._start + self._used
         self._used += size
-        return where
+        return view, offset
 
-    def to_host(self) -> list[np.ndarray]:
-        """Every chunk as a numpy array (one copy from the device for all of them)."""
+    def to_host(self) -> np.ndarray:
+        """All chunks, concatenated, as one numpy array (one copy per chunk)."""
         if not self._chunks:
-            return []
-        sizes = [c.numel() for c in self._chunks]
-        flat = torch.cat(self._chunks).cpu().numpy()
-        return np.split(flat, np.cumsum(sizes)[:-1])
+            return np.zeros(0)
+        return np.concatenate([chunk.cpu().numpy() for chunk in self._chunks])
+
+
+def _version(t: torch.Tensor) -> int | None:
+    """The in-place modification counter of ``t`` (None for inference tensors: untracked)."""
+    return None if t.is_inference() else t._version
 
 
 class BlockAccumulator:
@@ -152,26 +191,28 @@ class BlockAccumulator:
     def __init__(self, safe: bool = False) -> None:
         self.safe = safe
         self._store = _DeviceStore()
-        # Per tensor: (chunk, offset, size, elements per channel), host-side integers.
-        self._entries: list[tuple[int, int, int, int]] = []
-        self._last_output: tuple[weakref.ref[torch.Tensor], int,
-                                 tuple[int, int, int, int]] | None = None
+        self._scratch = _Scratch()
+        # Per tensor, host-side integers: offset in the store, channels, elements per channel.
+        self._entries: list[tuple[int, int, int]] = []
+        self._last_output: tuple[weakref.ref[torch.Tensor], int | None,
+                                 tuple[int, int, int]] | None = None
         self._scale: torch.Tensor | None = None
 
-    def _reduce(self, x: torch.Tensor, channels_last: bool) -> tuple[torch.Tensor,
-                                                                       tuple[int, int, int, int]]:
+    def _reduce(self, x: torch.Tensor, channels_last: bool
+                ) -> tuple[torch.Tensor, tuple[int, int, int]]:
+        channels = x.shape[-1 if channels_last else 1]
+        out, offset = self._store.allocate(2 * channels + 1, x.device)
         if self.safe and self._scale is None:
             self._scale = _scale_below_peak(x, torch.promote_types(x.dtype, torch.float32))
-        sums = channel_sums(x, channels_last, self._scale)
-        chunk, offset = self._store.append(sums)
-        count = x.numel() // x.shape[-1 if channels_last else 1]
-        return sums, (chunk, offset, sums.numel(), count)
+        write_channel_sums(x, channels_last, out, self._scale, self._scratch)
+        return out, (offset, channels, x.numel() // channels)
 
     def add(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
             channels_last: bool) -> None:
         """Reduce the three tensors of one residual addition (no host synchronisation)."""
         last = self._last_output
-        if last is not None and last[0]() is skip and skip._version == last[1]:
+        if last is not None and last[0]() is skip and last[1] is not None \
+                and _version(skip) == last[1]:
             skip_entry = last[2]
         else:
             _, skip_entry = self._reduce(skip, channels_last)
@@ -180,7 +221,7 @@ class BlockAccumulator:
         self._entries += [skip_entry, residual_entry, output_entry]
         if self._scale is not None:
             self._scale.copy_(_follow_rms(output_sums, output.numel()))
-        self._last_output = (weakref.ref(output), output._version, output_entry)
+        self._last_output = (weakref.ref(output), _version(output), output_entry)
 
     def results(self) -> list[tuple[Moments, Moments, Moments, float]]:
         """Per block: moments of skip, residual and output, and ``cross = mean(skip*residual)``.
@@ -188,9 +229,12 @@ class BlockAccumulator:
         Copies everything from the device once. ``cross`` follows from
         ``m2(output) = m2(skip) + 2 cross + m2(residual)``.
         """
-        chunks = self._store.to_host()
-        stats = [moments_from_sums(chunks[c][o : o + n], count)
-                 for c, o, n, count in self._entries]
+        if not self._entries:
+            return []
+        offsets, channels, counts = (np.array(column) for column in zip(*self._entries,
+                                                                         strict=True))
+        var, sq_mean = moments_from_sums(self._store.to_host(), offsets, channels, counts)
+        stats = [Moments(float(v), float(s)) for v, s in zip(var, sq_mean, strict=True)]
         out = []
         for k in range(0, len(stats), 3):
             skip, residual, output = stats[k : k + 3]

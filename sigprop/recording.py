@@ -97,25 +97,44 @@ def _measurement_state(model: nn.Module, bn_mode: BNMode) -> Iterator[None]:
     Every module runs in eval mode (no dropout or stochastic depth) except batch norm in
     ``train`` mode, which normalizes with batch statistics without updating its running ones.
     """
-    modes = [(m, m.training) for m in model.modules()]
-    bn_flags = [(m, m.track_running_stats) for m in model.modules() if isinstance(m, _BatchNorm)]
-    # Safety net for custom modules that mutate buffers in forward; running stats are cheap.
-    buffers = [(b, b.detach().clone()) for b in model.buffers()]
+    modules = list(model.modules())
+    modes = [m.training for m in modules]
+    batch_norms = [m for m in modules if isinstance(m, _BatchNorm)]
+    tracking = [bn.track_running_stats for bn in batch_norms]
+    # Safety net for custom modules that mutate buffers in forward. Torch's own batch-norm
+    # forward writes no buffer in either mode here (tracking is off in train mode), so only
+    # the buffers of other modules, and of batch norms with their own forward, are saved.
+    saved = [(b, b.detach().clone()) for m in modules if not _plain_batch_norm(m)
+             for b in m._buffers.values() if b is not None]
     try:
-        model.eval()
+        if any(modes):
+            model.eval()
         if bn_mode is BNMode.TRAIN:
-            for bn, _ in bn_flags:
+            for bn in batch_norms:
                 bn.train()
-                bn.track_running_stats = False
+                _set_flag(bn, "track_running_stats", False)
         yield
     finally:
-        for module, training in modes:
-            module.training = training
-        for bn, tracked in bn_flags:
-            bn.track_running_stats = tracked
+        for module, training in zip(modules, modes, strict=True):
+            _set_flag(module, "training", training)
+        for bn, tracked in zip(batch_norms, tracking, strict=True):
+            _set_flag(bn, "track_running_stats", tracked)
         with torch.no_grad():
-            for buffer, saved in buffers:
-                buffer.copy_(saved)
+            for buffer, value in saved:
+                buffer.copy_(value)
+
+
+def _set_flag(module: nn.Module, name: str, value: bool) -> None:
+    """``module.<name> = value`` for a plain bool attribute, without ``Module.__setattr__``.
+
+    Its type checks cost microseconds per call, which add up over the thousands of modules of a
+    deep network; for a bool (not a parameter, buffer or module) the effect is the same.
+    """
+    module.__dict__[name] = value
+
+
+def _plain_batch_norm(module: nn.Module) -> bool:
+    return isinstance(module, _BatchNorm) and type(module).forward is _BatchNorm.forward
 
 
 def _forward(model: nn.Module, inputs: torch.Tensor, recorder: _Recorder,
