@@ -27,7 +27,7 @@ import itertools
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar, cast
+from typing import Any, Generic, Protocol, TypeVar, cast
 
 import torch
 from torch import nn
@@ -99,7 +99,7 @@ class _Call:
     module: nn.Module
     active: bool = True
     roots: list[int] = field(default_factory=list)
-    pending: list[Any] | None = None  # override mode: the last candidate addition of the call
+    pending: list[Any] | None = None  # override mode: the last candidate addition, reduced
 
 
 @dataclass(frozen=True, slots=True)
@@ -133,7 +133,15 @@ class Found:
     gains: tuple[GainTerm, ...]
 
 
-Record = Callable[[str, Shortcut, bool, torch.Tensor, torch.Tensor, torch.Tensor], None]
+class Recorder(Protocol):
+    """Where discovery reports residual additions."""
+
+    def reduce(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
+               channels_last: bool) -> Any:
+        """Called at the addition, while the tensors hold its values; returns a handle."""
+
+    def record(self, name: str, shortcut: Shortcut, channels_last: bool, reduced: Any) -> None:
+        """Called once per residual addition, in call order, with the handle of its reduction."""
 
 
 @dataclass(eq=False)
@@ -142,15 +150,15 @@ class Discovery:
 
     Args:
         model: the model whose submodules are hooked.
-        record: called once per residual addition with ``(owner name, shortcut, channels_last,
-            skip, residual, output)``.
+        recorder: told of each residual addition: its tensors at once, its owner name,
+            shortcut and layout in call order (see :class:`Recorder`).
         blocks: override: qualified names of the modules whose forward returns
             ``skip + residual``; the last addition of two same-shape tensors executed inside each
             call of one of them is its residual addition, and nothing else is recorded.
     """
 
     model: nn.Module
-    record: Record
+    recorder: Recorder
     blocks: frozenset[str] | None = None
     found: list[Found] = field(default_factory=list)
     labels: _TensorMap[dict[int, _Entry]] = field(default_factory=_TensorMap)
@@ -199,8 +207,8 @@ class Discovery:
                     and isinstance(weight, torch.Tensor)):
                 self.gains[output] = (GainTerm("weight", f"{name}.weight", weight),)
             if call.pending is not None:
-                pending, call.pending = call.pending, None  # release the tensors at once
-                self._emit(*pending)
+                pending, call.pending = call.pending, None
+                self._report(*pending)
 
         return hook
 
@@ -358,14 +366,22 @@ class Discovery:
         saved_res = residual.clone() if inplace and not a_is_skip else residual
         out = func(*args, **kwargs)
         self._propagate(func, args, kwargs, out)
-        call.pending = [call.name, shortcut, saved, saved_res, out, gains]
+        # Reduce now: the block may still modify the sum in place (e.g. an in-place ReLU).
+        channels_last = self._channels_last(call.name, skip)
+        reduced = self.recorder.reduce(saved, saved_res, out, channels_last)
+        call.pending = [call.name, shortcut, channels_last, reduced, gains]
         return (out,)
 
     def _emit(self, name: str, shortcut: Shortcut, skip: torch.Tensor, residual: torch.Tensor,
               output: torch.Tensor, gains: tuple[GainTerm, ...]) -> None:
         channels_last = self._channels_last(name, skip)
+        reduced = self.recorder.reduce(skip, residual, output, channels_last)
+        self._report(name, shortcut, channels_last, reduced, gains)
+
+    def _report(self, name: str, shortcut: Shortcut, channels_last: bool, reduced: Any,
+                gains: tuple[GainTerm, ...]) -> None:
         self.found.append(Found(name, shortcut, channels_last, gains))
-        self.record(name, shortcut, channels_last, skip, residual, output)
+        self.recorder.record(name, shortcut, channels_last, reduced)
 
     def _channels_last(self, name: str, x: torch.Tensor) -> bool:
         """Channels-first if dim 1 matches a conv/BN/GroupNorm width of the block and the last

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sigprop._moments import BlockAccumulator
+from sigprop._moments import BlockAccumulator, Reduced
 from sigprop._validate import parse_choice
 from sigprop.blocks import Block, ResidualAdd, marked_additions
 from sigprop.discovery import Discovery, Found, GainTerm, describe_gains, discovering
@@ -69,15 +69,21 @@ class _Recorder:
         self.blocks: list[Block] = []
         self.sums = BlockAccumulator(safe)
 
-    def record(self, name: str, shortcut: Shortcut, channels_last: bool, skip: torch.Tensor,
-               residual: torch.Tensor, output: torch.Tensor) -> None:
+    def reduce(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
+               channels_last: bool) -> Reduced | None:
+        """Reduce the tensors of an addition at once, while they hold the values it saw."""
+        return self.sums.reduce(skip, residual, output, channels_last) if self.with_stats else None
+
+    def record(self, name: str, shortcut: Shortcut, channels_last: bool,
+               reduced: Reduced | None) -> None:
+        """Count an addition, reduced before, as the next residual block."""
         index = len(self.blocks)
         stage = self.blocks[-1].stage if self.blocks else 0
         if shortcut is Shortcut.PROJECTION and index > 0:
             stage += 1
         self.blocks.append(Block(index, name, stage, shortcut, channels_last))
-        if self.with_stats:
-            self.sums.add(skip, residual, output, channels_last)
+        if reduced is not None:
+            self.sums.commit(reduced)
         if self.progress is not None:
             self.progress(index + 1)
 
@@ -155,7 +161,7 @@ def _forward(model: nn.Module, inputs: torch.Tensor, recorder: _Recorder,
                 found = Found(name, add.shortcut, add.channels_last, _declared_gain(owner, add))
                 stack.enter_context(add.register_forward_hook(_hook(recorder, found, marked)))
         else:
-            discovery = stack.enter_context(discovering(Discovery(model, recorder.record, names)))
+            discovery = stack.enter_context(discovering(Discovery(model, recorder, names)))
         try:
             model(inputs)
         except Exception as e:
@@ -218,7 +224,8 @@ def _declared_gain(owner: nn.Module, add: ResidualAdd) -> tuple[GainTerm, ...]:
 def _hook(recorder: _Recorder, found: Found, marked: list[Found]) -> Callable[..., None]:
     def hook(add: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         marked.append(found)
-        recorder.record(found.name, found.shortcut, found.channels_last, args[0], args[1], output)
+        reduced = recorder.reduce(args[0], args[1], output, found.channels_last)
+        recorder.record(found.name, found.shortcut, found.channels_last, reduced)
     return hook
 
 

@@ -237,6 +237,11 @@ def test_torchvision_style_blocks_with_relu_after_the_addition() -> None:
     # The output statistics are those of the sum, before the ReLU: it has negative values.
     block = measure(model, X).runs[0].blocks[0]
     assert block.output.sq_mean < block.output.m2 and block.output.var > 0
+    # Naming the blocks reads the same sum, not the tensor the in-place ReLU left behind.
+    named = measure(model, X, blocks=["1", "2", "3"]).runs[0].blocks
+    assert named == measure(model, X).runs[0].blocks
+    for b in named:
+        assert b.output.m2 == pytest.approx(b.skip.m2 + 2 * b.cross + b.residual.m2, rel=1e-6)
 
 
 def test_module_list_loop_names_the_branch_modules() -> None:
