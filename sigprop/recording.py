@@ -113,11 +113,17 @@ def _measurement_state(model: nn.Module, bn_mode: BNMode) -> Iterator[None]:
     saved = [(b, b.detach().clone()) for m in modules if not _plain_batch_norm(m)
              for b in m._buffers.values() if b is not None]
     try:
-        if any(modes):
-            model.eval()
+        if any(type(m).train is not nn.Module.train for m in modules):
+            model.eval()  # a module overrides train(): let it run
+        else:
+            for module in modules:
+                _set_flag(module, "training", False)
         if bn_mode is BNMode.TRAIN:
             for bn in batch_norms:
-                bn.train()
+                if type(bn).train is nn.Module.train:
+                    _set_flag(bn, "training", True)
+                else:
+                    bn.train()
                 _set_flag(bn, "track_running_stats", False)
         yield
     finally:
@@ -134,7 +140,8 @@ def _set_flag(module: nn.Module, name: str, value: bool) -> None:
     """``module.<name> = value`` for a plain bool attribute, without ``Module.__setattr__``.
 
     Its type checks cost microseconds per call, which add up over the thousands of modules of a
-    deep network; for a bool (not a parameter, buffer or module) the effect is the same.
+    deep network; for a bool (not a parameter, buffer or module) the effect is the same. Where
+    ``train()`` is not overridden, setting ``training`` this way is what it does too.
     """
     module.__dict__[name] = value
 

@@ -88,6 +88,28 @@ def test_model_state_is_bitwise_unchanged(bn_mode: str) -> None:
     user_hook.remove()
 
 
+def test_a_train_override_runs_when_measuring_switches_to_eval_mode() -> None:
+    class CountsModes(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.modes: list[bool] = []
+
+        def train(self, mode: bool = True) -> CountsModes:
+            self.modes.append(mode)
+            return super().train(mode)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            assert not self.training
+            return x
+
+    net = sigprop.models.resnet(2, seed=0)
+    counter = net.blocks[0].gain = CountsModes()  # in place of an identity
+    before = snapshot(net)
+    assert measure(net, InputSpec("gaussian", (2, 3, 8, 8), seed=0)).n_blocks == 2
+    assert counter.modes == [False]
+    assert_unchanged(net, before)
+
+
 def test_model_state_is_restored_when_forward_raises() -> None:
     net = sigprop.models.resnet(4, seed=0)
 
