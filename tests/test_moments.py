@@ -8,7 +8,7 @@ import torch
 
 import sigprop
 from sigprop import moments
-from sigprop._moments import reduction_dims
+from sigprop._moments import channel_dim
 from tests.helpers import offset_input
 
 
@@ -62,7 +62,7 @@ def test_non_finite_activations_give_non_finite_statistics() -> None:
 
 def test_activation_without_channel_dimension_is_rejected() -> None:
     with pytest.raises(ValueError, match="batch and a channel dimension, got 1"):
-        reduction_dims(1, channels_last=False)
+        channel_dim(1, channels_last=False)
 
 
 @pytest.mark.parametrize("norm", ["batchnorm", "none"])
