@@ -18,6 +18,7 @@ exponents) and keeps the scale with the sums.
 from __future__ import annotations
 
 import weakref
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -254,6 +255,16 @@ Reduced = tuple[int, int, int]
 """Indices of the skip, residual and output of one addition among the reduced tensors."""
 
 
+class Operands(NamedTuple):
+    """The reduced operands of an addition about to run."""
+
+    skip: int
+    residual: int
+    channel: int
+    shape: torch.Size | None  # the shape of both operands; None if they differ
+    scale: torch.Tensor | None  # safe mode: the scale they were reduced with
+
+
 class BlockAccumulator:
     """Collects the channel sums of skip, residual and output of every block, on the device.
 
@@ -285,38 +296,50 @@ class BlockAccumulator:
             return None
         return last[2] if _version(skip) == last[1] else None
 
+    def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool
+                 ) -> Operands:
+        """Reduce the operands of an addition, before it runs (it may overwrite one in place).
+
+        No host synchronisation; :meth:`output` completes the reduction once it has run.
+        """
+        channel = channel_dim(skip.ndim, channels_last)
+        shape = skip.shape if skip.shape == residual.shape else None
+        if self.safe:
+            dtype = torch.promote_types(skip.dtype, torch.float32)
+            if self._scale is None:
+                self._scale = _scale_below_peak(skip, dtype)
+            scale = self._scale.clone()
+            skip_index, residual_index = (
+                self._reducer.tensor(t.to(dtype) * scale, channel, scale=scale)
+                for t in (skip, residual))
+            return Operands(skip_index, residual_index, channel, shape, scale)
+        reused = self._reused(skip)
+        skip_index = self._reducer.tensor(skip, channel) if reused is None else reused
+        return Operands(skip_index, self._reducer.tensor(residual, channel), channel, shape, None)
+
+    def output(self, operands: Operands, output: torch.Tensor) -> Reduced:
+        """Reduce the sum of an addition whose :meth:`operands` were reduced."""
+        if operands.scale is not None:
+            scaled = output.to(operands.scale.dtype) * operands.scale
+            index = self._reducer.tensor(scaled, operands.channel, scale=operands.scale)
+            assert self._scale is not None
+            self._scale.copy_(_follow_rms(operands.scale, scaled))
+        else:
+            linear = operands.shape == output.shape
+            index = self._reducer.tensor(output, operands.channel, with_sum=not linear)
+            if linear:
+                self._derived[index] = (operands.skip, operands.residual)
+        self._last_output = (weakref.ref(output), _version(output), index)
+        return operands.skip, operands.residual, index
+
     def reduce(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
                channels_last: bool) -> Reduced:
-        """Reduce the three tensors of one addition now (no host synchronisation).
+        """Reduce the three tensors of an addition that has run without changing its operands.
 
         The result counts once passed to :meth:`commit`, which may come later (a block whose
         addition is only known to be the residual one when the block returns).
         """
-        channel = channel_dim(output.ndim, channels_last)
-        if self.safe:
-            return self._reduce_scaled(skip, residual, output, channel)
-        tensor = self._reducer.tensor
-        skip_index = self._reused(skip)
-        if skip_index is None:
-            skip_index = tensor(skip, channel)
-        residual_index = tensor(residual, channel)
-        linear = skip.shape == residual.shape == output.shape
-        output_index = tensor(output, channel, with_sum=not linear)
-        if linear:
-            self._derived[output_index] = (skip_index, residual_index)
-        self._last_output = (weakref.ref(output), _version(output), output_index)
-        return skip_index, residual_index, output_index
-
-    def _reduce_scaled(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
-                       channel: int) -> Reduced:
-        dtype = torch.promote_types(output.dtype, torch.float32)
-        if self._scale is None:
-            self._scale = _scale_below_peak(skip, dtype)
-        scale = self._scale.clone()
-        scaled = [t.to(dtype) * scale for t in (skip, residual, output)]
-        indices = [self._reducer.tensor(t, channel, scale=scale) for t in scaled]
-        self._scale.copy_(_follow_rms(scale, scaled[-1]))
-        return indices[0], indices[1], indices[2]
+        return self.output(self.operands(skip, residual, channels_last), output)
 
     def commit(self, reduced: Reduced) -> None:
         """Count one :meth:`reduce`'d addition as the next block."""

@@ -16,9 +16,9 @@ How it works (details and limits in ``docs/discovery.md``):
   parametrized layers than the skip path and stay inside the root's call. The owner of the
   addition is the module of that call (:func:`_choose` orders the calls when several qualify).
 
-The hooks and the mode only update small dictionaries; they keep no activations (except a clone
-of the operand that ``out += identity`` is about to overwrite, for the duration of that one
-addition) and never synchronize with the device.
+The hooks and the mode only update small dictionaries; they keep no activations and never
+synchronize with the device. The operands of a residual addition are handed to the recorder
+just before it runs (``out += identity`` overwrites one of them), its sum just after.
 """
 
 from __future__ import annotations
@@ -136,12 +136,14 @@ class Found:
 class Recorder(Protocol):
     """Where discovery reports residual additions."""
 
-    def reduce(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
-               channels_last: bool) -> Any:
-        """Called at the addition, while the tensors hold its values; returns a handle."""
+    def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool) -> Any:
+        """Called just before an addition runs (it may overwrite an operand in place)."""
+
+    def output(self, operands: Any, output: torch.Tensor) -> Any:
+        """Called just after, with what :meth:`operands` returned; returns a handle."""
 
     def record(self, name: str, shortcut: Shortcut, channels_last: bool, reduced: Any) -> None:
-        """Called once per residual addition, in call order, with the handle of its reduction."""
+        """Called once per residual addition, in call order, with the handle of its output."""
 
 
 @dataclass(eq=False)
@@ -326,16 +328,26 @@ class Discovery:
         call, a_is_skip, shortcut = choice
         skip, residual = (a, b) if a_is_skip else (b, a)
         gains = self.gains.get(residual) or ()
-        saved = skip.clone() if (func in _INPLACE_ADD and a_is_skip) else skip
-        saved_res = residual.clone() if (func in _INPLACE_ADD and not a_is_skip) else residual
-        out = func(*args, **kwargs)
-        self._propagate(func, args, kwargs, out)
+        out, channels_last, reduced = self._run_addition(call.name, func, args, kwargs, skip,
+                                                         residual)
         if call.active:
             # The sum is the input of the next addition of the same call (a transformer block
             # adds attention, then an MLP): make it a root, so that one is an identity too.
             self._mark_root(call, out)
-        self._emit(call.name, shortcut, saved, saved_res, out, gains)
+        self._report(call.name, shortcut, channels_last, reduced, gains)
         return (out,)
+
+    def _run_addition(self, name: str, func: Callable[..., Any], args: Sequence[Any],
+                      kwargs: dict[str, Any], skip: torch.Tensor, residual: torch.Tensor
+                      ) -> tuple[Any, bool, Any]:
+        """Run a residual addition with its tensors reduced by the recorder: the operands
+        before (an in-place addition overwrites one), the sum at once (the block may still
+        change it in place, e.g. with a ReLU). Returns the sum, its layout and the handle."""
+        channels_last = self._channels_last(name, skip)
+        operands = self.recorder.operands(skip, residual, channels_last)
+        out = func(*args, **kwargs)
+        self._propagate(func, args, kwargs, out)
+        return out, channels_last, self.recorder.output(operands, out)
 
     def _mark_root(self, call: _Call, tensor: torch.Tensor) -> None:
         root = next(self._roots)
@@ -361,22 +373,10 @@ class Discovery:
         skip, residual = (a, b) if a_is_skip else (b, a)
         shortcut = Shortcut.IDENTITY if min(dist_a, dist_b) == 0 else Shortcut.PROJECTION
         gains = self.gains.get(residual) or ()
-        inplace = func in _INPLACE_ADD
-        saved = skip.clone() if inplace and a_is_skip else skip
-        saved_res = residual.clone() if inplace and not a_is_skip else residual
-        out = func(*args, **kwargs)
-        self._propagate(func, args, kwargs, out)
-        # Reduce now: the block may still modify the sum in place (e.g. an in-place ReLU).
-        channels_last = self._channels_last(call.name, skip)
-        reduced = self.recorder.reduce(saved, saved_res, out, channels_last)
+        out, channels_last, reduced = self._run_addition(call.name, func, args, kwargs, skip,
+                                                         residual)
         call.pending = [call.name, shortcut, channels_last, reduced, gains]
         return (out,)
-
-    def _emit(self, name: str, shortcut: Shortcut, skip: torch.Tensor, residual: torch.Tensor,
-              output: torch.Tensor, gains: tuple[GainTerm, ...]) -> None:
-        channels_last = self._channels_last(name, skip)
-        reduced = self.recorder.reduce(skip, residual, output, channels_last)
-        self._report(name, shortcut, channels_last, reduced, gains)
 
     def _report(self, name: str, shortcut: Shortcut, channels_last: bool, reduced: Any,
                 gains: tuple[GainTerm, ...]) -> None:

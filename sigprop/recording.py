@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sigprop._moments import BlockAccumulator, Reduced
+from sigprop._moments import BlockAccumulator, Operands, Reduced
 from sigprop._validate import parse_choice
 from sigprop.blocks import Block, ResidualAdd, marked_additions
 from sigprop.discovery import Discovery, Found, GainTerm, describe_gains, discovering
@@ -69,10 +69,14 @@ class _Recorder:
         self.blocks: list[Block] = []
         self.sums = BlockAccumulator(safe)
 
-    def reduce(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
-               channels_last: bool) -> Reduced | None:
-        """Reduce the tensors of an addition at once, while they hold the values it saw."""
-        return self.sums.reduce(skip, residual, output, channels_last) if self.with_stats else None
+    def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool
+                 ) -> Operands | None:
+        """Reduce the operands of an addition, before it runs (it may overwrite one in place)."""
+        return self.sums.operands(skip, residual, channels_last) if self.with_stats else None
+
+    def output(self, operands: Operands | None, output: torch.Tensor) -> Reduced | None:
+        """Reduce the sum of an addition right after it ran, before anything changes it."""
+        return None if operands is None else self.sums.output(operands, output)
 
     def record(self, name: str, shortcut: Shortcut, channels_last: bool,
                reduced: Reduced | None) -> None:
@@ -231,8 +235,9 @@ def _declared_gain(owner: nn.Module, add: ResidualAdd) -> tuple[GainTerm, ...]:
 def _hook(recorder: _Recorder, found: Found, marked: list[Found]) -> Callable[..., None]:
     def hook(add: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         marked.append(found)
-        reduced = recorder.reduce(args[0], args[1], output, found.channels_last)
-        recorder.record(found.name, found.shortcut, found.channels_last, reduced)
+        operands = recorder.operands(args[0], args[1], found.channels_last)
+        recorder.record(found.name, found.shortcut, found.channels_last,
+                        recorder.output(operands, output))
     return hook
 
 
