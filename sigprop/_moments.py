@@ -101,9 +101,6 @@ class _DeviceStore:
         return np.concatenate([chunk.cpu().numpy() for chunk in self._chunks])
 
 
-_SUM, _SQUARES = 0, 1  # fields of a tensor's record that point into the store
-
-
 class _Partials:
     """Partial sums of one shape ``(M, C)`` waiting to be summed over ``M``, on the device.
 
@@ -120,32 +117,37 @@ class _Partials:
         self.buffer = torch.empty((capacity, *shape), dtype=dtype, device=device)
         self.rows = self.buffer.unbind(0)
         self.norms = norms
-        self.waiting: list[tuple[int, int]] = []  # per used row: (tensor, field)
+        self.waiting: list[tuple[list[int], int]] = []  # per used row: where its offset goes
 
 
 class _Reducer:
     """Reduces tensors to channel sums in few device operations; moments on the host at the end.
 
-    Each tensor gets a record ``[sum_at, square_at, scale_at, channels, count]``: where its
-    channel sums, sums of squares and scale will be in the store (-1: derived sums, scale 1),
-    its channel count and its elements per channel.
+    Per tensor it keeps where its channel sums, sums of squares and scale will be in the store
+    (-1: derived sums, scale 1), its channel count and its elements per channel, in flat lists
+    of integers (nothing for the garbage collector to track).
     """
 
     def __init__(self) -> None:
         self._store = _DeviceStore()
         self._partials: dict[tuple[object, ...], _Partials] = {}
-        self.tensors: list[list[int]] = []
+        self._sum_at: list[int] = []
+        self._square_at: list[int] = []
+        self._scale_at: list[int] = []
+        self._channels: list[int] = []
+        self._counts: list[int] = []
 
     def _row(self, norms: bool, shape: tuple[int, int], dtype: torch.dtype,
-             device: torch.device, tensor: int, field: int) -> torch.Tensor:
-        """The next free row of partial sums for ``field`` of ``tensor``."""
+             device: torch.device, offsets: list[int], tensor: int) -> torch.Tensor:
+        """The next free row of partial sums, whose place in the store goes to
+        ``offsets[tensor]``."""
         key = (norms, shape, dtype, device)
         partials = self._partials.get(key)
         if partials is None:
             partials = self._partials[key] = _Partials(shape, dtype, device, norms)
         elif len(partials.waiting) == len(partials.rows):
             self._flush(partials)
-        partials.waiting.append((tensor, field))
+        partials.waiting.append((offsets, tensor))
         return partials.rows[len(partials.waiting) - 1]
 
     def _flush(self, partials: _Partials) -> None:
@@ -157,8 +159,8 @@ class _Reducer:
             block.square_()
         out, offset = self._store.allocate(used, channels, block.device)
         torch.sum(block, 1, dtype=torch.float64, out=out)
-        for k, (tensor, field) in enumerate(partials.waiting):
-            self.tensors[tensor][field] = offset + k * channels
+        for k, (offsets, tensor) in enumerate(partials.waiting):
+            offsets[tensor] = offset + k * channels
         partials.waiting.clear()
 
     def tensor(self, x: torch.Tensor, channel: int, with_sum: bool = True,
@@ -172,27 +174,30 @@ class _Reducer:
         rows = channel == 1 and x.ndim > 2 and x.is_contiguous()  # (N, C, positions...)
         columns = x if rows else _columns(x, channel)
         channels = x.shape[channel]
-        index = len(self.tensors)
-        self.tensors.append([-1, -1, -1, channels, x.numel() // channels])
+        index = len(self._channels)
+        self._channels.append(channels)
+        self._counts.append(x.numel() // channels)
+        self._sum_at.append(-1)
+        self._square_at.append(-1)
+        self._scale_at.append(-1)
         if scale is not None:
-            slot, self.tensors[index][2] = self._store.allocate(1, 1, x.device)
+            slot, self._scale_at[index] = self._store.allocate(1, 1, x.device)
             slot.copy_(scale.reshape(1, 1))
         acc = torch.promote_types(x.dtype, torch.float32)
-        device = x.device
         if rows:  # reduce the positions of each (sample, channel), contiguous in memory
             shape, positions = (x.shape[0], channels), tuple(range(2, x.ndim))
             if with_sum:
-                torch.sum(x, positions, dtype=acc,
-                          out=self._row(False, shape, acc, device, index, _SUM))
-            torch.linalg.vector_norm(x, 2, positions, dtype=acc,
-                                     out=self._row(True, shape, acc, device, index, _SQUARES))
+                sums = self._row(False, shape, acc, x.device, self._sum_at, index)
+                torch.sum(x, positions, dtype=acc, out=sums)
+            norms = self._row(True, shape, acc, x.device, self._square_at, index)
+            torch.linalg.vector_norm(x, 2, positions, dtype=acc, out=norms)
         else:
             shape = (1, channels)
             if with_sum:
-                torch.sum(columns, 0, keepdim=True, dtype=acc,
-                          out=self._row(False, shape, acc, device, index, _SUM))
-            torch.sum(torch.square(columns.to(acc)), 0, keepdim=True,
-                      out=self._row(False, shape, acc, device, index, _SQUARES))
+                sums = self._row(False, shape, acc, x.device, self._sum_at, index)
+                torch.sum(columns, 0, keepdim=True, dtype=acc, out=sums)
+            squares = self._row(False, shape, acc, x.device, self._square_at, index)
+            torch.sum(torch.square(columns.to(acc)), 0, keepdim=True, out=squares)
         return index
 
     def moments(self, derived: dict[int, tuple[int, int]]) -> list[Moments]:
@@ -203,11 +208,12 @@ class _Reducer:
         for partials in self._partials.values():
             if partials.waiting:
                 self._flush(partials)
-        if not self.tensors:
+        if not self._channels:
             return []
         stored = self._store.to_host()
         sum_at, square_at, scale_at, channels, counts = (
-            np.array(column) for column in zip(*self.tensors, strict=True))
+            np.array(column) for column in (self._sum_at, self._square_at, self._scale_at,
+                                            self._channels, self._counts))
         sums: dict[int, np.ndarray] = {}
 
         def sums_of(t: int) -> np.ndarray:

@@ -105,3 +105,38 @@ def test_skip_sums_are_reused_only_while_the_tensor_is_unchanged() -> None:
     assert second_skip == first_out
     assert third_skip.m2 == pytest.approx(4 * first_out.m2, rel=1e-6)
     assert third_skip == sigprop.moments(out)
+
+
+def test_float32_columns_are_accurate_over_many_rows() -> None:
+    # 2^17 tokens per channel: a column-wise float32 norm would drift by ~2e-5 here.
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 2**15, 8, generator=g) * torch.linspace(0.5, 3.0, 8) + torch.arange(8.0)
+    var, sq_mean = numpy_moments(x.double().numpy(), channel_axis=-1)
+    m = moments(x, channels_last=True)
+    assert (m.var, m.sq_mean) == pytest.approx((var, sq_mean), rel=1e-6)
+
+
+def test_channels_last_memory_format_gives_the_same_statistics() -> None:
+    x = offset_input((4, 6, 5, 7), seed=6, dtype=torch.float32)
+    strided = x.contiguous(memory_format=torch.channels_last)
+    assert not strided.is_contiguous()
+    expected = (moments(x).var, moments(x).sq_mean)
+    for layout in (strided, x.transpose(2, 3)):  # columns view; any other layout (a copy)
+        m = moments(layout)
+        assert (m.var, m.sq_mean) == pytest.approx(expected, rel=1e-6)
+
+
+def test_partial_sums_flushed_mid_pass_land_in_the_right_place(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    from sigprop._moments import _Partials
+
+    net = sigprop.models.resnet(12, norm="none", stages=2, seed=0)
+    spec = sigprop.InputSpec("gaussian", (2, 3, 8, 8), seed=0)
+    roomy = measure_blocks(net, spec)
+    monkeypatch.setattr(_Partials, "BYTES", 1)  # 8 rows: flushed every few blocks
+    assert measure_blocks(net, spec) == pytest.approx(roomy, rel=1e-12)
+
+
+def measure_blocks(net: torch.nn.Module, spec: sigprop.InputSpec) -> list[float]:
+    blocks = sigprop.measure(net, spec).runs[0].blocks
+    return [v for b in blocks for m in (b.skip, b.residual, b.output) for v in (m.var, m.sq_mean)]
