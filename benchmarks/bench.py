@@ -8,12 +8,12 @@ Usage (from the repository root, with the project's virtual environment):
 
 Method. Both sides run the same model on the same input with batch norm in train mode under
 ``torch.no_grad()``. Time: in one process, the bare pass and ``measure`` alternate (the order
-flips every pair), after one warm-up of each; the table gives the median of the per-pair ratios
-and their range. Memory: each side runs once in a fresh child process, which reports its peak
-resident set size (``resource.getrusage``); the ratio is measure/bare. glibc's allocator is
-pinned for every process (``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``): otherwise
-freed activation buffers go back to the kernel and come back as page faults whose cost varies
-from run to run by more than the overhead being measured.
+flips every pair), after one warm-up of each; the table gives the median of the per-pair
+ratios, their interquartile range and their full range. Memory: each side runs once in a fresh
+child process, which reports its peak resident set size (``resource.getrusage``); the ratio is
+measure/bare. glibc's allocator is pinned for every process (``MALLOC_MMAP_THRESHOLD_`` and
+``MALLOC_TRIM_THRESHOLD_``): otherwise freed activation buffers go back to the kernel and come
+back as page faults whose cost varies from run to run by more than the overhead being measured.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--batch", type=int, default=32)
     parser.add_argument("--image", type=int, default=32)
-    parser.add_argument("--pairs", type=int, default=5)
+    parser.add_argument("--pairs", type=int, default=11)
     parser.add_argument("--no-memory", action="store_true", help="skip the child processes")
     parser.add_argument("--child", choices=["bare", "measure"], help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -115,8 +115,8 @@ def main() -> None:
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINNED})
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
           f"{args.image}x{args.image} input, width {args.width}, {args.pairs} pairs")
-    header = ("model", "depth", "bare s", "measure s", "ratio (median)", "ratio range",
-              "ms/block", "peak MiB bare", "peak MiB measure", "mem ratio")
+    header = ("model", "blocks", "bare s", "measure s", "ratio (median)", "ratio IQR",
+              "ratio range", "ms/block", "peak MiB bare", "peak MiB measure", "mem ratio")
     print(" | ".join(header))
     for model in args.models.split(","):
         for depth in depths:
@@ -124,8 +124,9 @@ def main() -> None:
             x = sigprop.gaussian_input((args.batch, 3, args.image, args.image), seed=0)
             b, m, ratios = time_pairs(net, x, args.pairs)
             blocks = sigprop.measure(net, x).n_blocks
-            row = [model, str(depth if model == "resnet" else blocks), f"{b:.3f}", f"{m:.3f}",
-                   f"{statistics.median(ratios):.3f}", f"{min(ratios):.3f}-{max(ratios):.3f}",
+            low, _, high = statistics.quantiles(ratios, n=4)
+            row = [model, str(blocks), f"{b:.3f}", f"{m:.3f}", f"{statistics.median(ratios):.3f}",
+                   f"{low:.3f}-{high:.3f}", f"{min(ratios):.3f}-{max(ratios):.3f}",
                    f"{1000 * m / blocks:.2f}"]
             if args.no_memory:
                 row += ["-", "-", "-"]

@@ -182,7 +182,8 @@ def _forward(model: nn.Module, inputs: torch.Tensor, recorder: _Recorder,
                 f"the model's forward pass failed {where}: {type(e).__name__}: {e}"
             ) from e
     gains = describe_gains(discovery.found if discovery is not None else marked)
-    recorder.blocks = [replace(b, gain=g) for b, g in zip(recorder.blocks, gains, strict=True)]
+    recorder.blocks = [b if g is None else replace(b, gain=g)
+                       for b, g in zip(recorder.blocks, gains, strict=True)]
     if names is not None:
         missing = sorted(names - {b.name for b in recorder.blocks})
         if missing:
