@@ -170,7 +170,9 @@ def _forward(model: nn.Module, inputs: torch.Tensor, recorder: _Recorder,
         if additions:
             for name, owner, add in additions:
                 found = Found(name, add.shortcut, add.channels_last, _declared_gain(owner, add))
-                stack.enter_context(add.register_forward_hook(_hook(recorder, found, marked)))
+                before, after = _hooks(recorder, found, marked)
+                stack.enter_context(add.register_forward_pre_hook(before))
+                stack.enter_context(add.register_forward_hook(after))
         else:
             discovery = stack.enter_context(discovering(Discovery(model, recorder, names)))
         try:
@@ -233,13 +235,21 @@ def _declared_gain(owner: nn.Module, add: ResidualAdd) -> tuple[GainTerm, ...]:
     return (GainTerm("param", add.gain, tensor),)
 
 
-def _hook(recorder: _Recorder, found: Found, marked: list[Found]) -> Callable[..., None]:
-    def hook(add: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+def _hooks(recorder: _Recorder, found: Found, marked: list[Found]
+           ) -> tuple[Callable[..., None], Callable[..., None]]:
+    """Forward pre-hook and hook of a :class:`ResidualAdd`: the operands are reduced before the
+    addition, while it is about to read them anyway, and the sum right after it wrote it."""
+    running: list[Any] = []  # operands of the calls in progress (a stack, in case of nesting)
+
+    def before(add: nn.Module, args: tuple[Any, ...]) -> None:
+        running.append(recorder.operands(args[0], args[1], found.channels_last))
+
+    def after(add: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         marked.append(found)
-        operands = recorder.operands(args[0], args[1], found.channels_last)
         recorder.record(found.name, found.shortcut, found.channels_last,
-                        recorder.output(operands, output))
-    return hook
+                        recorder.output(running.pop(), output))
+
+    return before, after
 
 
 def _model_device(model: nn.Module) -> torch.device:
