@@ -41,6 +41,13 @@ BN = Annotated[BNMode, typer.Option(
     "are not updated). eval: BN uses its running statistics.")]
 
 
+def image_batch(batch_size: int, image_size: int) -> tuple[int, int, int, int]:
+    """The input shape of a batch of RGB images; a usage error unless both sizes are >= 1."""
+    check_positive("--batch-size", batch_size, "image")
+    check_positive("--image-size", image_size, "pixel")
+    return (batch_size, 3, image_size, image_size)
+
+
 def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: str,
                         out_default: Path | None, out_help: str, json_help: str) -> None:
     """Register ``resnet``, ``torchvision``, ``timm`` and ``model`` on ``app``, running ``action``.
@@ -92,15 +99,14 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         out: Out = out_default,
         json_output: Json = False,
     ) -> None:
-        check_positive("--batch-size", batch_size, "image")
-        check_positive("--image-size", image_size, "pixel")
+        input_shape = image_batch(batch_size, image_size)
 
         def build(seed: int) -> tuple[models.ResNet, dict[str, Any]]:
             net = models.resnet(depth, variant=variant, norm=norm, width=width, stages=stages,
                                 alpha=alpha, order=order, seed=seed)
             return net, net.config
 
-        action(Analysis(build, (batch_size, 3, image_size, image_size), depth),
+        action(Analysis(build, input_shape, depth),
                options(seed, seeds, device, bn_mode, out, json_output))
 
     def source(make: Callable[[], Builder], input_shape: tuple[int, ...],
@@ -128,9 +134,7 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             out: Out = out_default,
             json_output: Json = False,
         ) -> None:
-            check_positive("--batch-size", batch_size, "image")
-            check_positive("--image-size", image_size, "pixel")
-            source(lambda: builder(name), (batch_size, 3, image_size, image_size),
+            source(lambda: builder(name), image_batch(batch_size, image_size),
                    options(seed, seeds, device, bn_mode, out, json_output))
 
     zoo_command("torchvision", torchvision_builder, "no weights (classification models)",

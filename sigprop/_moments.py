@@ -172,7 +172,6 @@ class _Reducer:
         caller that derives the sums. No host synchronisation.
         """
         rows = channel == 1 and x.ndim > 2 and x.is_contiguous()  # (N, C, positions...)
-        columns = x if rows else _columns(x, channel)
         channels = x.shape[channel]
         index = len(self._channels)
         self._channels.append(channels)
@@ -192,7 +191,7 @@ class _Reducer:
             norms = self._row(True, shape, acc, x.device, self._square_at, index)
             torch.linalg.vector_norm(x, 2, positions, dtype=acc, out=norms)
         else:
-            shape = (1, channels)
+            shape, columns = (1, channels), _columns(x, channel)
             if with_sum:
                 sums = self._row(False, shape, acc, x.device, self._sum_at, index)
                 torch.sum(columns, 0, keepdim=True, dtype=acc, out=sums)
@@ -338,23 +337,18 @@ class BlockAccumulator:
         self._last_output = (weakref.ref(output), _version(output), index)
         return operands.skip, operands.residual, index
 
-    def reduce(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
-               channels_last: bool) -> Reduced:
-        """Reduce the three tensors of an addition that has run without changing its operands.
-
-        The result counts once passed to :meth:`commit`, which may come later (a block whose
-        addition is only known to be the residual one when the block returns).
-        """
-        return self.output(self.operands(skip, residual, channels_last), output)
-
     def commit(self, reduced: Reduced) -> None:
-        """Count one :meth:`reduce`'d addition as the next block."""
+        """Count a reduced addition (:meth:`output`'s result) as the next block.
+
+        It may come later than the reduction: with ``blocks=[...]`` an addition is only known
+        to be the residual one when its block returns.
+        """
         self._committed.append(reduced)
 
     def add(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
             channels_last: bool) -> None:
-        """Reduce the three tensors of one addition and count it as the next block."""
-        self.commit(self.reduce(skip, residual, output, channels_last))
+        """Reduce an addition that ran without changing its operands; count it as a block."""
+        self.commit(self.output(self.operands(skip, residual, channels_last), output))
 
     def results(self) -> list[tuple[Moments, Moments, Moments, float]]:
         """Per block: moments of skip, residual and output, and ``cross = mean(skip*residual)``.

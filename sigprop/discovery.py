@@ -45,7 +45,6 @@ SHORT_PATH = 6
 V = TypeVar("V")
 _T = torch.Tensor
 _ADD = frozenset({torch.add, _T.add, _T.add_, _T.__add__, _T.__radd__, _T.__iadd__})
-_INPLACE_ADD = frozenset({_T.add_, _T.__iadd__})
 _GAIN_OPS = frozenset({torch.mul, _T.mul, _T.mul_, _T.__mul__, _T.__rmul__, _T.__imul__,
                        torch.div, _T.div, _T.div_, _T.__truediv__, _T.__itruediv__})
 # Operations that only change the layout or the dtype: they do not lengthen a path, so

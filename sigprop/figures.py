@@ -366,7 +366,10 @@ def _axes(axes: Sequence[Axes] | None, count: int, rows: int, size: tuple[float,
     return cast("Figure", axes[0].get_figure(root=True)), list(axes)
 
 
-def _colors() -> list[str]:
+def _palette(colors: Sequence[str] | None = None) -> list[str]:
+    """``colors`` if given, else the colours of the current style's cycle."""
+    if colors:
+        return list(colors)
     import matplotlib.pyplot as plt
 
     return list(plt.rcParams["axes.prop_cycle"].by_key()["color"])
@@ -524,7 +527,7 @@ def plot_spp_trio(traces: Sequence[Trace], labels: Sequence[str] | None = None, 
     labels = _check(traces, labels)
     with style():
         fig, axs = _axes(axes, 4, 2, (DOUBLE, 5.0))
-        palette = list(colors) if colors else _colors()
+        palette = _palette(colors)
         for k, (trace, label) in enumerate(zip(traces, labels, strict=True)):
             for ax, (_, _, name) in zip(axs, _TRIO, strict=True):
                 _line(ax, trace, _QUANTITIES[name], palette[k % len(palette)],
@@ -562,7 +565,7 @@ def plot_sqrt_depth_law(traces: Sequence[Trace], labels: Sequence[str] | None = 
     labels = _check(traces, labels or [f"d = {_depth(t)}" for t in traces])
     with style():
         fig, (axis,) = _axes(None if ax is None else [ax], 1, 1, (SINGLE, 2.9))
-        colors = _colors()
+        colors = _palette()
         position = lambda i: i + 1.0  # noqa: E731 -- log axis: block l is the (l+1)-th
         order = sorted(range(len(traces)), key=lambda k: -_depth(traces[k]))
         for k in order:
@@ -656,7 +659,7 @@ def plot_depth_sweep(sweeps: Mapping[str, Sequence[Trace]], *,
     panels = 2 if explosive else 1
     with style():
         fig, axs = _axes(axes, panels, 1, (DOUBLE if explosive else SINGLE, 3.0))
-        colors = _colors()
+        colors = _palette()
         markers = "osD^v<>"
         for k, (label, traces) in enumerate(sweeps.items()):
             axis = axs[1] if label in explosive else axs[0]
@@ -710,7 +713,7 @@ def plot_orderings(bn_relu: Trace, relu_bn: Trace, v1: Trace, multistage: Trace,
     """
     with style():
         fig, axs = _axes(axes, 4, 2, (DOUBLE, 4.8))
-        colors = _colors()
+        colors = _palette()
         orderings = ((bn_relu, "BN-ReLU-Conv", colors[0]), (relu_bn, "ReLU-BN-Conv", colors[4]))
         for trace, label, color in orderings:
             _line(axs[0], trace, _QUANTITIES["skip_m2"], color, label)
@@ -773,7 +776,7 @@ def plot_zoo(traces: Sequence[Trace], labels: Sequence[str] | None = None, *,
     labels = _check(traces, labels)
     with style():
         fig, axs = _axes(axes, 2, 1, (DOUBLE, 2.9))
-        palette = list(colors) if colors else _colors()
+        palette = _palette(colors)
         styles = ("-", "--", "-.", ":")
         for k, (trace, label) in enumerate(zip(traces, labels, strict=True)):
             n = trace.n_blocks
@@ -821,7 +824,7 @@ def plot_identity_bias(traces: Sequence[Trace], labels: Sequence[str] | None = N
     labels = _check(traces, labels)
     with style():
         fig, axs = _axes(axes, 2, 1, (DOUBLE, 2.9))
-        palette = list(colors) if colors else _colors()
+        palette = _palette(colors)
         for k, (trace, label) in enumerate(zip(traces, labels, strict=True)):
             color = palette[k % len(palette)]
             _line(axs[0], trace, _QUANTITIES["cosine"], color, label)

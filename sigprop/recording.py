@@ -117,17 +117,17 @@ def _measurement_state(model: nn.Module, bn_mode: BNMode) -> Iterator[None]:
     saved = [(b, b.detach().clone()) for m in modules if not _plain_batch_norm(m)
              for b in m._buffers.values() if b is not None]
     try:
-        if any(type(m).train is not nn.Module.train for m in modules):
-            model.eval()  # a module overrides train(): let it run
+        if any(_overrides_train(m) for m in modules):
+            model.eval()  # let the overrides run
         else:
             for module in modules:
                 _set_flag(module, "training", False)
         if bn_mode is BNMode.TRAIN:
             for bn in batch_norms:
-                if type(bn).train is nn.Module.train:
-                    _set_flag(bn, "training", True)
-                else:
+                if _overrides_train(bn):
                     bn.train()
+                else:
+                    _set_flag(bn, "training", True)
                 _set_flag(bn, "track_running_stats", False)
         yield
     finally:
@@ -148,6 +148,10 @@ def _set_flag(module: nn.Module, name: str, value: bool) -> None:
     ``train()`` is not overridden, setting ``training`` this way is what it does too.
     """
     module.__dict__[name] = value
+
+
+def _overrides_train(module: nn.Module) -> bool:
+    return type(module).train is not nn.Module.train
 
 
 def _plain_batch_norm(module: nn.Module) -> bool:
