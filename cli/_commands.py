@@ -15,7 +15,7 @@ from typing import Annotated, Any
 import typer
 
 from sigprop import BNMode, models
-from sigprop.models import Norm, Order, Variant
+from sigprop.models import Norm, Order, Padding, Variant
 
 from ._run import Analysis, RunOptions, check_positive, usage_error
 from ._sources import (
@@ -86,6 +86,10 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         order: Annotated[Order, typer.Option(
             help="Inside v2 BN branches: bn-relu (BN-ReLU-Conv, the paper's) or relu-bn "
             "(ReLU-BN-Conv).")] = Order.BN_RELU,
+        padding: Annotated[Padding, typer.Option(
+            help="Padding of the 3x3 convolutions: zeros (border outputs see fewer inputs, "
+            "which lowers each branch's second moment on small maps; the theory includes it) "
+            "or circular (the infinite-image theory holds exactly).")] = Padding.ZEROS,
         width: Annotated[int, typer.Option(help="Channels of the first stage.")] = 16,
         stages: Annotated[int, typer.Option(
             help="Stages; each later one halves the resolution, doubles the width and starts "
@@ -103,7 +107,7 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
 
         def build(seed: int) -> tuple[models.ResNet, dict[str, Any]]:
             net = models.resnet(depth, variant=variant, norm=norm, width=width, stages=stages,
-                                alpha=alpha, order=order, seed=seed)
+                                alpha=alpha, order=order, padding=padding, seed=seed)
             return net, net.config
 
         action(Analysis(build, input_shape, depth),

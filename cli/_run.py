@@ -24,7 +24,6 @@ from torch import nn
 import sigprop
 from sigprop import stats
 from sigprop._validate import check_int, resolve_device
-from sigprop.audit import fresh_batchnorms
 from sigprop.plotting import plot_spp
 
 STATS_JSON, STATS_CSV, SPP_PNG = "stats.json", "stats.csv", "spp.png"
@@ -98,7 +97,6 @@ class Collected:
     trace: sigprop.Trace
     report: stats.Report
     elapsed: float
-    batchnorms: tuple[int, int]
 
     def document(self) -> dict[str, Any]:
         """The stats.json document: the trace with its fits and verdicts."""
@@ -119,12 +117,10 @@ def collect(analysis: Analysis, options: RunOptions, out: Path | None) -> Collec
         prepare_out(out)
     started = time.perf_counter()
     traces = []
-    batchnorms = (0, 0)
     total = analysis.expected_blocks * options.seeds if analysis.expected_blocks else None
     with _progress(total) as advance:
         for k in range(options.seeds):
             model, model_info = _build(analysis, options.seed + k, device)
-            batchnorms = fresh_batchnorms(model)
             spec = sigprop.InputSpec("gaussian", analysis.input_shape, options.seed + k)
             try:
                 traces.append(sigprop.measure(model, spec, bn_mode=options.bn_mode,
@@ -132,7 +128,7 @@ def collect(analysis: Analysis, options: RunOptions, out: Path | None) -> Collec
             except sigprop.ForwardError as e:
                 usage_error(str(e))
     trace = reduce(sigprop.Trace.merge, traces)
-    return Collected(trace, stats.report(trace), time.perf_counter() - started, batchnorms)
+    return Collected(trace, stats.report(trace), time.perf_counter() - started)
 
 
 def _build(analysis: Analysis, seed: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
@@ -210,17 +206,28 @@ def summarize(collected: Collected, out: Path) -> None:
     console.print(table)
     console.print(_verdict_table(result))
     for v in result.verdicts:
-        console.print(f"  {v.claim}: {v.detail}", highlight=False)
+        console.print(f"  {_where(v)}, {v.claim}: {v.detail}", highlight=False)
+
+
+def _where(verdict: stats.Verdict) -> str:
+    return "network" if verdict.stage is None else f"stage {verdict.stage}"
+
+
+_OUTCOME_STYLE = {stats.Outcome.CONSISTENT: "green", stats.Outcome.INCONSISTENT: "red",
+                  stats.Outcome.INCONCLUSIVE: "yellow"}
 
 
 def _verdict_table(result: stats.Report) -> Table:
-    table = Table(title="theory vs measurement (95% intervals)")
-    for column in ("claim", "measured", "predicted", "interval", "verdict"):
-        table.add_column(column, justify="left" if column == "claim" else "right")
+    table = Table(title="theory vs measurement (95% intervals; consistent = the whole interval "
+                  "lies in the tolerance band)")
+    for column in ("claim", "where", "runs x blocks", "measured", "interval", "claim predicts",
+                   "outcome"):
+        table.add_column(column, justify="left" if column in ("claim", "where") else "right")
     for v in result.verdicts:
         predicted = "-" if v.predicted is None else f"{v.predicted:.4g}"
-        interval = "-" if math.isnan(v.interval[0]) else \
+        interval = "-" if not math.isfinite(v.interval[0]) else \
             f"[{v.interval[0]:.4g}, {v.interval[1]:.4g}]"
-        table.add_row(v.claim, f"{v.measured:.4g}", predicted, interval,
-                      "holds" if v.consistent else "does not hold")
+        table.add_row(v.claim, _where(v), f"{v.n_runs} x {v.n_blocks}", f"{v.measured:.4g}",
+                      interval, predicted,
+                      f"[{_OUTCOME_STYLE[v.outcome]}]{v.outcome.value}[/]")
     return table

@@ -28,7 +28,7 @@ def run_audit(analysis: Analysis, options: RunOptions) -> None:
     except NoResidualBlockError as e:
         findings = no_blocks(str(e))
     else:
-        findings = audit(collected.trace, collected.batchnorms, result=collected.report)
+        findings = audit(collected.trace, result=collected.report)
         if options.out is not None:
             write_outputs(collected, options.out)
     failed = any(f.status is Status.FAIL for f in findings)

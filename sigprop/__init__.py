@@ -20,6 +20,7 @@ from sigprop.recording import (
     measure,
 )
 from sigprop.trace import (
+    BatchNorms,
     BlockStats,
     InputSpec,
     Moments,
@@ -33,6 +34,7 @@ from sigprop.trace import (
 
 __all__ = [
     "BNMode",
+    "BatchNorms",
     "Block",
     "BlockStats",
     "ForwardError",

@@ -9,16 +9,11 @@ from enum import StrEnum
 from typing import Any
 
 import numpy as np
-from torch import nn
-from torch.nn.modules.batchnorm import _BatchNorm
 
-from sigprop.stats import Report, Tolerances, band, report
+from sigprop.stats import Outcome, Report, Tolerances, VerdictId, band, projected_growth, report
 from sigprop.trace import Trace
 
-__all__ = ["AuditTolerances", "Finding", "Status", "audit", "fresh_batchnorms", "no_blocks"]
-
-MIN_STAGE_BLOCKS = 4
-"""Blocks a stage needs before its growth can be called geometric or linear."""
+__all__ = ["AuditTolerances", "Finding", "Status", "audit", "no_blocks"]
 
 
 class Status(StrEnum):
@@ -61,25 +56,17 @@ class AuditTolerances:
 
     Attributes:
         dominant_ratio: residual/skip ratio of second moments, averaged over the deepest quarter
-            of the blocks, at or above which branches dominate their skip path (0.5).
+            of a stage's blocks, at or above which branches dominate their skip path (0.5).
+        min_stage_blocks: blocks a stage needs before a missing identity bias matters (4; in a
+            shorter stage even BN leaves the ratio near 1/(1 + l) ~ 0.3-1).
         zero_norm: ``||residual|| / ||skip||`` at or below which a branch counts as zero (1e-6).
-        stats: tolerances of the underlying verdicts (geometric explosion).
+        stats: tolerances of the underlying verdicts (geometric explosion: projected growth).
     """
 
     dominant_ratio: float = 0.5
+    min_stage_blocks: int = 4
     zero_norm: float = 1e-6
     stats: Tolerances = field(default_factory=Tolerances)
-
-
-def fresh_batchnorms(model: nn.Module) -> tuple[int, int]:
-    """``(batch-norm layers, of which with fresh running statistics: mean 0, variance 1)``."""
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    fresh = sum(
-        1 for m in layers
-        if m.running_mean is not None and m.running_var is not None
-        and bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all())
-    )
-    return len(layers), fresh
 
 
 def no_blocks(reason: str) -> list[Finding]:
@@ -87,13 +74,12 @@ def no_blocks(reason: str) -> list[Finding]:
     return [Finding("residual_blocks", Status.FAIL, f"no residual block found: {reason}")]
 
 
-def audit(trace: Trace, batchnorms: tuple[int, int] = (0, 0),
-          tol: AuditTolerances | None = None, result: Report | None = None) -> list[Finding]:
+def audit(trace: Trace, tol: AuditTolerances | None = None,
+          result: Report | None = None) -> list[Finding]:
     """Run every check on a measured trace.
 
     Args:
-        trace: the measurement (one or more seeds).
-        batchnorms: :func:`fresh_batchnorms` of the model, for the BN-mode check.
+        trace: the measurement (one or more seeds); it records the model's batch-norm layers.
         tol: thresholds (defaults documented in :class:`AuditTolerances`).
         result: the trace's :func:`sigprop.stats.report`, if already computed.
 
@@ -115,46 +101,60 @@ def audit(trace: Trace, batchnorms: tuple[int, int] = (0, 0),
         _explosion(trace, result),
         _identity_bias(trace, tol),
         _zero_branches(trace, tol),
-        _bn_mode(trace, batchnorms),
+        _bn_mode(trace),
     ]
 
 
 def _explosion(trace: Trace, result: Report) -> Finding:
-    verdict = next(v for v in result.verdicts if v.id == "geometric_explosion")
-    overflow = [r.first_overflow for r in trace.runs if r.first_overflow is not None]
-    longest = max(len(blocks) for blocks in trace.by_stage().values())
-    if not overflow and longest < MIN_STAGE_BLOCKS:
-        return Finding("signal_explosion", Status.INFO,
-                       f"too few blocks per stage to tell linear from geometric growth (longest "
-                       f"stage: {longest} blocks, need {MIN_STAGE_BLOCKS}); "
-                       f"x{verdict.measured:.3g} per block", verdict.measured)
-    if overflow:
+    verdict = result.verdict(VerdictId.GEOMETRIC_EXPLOSION)
+    growth = projected_growth(trace)
+    figure = (f"x{growth.factor:.3g} [{growth.ci95[0]:.3g}, {growth.ci95[1]:.3g}] projected over "
+              f"{growth.blocks} blocks (x{verdict.measured:.4g} per block)") if growth.blocks \
+        else ""
+    if verdict.outcome is Outcome.CONSISTENT:
+        what = (f"float32 overflow from block {growth.overflow}" if growth.overflow is not None
+                else figure)
         return Finding("signal_explosion", Status.FAIL,
-                       f"float32 overflow from block {min(overflow)}: the signal explodes "
-                       f"(x{verdict.measured:.3g} per block)", verdict.measured)
-    if verdict.consistent:
-        return Finding("signal_explosion", Status.FAIL,
-                       f"the skip path's second moment grows geometrically, "
-                       f"x{verdict.measured:.3g} per block", verdict.measured)
-    return Finding("signal_explosion", Status.PASS,
-                   f"no geometric growth: x{verdict.measured:.3g} per block", verdict.measured)
+                       f"the skip path's second moment grows geometrically: {what}",
+                       verdict.measured)
+    if verdict.outcome is Outcome.INCONSISTENT:
+        return Finding("signal_explosion", Status.PASS,
+                       f"no geometric growth that matters at this depth: {figure} (< "
+                       f"x{result.tolerances.explosion_growth:g})", verdict.measured)
+    return Finding("signal_explosion", Status.INFO,
+                   f"cannot tell linear from geometric growth: {verdict.detail}",
+                   verdict.measured)
 
 
 def _identity_bias(trace: Trace, tol: AuditTolerances) -> Finding:
+    """Branches dominating their skip path in the deep blocks of stages long enough to matter."""
     ratio = np.array(band(trace, lambda b: b.ratio).mean)
-    deep = ratio[len(ratio) - max(1, len(ratio) // 4):]
-    deep = deep[np.isfinite(deep)]
-    if not deep.size:
+    judged, dominated, means = 0, [], []
+    for stage, blocks in trace.by_stage().items():
+        if len(blocks) < tol.min_stage_blocks:
+            continue
+        deep = ratio[[b.index for b in blocks[len(blocks) - max(1, len(blocks) // 4):]]]
+        deep = deep[np.isfinite(deep)]
+        if not deep.size:
+            continue
+        judged += 1
+        means.append(float(deep.mean()))
+        if means[-1] >= tol.dominant_ratio:
+            dominated.append(stage)
+    if not judged:
+        return Finding("identity_bias", Status.INFO,
+                       f"no stage has {tol.min_stage_blocks} blocks with a finite ratio: too "
+                       "short for a missing identity bias to compound", None)
+    worst = max(means)
+    where = (f"residual/skip second moments in the deepest quarter of each stage of >= "
+             f"{tol.min_stage_blocks} blocks: at most {worst:.3g}")
+    if dominated:
         return Finding("identity_bias", Status.FAIL,
-                       "no finite residual/skip ratio in the deepest quarter of the blocks")
-    mean = float(deep.mean())
-    where = f"residual/skip second moments {mean:.3g} on average in the deepest quarter"
-    if mean >= tol.dominant_ratio:
-        return Finding("identity_bias", Status.FAIL,
-                       f"branches dominate their skip path, no identity bias: {where} "
-                       f"(>= {tol.dominant_ratio:g})", mean)
+                       f"branches dominate their skip path in stage(s) "
+                       f"{', '.join(map(str, dominated))}, no identity bias: {where} "
+                       f"(>= {tol.dominant_ratio:g})", worst)
     return Finding("identity_bias", Status.PASS,
-                   f"deep blocks are biased towards the identity: {where}", mean)
+                   f"deep blocks are biased towards the identity: {where}", worst)
 
 
 def _zero_branches(trace: Trace, tol: AuditTolerances) -> Finding:
@@ -170,8 +170,12 @@ def _zero_branches(trace: Trace, tol: AuditTolerances) -> Finding:
                    f"(often deliberate, e.g. zero-init gains): {causes}", per_run)
 
 
-def _bn_mode(trace: Trace, batchnorms: tuple[int, int]) -> Finding:
-    layers, fresh = batchnorms
+def _bn_mode(trace: Trace) -> Finding:
+    if trace.batchnorms is None:
+        return Finding("bn_eval_mode", Status.INFO,
+                       "the trace does not record the model's batch-norm layers (measured by an "
+                       "older sigprop): measure again to check the BN mode")
+    layers, fresh = trace.batchnorms.layers, trace.batchnorms.fresh
     if not layers:
         return Finding("bn_eval_mode", Status.PASS, "no batch-norm layer")
     if trace.bn_mode == "eval" and fresh:

@@ -551,8 +551,9 @@ def plot_sqrt_depth_law(traces: Sequence[Trace], labels: Sequence[str] | None = 
     """The residual/skip ratio of second moments against block position, log-log.
 
     One colour per trace (e.g. BN v2 at several depths; mean over runs with a 95% band), the
-    theory ``1/(m2_0 + l)`` dashed, and the exponent fitted by :func:`stats.ratio_exponent`
-    with its 95% interval in the legend (theory: -1).
+    theory ``1/(m2_0 + l)`` dashed, and the exponent fitted by :func:`stats.fit`
+    (``ratio_exponent``) with its 95% interval in the legend, beside the same fit of the
+    theory at that depth (-1 only at infinite depth).
 
     Args:
         traces: the traces (one stage each is assumed; the first stage is fitted).
@@ -569,20 +570,18 @@ def plot_sqrt_depth_law(traces: Sequence[Trace], labels: Sequence[str] | None = 
         position = lambda i: i + 1.0  # noqa: E731 -- log axis: block l is the (l+1)-th
         order = sorted(range(len(traces)), key=lambda k: -_depth(traces[k]))
         for k in order:
-            fit = stats.ratio_exponent(traces[k])
-            text = (f"{labels[k]}: slope {fit.estimate:.2f} "
-                    f"[{fit.ci95[0]:.2f}, {fit.ci95[1]:.2f}]")
+            text = f"{labels[k]}: {_fit_text(traces[k], stats.FitId.RATIO_EXPONENT)}"
             _line(axis, traces[k], _QUANTITIES["ratio"], colors[k % len(colors)], text,
                   x=position, log=True)
             _theory_line(axis, traces[k], _PREDICTED["ratio"],
-                         "theory $1/(m_{2,0} + l)$: slope -1" if k == order[-1] else None,
+                         "theory $1/(m_{2,0} + l)$" if k == order[-1] else None,
                          x=position)
         axis.set_xscale("log")
         axis.set_yscale("log")
         axis.set_xlabel("block position $l + 1$")
         axis.set_ylabel(r"$E[f_l(x_l)^2]\,/\,E[x_l^2]$")
         axis.set_title("The sqrt(depth) law")
-        _legend(axis, loc="lower left", title="fitted exponent [95% CI]")
+        _legend(axis, loc="lower left", title="fitted exponent [95% CI] (theory)")
     return fig
 
 
@@ -629,7 +628,7 @@ def _interval(samples: np.ndarray, level: float = 0.95) -> tuple[float, tuple[fl
     """Mean of ``samples`` and its Student-t interval (collapsed onto the mean for one sample)."""
     if samples.size == 0:
         return math.nan, (math.nan, math.nan)
-    mean, ci = stats._t_interval(samples, level)
+    mean, ci = stats.t_interval(samples, level)
     return mean, ci if samples.size > 1 else (mean, mean)
 
 
@@ -697,8 +696,9 @@ def plot_orderings(bn_relu: Trace, relu_bn: Trace, v1: Trace, multistage: Trace,
                    axes: Sequence[Axes] | None = None) -> Figure:
     """Orderings and variants: four panels against the block index, theory dashed.
 
-    (a) skip second moment of BN-ReLU-Conv vs ReLU-BN-Conv branches (+1 vs +2 per block);
-    (b) their skip average channel squared mean (+1/pi vs 0 per block);
+    (a) skip second moment of BN-ReLU-Conv vs ReLU-BN-Conv branches (+1 vs +2 per block on an
+    infinite image);
+    (b) their skip average channel squared mean (+1/pi vs 0 per block on an infinite image);
     (c) post-activation v1 vs pre-activation v2 (``bn_relu``), skip second moment;
     (d) a multi-stage v2 network: skip second moment and its reset at every projection.
 
@@ -855,6 +855,14 @@ def _fmt(estimate: stats.Estimate, digits: int = 2) -> str:
             f"[{estimate.ci95[0]:.{digits}f}, {estimate.ci95[1]:.{digits}f}]")
 
 
+def _fit_text(trace: Trace, fit_id: stats.FitId, stage: int = 0, digits: int = 2) -> str:
+    """``estimate [95% CI] (theory p)``: a fit of ``trace`` beside the same fit of its theory."""
+    estimate = stats.fit(trace, fit_id, stage)
+    theory = "" if estimate.predicted is None else \
+        f" (theory {estimate.predicted:.{digits}f})"
+    return _fmt(estimate, digits) + theory
+
+
 def _alpha_text(alpha: float) -> str:
     return f"SkipInit, alpha = {alpha:g}"
 
@@ -902,8 +910,11 @@ def _render_headline(config: FigureConfig, spec: RunSpec) -> Callable[[Traces], 
             f"Signal propagation of a {spec.depth}-block BN ResNet-v2 (one stage), as drawn by "
             f"`sigprop analyze resnet --depth {spec.depth} --width {spec.width or config.width} "
             f"--batch-size {spec.batch} --image-size {spec.image}`. The skip path's "
-            "average channel squared mean and variance grow linearly, by about 1/pi and "
-            "1 - 1/pi per block; the residual/skip ratio of second moments falls as "
+            "average channel squared mean and variance grow linearly, by "
+            f"{_fit_text(trace, stats.FitId.SKIP_SQ_MEAN_SLOPE, digits=3)} and "
+            f"{_fit_text(trace, stats.FitId.SKIP_VAR_SLOPE, digits=3)} per block (1/pi and "
+            "1 - 1/pi on an infinite image; zero padding lowers both); the residual/skip ratio "
+            "of second moments falls as "
             f"1/(m2_0 + l): {b.mean[0]:.2f} at block 0, {b.mean[-1]:.4f} at block "
             f"{trace.n_blocks - 1} (theory {theory:.4f}); the cosine between skip and output "
             f"approaches 1. Theory dashed. {config.describe(spec, [config.seeds[0]])}")
@@ -922,18 +933,21 @@ def _render_trio(config: FigureConfig, runs: dict[str, RunSpec]
                                       ("skip_m2", "skip_var", "skip_sq_mean", "residual_var")})
         bn, none = traces[runs["BN v2"]], traces[runs["unnormalized"]]
         overflow = _overflow(none)
-        growth = stats.growth_rate(none)
         caption = (
             f"Signal-propagation plot of four {config.spp_depth}-block ResNets (v2, one stage): "
             "skip-path second moment E[x_l^2], its average channel variance and squared mean, "
             "and the residual branch's average channel variance, against the block index, on "
             "log axes. BN v2 grows linearly (slope of E[x_l^2] "
-            f"{_fmt(stats.skip_slope(bn))} per block, theory 1); the unnormalized network "
-            f"doubles per block (mean factor {_fmt(growth)}, theory 2)"
+            f"{_fit_text(bn, stats.FitId.SKIP_M2_SLOPE)} per block); the unnormalized "
+            f"network grows geometrically, by "
+            f"{_fit_text(none, stats.FitId.GROWTH_RATE)} per block (2 on an infinite image; "
+            "the theory includes zero padding, the rest of the gap is finite width)"
             + (f" and overflows float32 at block {overflow} (vertical line)" if overflow
                is not None else "")
             + "; SkipInit with alpha = 0 is the identity (its residual is exactly 0, so it "
-            "has no point on the log axis) and with alpha = 0.1 grows by 1.01 per block. On "
+            "has no point on the log axis) and with alpha = 0.1 grows by "
+            f"{_fit_text(traces[runs[_alpha_text(0.1)]], stats.FitId.GROWTH_RATE, digits=3)} "
+            "per block. On "
             "axes that span the unnormalized explosion, the linear growth of BN v2 lies near "
             "the bottom; the single-network SPP and the orderings figure show it on linear "
             f"axes. Theory dashed. {config.describe()}")
@@ -948,16 +962,17 @@ def _render_law(config: FigureConfig, runs: list[RunSpec]) -> Callable[[Traces],
         labels = [f"d = {r.depth}" for r in runs]
         fig = plot_sqrt_depth_law(ordered, labels)
         data = tidy(ordered, labels, {"ratio": _QUANTITIES["ratio"]})
-        fits = "; ".join(f"d = {r.depth}: {_fmt(stats.ratio_exponent(t))}"
+        fits = "; ".join(f"d = {r.depth}: {_fit_text(t, stats.FitId.RATIO_EXPONENT)}"
                          for r, t in zip(runs, ordered, strict=True))
         caption = (
             "The sqrt(depth) law: residual/skip ratio of second moments E[f_l(x_l)^2] / "
             "E[x_l^2] against the block position l + 1, log-log, for BN ResNet-v2 networks of "
             "several depths (one stage). The curves coincide: the ratio depends on the block's "
             "position, not on the network's depth, and follows 1/(m2_0 + l) (dashed), a power "
-            "law with exponent -1 (the branch is downscaled by sqrt(l) in standard deviation). "
-            f"Fitted exponents with 95% intervals: {fits} (the m2_0 offset bends the first "
-            f"blocks and biases a finite fit slightly towards 0). {config.describe()}")
+            "law with exponent -1 at infinite depth (the branch is downscaled by sqrt(l) in "
+            "standard deviation). Fitted exponents with 95% intervals, beside the same fit of "
+            f"the theory at that depth (the m2_0 offset bends the first blocks): {fits}. "
+            f"{config.describe()}")
         return FigureResult("sqrt-depth-law", "The sqrt(depth) law", fig, data, caption)
     return render
 
@@ -1000,6 +1015,7 @@ def _render_sweep(config: FigureConfig, runs: dict[str, list[RunSpec]]
         xs = np.array([p.depth for p in bn], dtype=float)
         ys = np.array([p.value for p in bn])
         slope = float(np.polyfit(xs, ys, 1)[0])
+        theory_slope = float(np.polyfit(xs, [p.theory for p in bn], 1)[0])
         rules = "; ".join(f"{k}: {v}" for k, v in theory_names.items())
         none = sweep_points(sweeps["unnormalized"])
         first = next((p.depth for p in none if p.overflow), None)
@@ -1009,8 +1025,9 @@ def _render_sweep(config: FigureConfig, runs: dict[str, list[RunSpec]]
             "variant (geometric mean over seeds with 95% error bars), each with its theory "
             "dashed in "
             f"the same colour ({rules}; m2_0 is the measured skip second moment at block 0). "
-            f"BN v2 grows linearly in d (least-squares slope {slope:.2f}, theory 1); the "
-            "unnormalized network grows as 2^d"
+            f"BN v2 grows linearly in d (least-squares slope {slope:.2f}, theory "
+            f"{theory_slope:.2f} with zero padding); the unnormalized network grows "
+            "geometrically"
             + (f"; it is non-finite (float32 overflow) at d = {first}, not drawn" if first else "")
             + f"; deeper unnormalized networks are not measured; SkipInit at alpha = 0 "
             "stays at m2_0 and the 1/sqrt(d) branch scaling ends near e m2_0 at every depth. "
@@ -1040,20 +1057,23 @@ def _render_orderings(config: FigureConfig, runs: dict[str, RunSpec]
         data = tidy(list(t.values()), labels, {k: _QUANTITIES[k] for k in
                                                ("skip_m2", "skip_var", "skip_sq_mean")})
         multi = t["multi-stage"]
-        slopes = ", ".join(_fmt(stats.skip_slope(multi, s)) for s in sorted(multi.by_stage()))
+        slopes = ", ".join(_fit_text(multi, stats.FitId.SKIP_M2_SLOPE, s)
+                           for s in sorted(multi.by_stage()))
         starts = ", ".join(f"{stats.band(multi, _QUANTITIES['skip_m2']).mean[b[0].index]:.2f}"
                            for s, b in multi.by_stage().items())
         caption = (
             f"Orderings and variants, {config.variants_depth} blocks each, against the block "
             "index, theory dashed. (a, b) BN-ReLU-Conv vs ReLU-BN-Conv branches: the skip "
             "second moment grows by "
-            f"{_fmt(stats.skip_slope(t['BN-ReLU-Conv']))} vs "
-            f"{_fmt(stats.skip_slope(t['ReLU-BN-Conv']))} per block (theory 1 and 2), and only "
+            f"{_fit_text(t['BN-ReLU-Conv'], stats.FitId.SKIP_M2_SLOPE)} vs "
+            f"{_fit_text(t['ReLU-BN-Conv'], stats.FitId.SKIP_M2_SLOPE)} per block (1 and 2 on "
+            "an infinite image; the theory includes zero padding), and only "
             "BN-ReLU-Conv gives the skip path a mean (squared mean "
-            f"{_fmt(stats.skip_slope(t['BN-ReLU-Conv'], 0, _QUANTITIES['skip_sq_mean']))} per "
-            "block, theory 1/pi = 0.32, lower at finite width; ReLU-BN-Conv: 0). "
+            f"{_fit_text(t['BN-ReLU-Conv'], stats.FitId.SKIP_SQ_MEAN_SLOPE)} per "
+            "block, 1/pi = 0.32 on an infinite image; ReLU-BN-Conv: 0). "
             "(c) post-activation v1 (statistics of the sum before the ReLU) vs pre-activation "
-            f"v2: v1 grows by {_fmt(stats.skip_slope(t['v1']))} per block, roughly linearly "
+            f"v2: v1 grows by {_fit_text(t['v1'], stats.FitId.SKIP_M2_SLOPE)} per block, "
+            "roughly linearly "
             "(approximate theory). (d) a "
             f"{config.stages}-stage v2 network (width doubles, resolution halves at every "
             "projection shortcut, dotted): the skip path restarts at every stage (first-block "

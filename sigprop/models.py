@@ -14,7 +14,7 @@ from sigprop._validate import check_int, parse_choice
 from sigprop.blocks import ResidualAdd
 from sigprop.trace import Shortcut
 
-__all__ = ["Norm", "Order", "ResNet", "Variant", "resnet"]
+__all__ = ["Norm", "Order", "Padding", "ResNet", "Variant", "resnet"]
 
 
 class Variant(StrEnum):
@@ -38,6 +38,13 @@ class Order(StrEnum):
 
     BN_RELU = "bn-relu"  # BN-ReLU-Conv, the paper's pre-activation block
     RELU_BN = "relu-bn"  # ReLU-BN-Conv: the convolution sees zero-mean, unit-variance inputs
+
+
+class Padding(StrEnum):
+    """How the 3x3 convolutions pad the border of the feature map."""
+
+    ZEROS = "zeros"  # the paper's (and every library's) default: border outputs see fewer taps
+    CIRCULAR = "circular"  # the map wraps around: every position sees a full 3x3 neighbourhood
 
 
 class Gain(nn.Module):
@@ -171,6 +178,7 @@ def resnet(
     stages: int = 1,
     alpha: float | None = None,
     order: Order | str = Order.BN_RELU,
+    padding: Padding | str = Padding.ZEROS,
     in_channels: int = 3,
     num_classes: int = 10,
     seed: int | None = None,
@@ -188,6 +196,9 @@ def resnet(
         alpha: initial SkipInit gain, only with ``norm="skipinit"`` (default 0.0).
         order: ``bn-relu`` (BN-ReLU-Conv, the paper's) or ``relu-bn`` (ReLU-BN-Conv), for v2
             with batch norm.
+        padding: ``zeros`` (the paper's; border outputs see fewer inputs, which lowers every
+            branch's second moment on small maps) or ``circular`` (the infinite-image theory
+            holds exactly).
         in_channels: channels of the input images.
         num_classes: outputs of the linear head.
         seed: if given, initialize the weights from this seed with a private generator, leaving
@@ -202,6 +213,7 @@ def resnet(
     """
     variant, norm = parse_choice(Variant, variant, "variant"), parse_choice(Norm, norm, "norm")
     order = parse_choice(Order, order, "order")
+    padding = parse_choice(Padding, padding, "padding")
     if order is not Order.BN_RELU and (variant is not Variant.V2 or norm is not Norm.BATCHNORM):
         raise ValueError(
             f"order {order.value!r} applies only to variant='v2' with norm='batchnorm', got "
@@ -226,17 +238,19 @@ def resnet(
     config: dict[str, Any] = {
         "name": "resnet", "depth": depth, "variant": variant.value, "norm": norm.value,
         "width": width, "stages": stages, "alpha": skip_alpha if norm is Norm.SKIPINIT else None,
-        "order": order.value, "in_channels": in_channels, "num_classes": num_classes,
+        "order": order.value, "padding": padding.value, "in_channels": in_channels,
+        "num_classes": num_classes,
     }
     rng = torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()
     with rng:
         if seed is not None:
             torch.manual_seed(seed)
-        return _build(depth, variant, norm, order, width, stages, skip_alpha, in_channels,
-                      num_classes, config)
+        return _build(depth, variant, norm, order, padding, width, stages, skip_alpha,
+                      in_channels, num_classes, config)
 
 
-def _build(depth: int, variant: Variant, norm: Norm, order: Order, width: int, stages: int,
+def _build(depth: int, variant: Variant, norm: Norm, order: Order, padding: Padding, width: int,
+           stages: int,
            alpha: float, in_channels: int, num_classes: int, config: dict[str, Any]) -> ResNet:
     stem: nn.Module = _conv(in_channels, width, 3)
     if variant is Variant.V1:
@@ -256,6 +270,7 @@ def _build(depth: int, variant: Variant, norm: Norm, order: Order, width: int, s
     net = ResNet(stem, nn.Sequential(*blocks), head_norm, nn.Linear(channels, num_classes), config)
     for module in net.modules():
         if isinstance(module, nn.Conv2d):
+            module.padding_mode = padding.value  # the 1x1 projections have no padding to wrap
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=1.0 / math.sqrt(module.in_features))

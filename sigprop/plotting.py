@@ -146,7 +146,7 @@ def _draw_theory(axes: Sequence[Axes], prediction: Prediction, several: bool, la
         axes[0].plot(index, [p.skip_sq_mean for p in prediction.blocks], label=name, **kwargs)
         axes[1].plot(index, skip_var, label=name, **kwargs)
     axes[2].plot(index, [p.ratio for p in prediction.blocks],
-                 label=f"{name}: {prediction.rule.split(';')[-1].strip()}", **kwargs)
+                 label=f"{name}: {_ratio_rule(prediction.rule)}", **kwargs)
     axes[3].plot(index, [1 / math.sqrt(1 + p.ratio) for p in prediction.blocks],
                  label=f"{name}: 1/sqrt(1 + ratio)", **kwargs)
 
@@ -183,3 +183,8 @@ def _scale_y(ax: Axes, decades: float) -> None:
     elif finite.size and finite.max() > finite.min():
         pad = 0.05 * (finite.max() - finite.min())
         ax.set_ylim(finite.min() - pad, finite.max() + pad)
+
+
+def _ratio_rule(rule: str) -> str:
+    """The part of a theory's rule that gives the residual/skip ratio."""
+    return next((part.strip() for part in rule.split(";") if "ratio" in part), rule)

@@ -18,7 +18,7 @@ from sigprop._validate import parse_choice
 from sigprop.blocks import Block, ResidualAdd, marked_additions
 from sigprop.discovery import Discovery, Found, GainTerm, describe_gains, discovering
 from sigprop.models import ResNet
-from sigprop.trace import BlockStats, InputSpec, Run, Shortcut, Trace
+from sigprop.trace import BatchNorms, BlockStats, InputSpec, Run, Shortcut, Trace
 
 __all__ = [
     "BNMode",
@@ -326,6 +326,7 @@ def measure(
     """
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
     batch, spec = _resolve_input(inputs, model)
+    batchnorms = _batchnorms(model)
     recorder = _Recorder(with_stats=True, progress=progress)
     _forward(model, batch, recorder, mode, blocks)
     stats = recorder.block_stats()
@@ -340,7 +341,18 @@ def measure(
     else:
         info = dict(model.config) if isinstance(model, ResNet) else {"name": type(model).__name__}
     run = Run(seed if seed is not None else spec.seed, stats)
-    return Trace(model=info, input=spec, bn_mode=mode.value, runs=(run,))
+    return Trace(model=info, input=spec, bn_mode=mode.value, runs=(run,), batchnorms=batchnorms)
+
+
+def _batchnorms(model: nn.Module) -> BatchNorms:
+    """Count the batch-norm layers, and those with fresh running statistics (mean 0, var 1)."""
+    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    fresh = sum(
+        1 for m in layers
+        if m.running_mean is not None and m.running_var is not None
+        and bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all())
+    )
+    return BatchNorms(len(layers), fresh)
 
 
 def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec,

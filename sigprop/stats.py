@@ -1,21 +1,29 @@
 """Statistics over measured traces: pure functions returning estimates, intervals and verdicts.
 
-Every fit works within one stage (a projection shortcut resets the skip path) and pools the runs
-(seeds) of the trace. Intervals are 95% Student-t intervals unless a ``level`` says otherwise.
+Every fit works within one stage (a projection shortcut resets the skip path). It is computed on
+each run (seed) and averaged over the runs.
 
-Why the intervals are built as they are: at initialization every block draws fresh weights, so
-the per-block *increments* of the skip second moment (``m2_{l+1} - m2_l``) and the per-block
-*growth factors* (``m2_{l+1} / m2_l``) are close to independent draws, while the cumulative
-``m2_l`` is a random walk whose least-squares residuals are strongly correlated. Slopes and growth
-rates are therefore the mean increment / factor with an interval over the pooled increments; an
-ordinary least-squares interval on ``m2_l`` would be far too narrow.
+Why the intervals are built as they are (docs/theory.md has the calibration table): seeds are
+independent, blocks within one trace are not. Within a run, ``m2_l`` is a random walk and every
+figure computed from its levels (a line through ``1/ratio``, a power law of the ratio) has
+residuals correlated over spans that grow with ``l``, so an interval that treats blocks as
+independent is several times too narrow. What *is* close to independent is each block's own
+contribution: its fresh branch (its increment of the skip path and its branch second moment).
+The within-run uncertainty is therefore a delete-a-segment jackknife over contiguous segments of
+blocks, in which a deleted segment's increments are removed from the skip path and the remaining
+pieces are joined (the run as if those blocks did not exist). With several runs, the spread of
+the per-run estimates (``runs - 1`` degrees of freedom) and the runs' jackknife variances are
+pooled, weighted by their degrees of freedom. ``benchmarks/calibration.py`` measures the coverage
+of these intervals on real traces of the built-in networks.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
+from enum import StrEnum
 from typing import Any
 
 import numpy as np
@@ -27,21 +35,55 @@ from sigprop.trace import BlockStats, Trace
 __all__ = [
     "Band",
     "Estimate",
+    "FitId",
+    "Outcome",
     "Report",
     "Tolerances",
     "Verdict",
+    "VerdictId",
     "band",
     "effective_depth",
+    "fit",
     "fits",
-    "growth_rate",
-    "ratio_exponent",
+    "projected_growth",
     "relative_errors",
     "report",
-    "skip_slope",
+    "t_interval",
     "verdicts",
 ]
 
 _Quantity = Callable[[BlockStats], float]
+
+SEGMENTS = 8
+"""Contiguous segments of a run's stage in the within-run jackknife."""
+
+
+class FitId(StrEnum):
+    """What a fit estimates (one value per stage)."""
+
+    SKIP_M2_SLOPE = "skip_m2_slope"  # mean increment of the skip second moment per block
+    SKIP_VAR_SLOPE = "skip_var_slope"  # ... of its average channel variance
+    SKIP_SQ_MEAN_SLOPE = "skip_sq_mean_slope"  # ... of its average channel squared mean
+    INVERSE_RATIO_SLOPE = "inverse_ratio_slope"  # slope of skip/residual m2 against l
+    RATIO_EXPONENT = "ratio_exponent"  # power of the residual/skip ratio in the block position
+    GROWTH_RATE = "growth_rate"  # geometric factor g of m2_{l+1} = a + g m2_l
+
+
+class VerdictId(StrEnum):
+    """The claims of the theory that every measurement is judged against."""
+
+    SKIP_LINEAR_GROWTH = "skip_linear_growth"
+    SQRT_DEPTH_DOWNSCALING = "sqrt_depth_downscaling"
+    GEOMETRIC_EXPLOSION = "geometric_explosion"
+    IDENTITY_AT_INIT = "identity_at_init"
+
+
+class Outcome(StrEnum):
+    """Three-valued outcome of a verdict: an equivalence test against a tolerance band."""
+
+    CONSISTENT = "consistent"  # the whole interval lies inside the band
+    INCONSISTENT = "inconsistent"  # the whole interval lies outside it
+    INCONCLUSIVE = "inconclusive"  # anything else: too few blocks or runs, too wide
 
 
 @dataclass(frozen=True, slots=True)
@@ -84,166 +126,274 @@ def band(trace: Trace, quantity: _Quantity, level: float = 0.95) -> Band:
                 tuple((mean + half).tolist()), len(trace.runs))
 
 
+def t_interval(samples: Sequence[float] | np.ndarray, level: float = 0.95
+               ) -> tuple[float, tuple[float, float]]:
+    """Mean of independent ``samples`` and its Student-t interval (NaN with fewer than 2).
+
+    >>> mean, (lo, hi) = t_interval([1.0, 2.0, 3.0])
+    >>> mean, round(lo, 3), round(hi, 3)
+    (2.0, -0.484, 4.484)
+    """
+    values = np.asarray(samples, dtype=float)
+    if values.size == 0:
+        return math.nan, (math.nan, math.nan)
+    mean = float(values.mean())
+    if values.size < 2:
+        return mean, (math.nan, math.nan)
+    half = float(sps.t.ppf(0.5 + level / 2, values.size - 1) * values.std(ddof=1)
+                 / math.sqrt(values.size))
+    return mean, (mean - half, mean + half)
+
+
 @dataclass(frozen=True, slots=True)
 class Estimate:
-    """A fitted figure with its confidence interval.
+    """A fitted figure with its confidence interval and the theory's value for it.
 
     Attributes:
-        id: stable identifier (``skip_m2_slope``, ``ratio_exponent``, ``growth_rate``, ...).
+        id: what is estimated (:class:`FitId`).
         stage: the stage it was fitted in.
-        estimate: the point estimate (NaN when there are too few finite blocks).
-        ci95: the interval ``(lo, hi)`` at the level of the fit (95% by default).
-        n: number of data points (increments, factors or blocks) behind it.
-        r2: coefficient of determination of the line it describes, where one is fitted.
-        intercept: the line's value at the stage's first block, where one is fitted.
+        estimate: the point estimate, the mean of the runs' estimates (NaN when no run has
+            enough finite blocks).
+        ci95: the interval ``(lo, hi)`` at the level of the fit (95% by default); NaN when
+            the data cannot give one (one run of fewer than four blocks).
+        n: blocks behind it, summed over the runs.
+        n_runs: runs (seeds) behind it.
+        df: degrees of freedom of the interval's t quantile (0 without an interval).
+        predicted: the same fit applied to the theory's per-block prediction for this model
+            (finite-depth and finite-image effects included); None where no theory applies.
+        intercept: the line's value at the stage's first block, where a line is fitted.
     """
 
-    id: str
+    id: FitId
     stage: int
     estimate: float
     ci95: tuple[float, float]
     n: int
-    r2: float = math.nan
+    n_runs: int
+    df: int = 0
+    predicted: float | None = None
     intercept: float = math.nan
 
     def contains(self, value: float) -> bool:
         """True when ``value`` lies inside the interval."""
         return self.ci95[0] <= value <= self.ci95[1]
 
-
-def _t_interval(samples: np.ndarray, level: float) -> tuple[float, tuple[float, float]]:
-    """Mean of ``samples`` and its Student-t interval (degenerate with fewer than 2 samples)."""
-    if samples.size == 0:
-        return math.nan, (math.nan, math.nan)
-    mean = float(samples.mean())
-    if samples.size < 2:
-        return mean, (math.nan, math.nan)
-    half = float(sps.t.ppf(0.5 + level / 2, samples.size - 1) * samples.std(ddof=1)
-                 / math.sqrt(samples.size))
-    return mean, (mean - half, mean + half)
+    @property
+    def half_width(self) -> float:
+        """Half the width of the interval (NaN without one)."""
+        return (self.ci95[1] - self.ci95[0]) / 2
 
 
-def _stage_series(trace: Trace, stage: int, quantity: _Quantity) -> list[np.ndarray]:
-    """For every run, ``quantity`` along the blocks of ``stage``, cut at the first non-finite."""
-    series = []
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """One run's blocks of one stage, up to its first non-finite block."""
+
+    skip_m2: np.ndarray
+    skip_var: np.ndarray
+    skip_sq_mean: np.ndarray
+    residual_m2: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.skip_m2.size)
+
+    def spliced(self, keep: np.ndarray) -> _Series:
+        """The run as if the blocks not in ``keep`` did not exist: their branches and increments go.
+
+        After a gap the skip statistics continue from the level before it, so what remains is a
+        shorter run of the same network, not a series with a jump.
+        """
+        kept = np.flatnonzero(keep)
+
+        def splice(levels: np.ndarray) -> np.ndarray:
+            increments = np.diff(levels)[kept[:-1]]
+            joined: np.ndarray = levels[kept[0]] + np.concatenate([[0.0], np.cumsum(increments)])
+            return joined
+
+        return _Series(splice(self.skip_m2), splice(self.skip_var), splice(self.skip_sq_mean),
+                       self.residual_m2[kept])
+
+
+def _series(trace: Trace, stage: int) -> list[_Series]:
+    out = []
     for run in trace.runs:
-        values = np.array([quantity(b) for b in run.blocks if b.stage == stage], dtype=float)
-        bad = np.flatnonzero(~np.isfinite(values))
-        series.append(values[: bad[0]] if bad.size else values)
-    return series
+        blocks = [b for b in run.blocks if b.stage == stage]
+        columns = np.array([[b.skip.m2, b.skip.var, b.skip.sq_mean, b.residual.m2]
+                            for b in blocks], dtype=float).reshape(-1, 4)
+        bad = np.flatnonzero(~np.isfinite(columns).all(axis=1))
+        columns = columns[: bad[0]] if bad.size else columns
+        out.append(_Series(*columns.T))
+    return out
 
 
-def _r2(x: np.ndarray, y: np.ndarray, slope: float, intercept: float) -> float:
-    total = float(((y - y.mean()) ** 2).sum())
-    if total == 0.0:
-        return math.nan
-    return 1.0 - float(((y - (intercept + slope * x)) ** 2).sum()) / total
+# A fit of one run on the blocks in a mask: its value and, for lines, the intercept at the
+# stage's first block.
+_Fitter = Callable[[_Series, np.ndarray], tuple[float, float]]
 
 
-def skip_slope(trace: Trace, stage: int = 0, quantity: _Quantity = lambda b: b.skip.m2,
-               fit_id: str = "skip_m2_slope", level: float = 0.95) -> Estimate:
-    """Linear growth per block of a skip-path statistic within ``stage`` (default: its m2).
+def _on_spliced(fitter: Callable[[_Series], tuple[float, float]]) -> _Fitter:
+    return lambda s, keep: fitter(s if keep.all() else s.spliced(keep))
 
-    The slope is the mean per-block increment, pooled over runs, with a t-interval; the intercept
-    is the least-squares intercept given that slope (its interval spans the runs' first blocks);
-    ``r2`` says how well the straight line describes the pooled points.
+
+def _mean_increment(levels: Callable[[_Series], np.ndarray]) -> _Fitter:
+    def fitter(s: _Series) -> tuple[float, float]:
+        y = levels(s)
+        if y.size < 2:
+            return math.nan, math.nan
+        slope = float(y[-1] - y[0]) / (y.size - 1)
+        return slope, float((y - slope * np.arange(y.size)).mean())
+    return _on_spliced(fitter)
+
+
+def _inverse_ratio_line(s: _Series) -> tuple[float, float]:
+    keep = s.residual_m2 > 0
+    if keep.sum() < 2:
+        return math.nan, math.nan
+    x = np.arange(s.size, dtype=float)[keep]
+    slope, intercept = np.polyfit(x, s.skip_m2[keep] / s.residual_m2[keep], 1)
+    return float(slope), float(intercept)
+
+
+def _ratio_power_law(s: _Series) -> tuple[float, float]:
+    keep = (s.residual_m2 > 0) & (s.skip_m2 > 0)
+    if keep.sum() < 3:
+        return math.nan, math.nan
+    x = np.log(np.arange(1, s.size + 1, dtype=float)[keep])
+    slope, intercept = np.polyfit(x, np.log(s.residual_m2[keep] / s.skip_m2[keep]), 1)
+    return float(slope), float(math.exp(intercept))
+
+
+def _growth(s: _Series, keep: np.ndarray) -> tuple[float, float]:
+    """``g`` of ``m2_{l+1} = a + g m2_l``, from ``m2_{l+1}/m2_l - 1 = (g - 1) + a / m2_l``.
+
+    A linear walk has ``g = 1`` whatever its increment ``a``; a geometric one ``a = 0``. A jump
+    at the start of a stage (a small ``m2_0``) lands in ``a``, not in ``g``. The units are the
+    pairs (block, next block), so the jackknife drops pairs rather than splicing the walk.
+    """
+    level, following = s.skip_m2[:-1], s.skip_m2[1:]
+    pairs = keep[:-1] & (level > 0) & np.isfinite(following)
+    if pairs.sum() < 3:
+        return math.nan, math.nan
+    level, following = level[pairs], following[pairs]
+    if np.ptp(level) <= 1e-9 * level.max():
+        # A flat walk (identity blocks): no spread of levels to separate a from g.
+        return float((following / level).mean()), 0.0
+    design = np.column_stack([np.ones(level.size), 1.0 / level])
+    (rate, increment), *_ = np.linalg.lstsq(design, following / level - 1.0, rcond=None)
+    return 1.0 + float(rate), float(increment)
+
+
+_FITTERS: dict[FitId, _Fitter] = {
+    FitId.SKIP_M2_SLOPE: _mean_increment(lambda s: s.skip_m2),
+    FitId.SKIP_VAR_SLOPE: _mean_increment(lambda s: s.skip_var),
+    FitId.SKIP_SQ_MEAN_SLOPE: _mean_increment(lambda s: s.skip_sq_mean),
+    FitId.INVERSE_RATIO_SLOPE: _on_spliced(_inverse_ratio_line),
+    FitId.RATIO_EXPONENT: _on_spliced(_ratio_power_law),
+    FitId.GROWTH_RATE: _growth,
+}
+
+
+def _run_fit(fitter: _Fitter, s: _Series) -> tuple[float, float, float, int]:
+    """One run's value, intercept, within-run jackknife variance and its degrees of freedom."""
+    everything = np.ones(s.size, dtype=bool)
+    value, intercept = fitter(s, everything)
+    segments = min(SEGMENTS, s.size // 2)
+    if not math.isfinite(value) or segments < 2:
+        return value, intercept, math.nan, 0
+    edges = np.linspace(0, s.size, segments + 1).round().astype(int)
+    left_out = []
+    for start, stop in itertools.pairwise(edges):
+        keep = everything.copy()
+        keep[start:stop] = False
+        left_out.append(fitter(s, keep)[0])
+    values = np.array(left_out)
+    if not np.isfinite(values).all():
+        return value, intercept, math.nan, 0
+    variance = (segments - 1) / segments * float(((values - values.mean()) ** 2).sum())
+    return value, intercept, variance, segments - 1
+
+
+def _pooled(per_run: list[tuple[float, float, float, int]], level: float
+            ) -> tuple[float, tuple[float, float], float, int, int]:
+    """Mean over runs, its interval, the mean intercept, the runs used and the interval's df.
+
+    The variance of one run's estimate is the spread of the runs' estimates (``runs - 1``
+    degrees of freedom) pooled with the runs' jackknife variances, weighted by degrees of freedom.
+    """
+    finite = [r for r in per_run if math.isfinite(r[0])]
+    if not finite:
+        return math.nan, (math.nan, math.nan), math.nan, 0, 0
+    values = np.array([r[0] for r in finite])
+    estimate = float(values.mean())
+    intercept = float(np.mean([r[1] for r in finite]))
+    df_between = values.size - 1
+    between = float(values.var(ddof=1)) if df_between else 0.0
+    within = [(r[2], r[3]) for r in finite if r[3] > 0]
+    df_within = sum(df for _, df in within)
+    df = df_between + df_within
+    if df == 0:
+        return estimate, (math.nan, math.nan), intercept, values.size, 0
+    variance = (df_between * between + sum(v * d for v, d in within)) / df
+    half = float(sps.t.ppf(0.5 + level / 2, df)) * math.sqrt(variance / values.size)
+    return estimate, (estimate - half, estimate + half), intercept, values.size, df
+
+
+def _predicted_series(prediction: Prediction, stage: int, size: int) -> _Series:
+    blocks = [b for b in prediction.blocks if b.stage == stage][:size]
+    columns = np.array([[b.skip_m2, b.skip_var, b.skip_sq_mean, b.residual_m2]
+                        for b in blocks], dtype=float).reshape(-1, 4)
+    return _Series(*columns.T)
+
+
+def fit(trace: Trace, fit_id: FitId | str, stage: int = 0, level: float = 0.95,
+        prediction: Prediction | None = None) -> Estimate:
+    """One fit of one stage: the runs' mean estimate, its interval and the theory's value.
+
+    Args:
+        trace: the measurement (one or more runs).
+        fit_id: what to estimate (:class:`FitId`):
+
+            * ``skip_m2_slope`` / ``skip_var_slope`` / ``skip_sq_mean_slope``: the mean
+              increment per block of the skip path's statistic (linear growth: BN v2 ~1);
+            * ``inverse_ratio_slope``: least-squares slope of ``skip m2 / residual m2`` against
+              the block's position in the stage: the straight-line form of the sqrt(depth) law
+              (skip increment per block / branch second moment: 1 in theory);
+            * ``ratio_exponent``: power of ``residual/skip`` in the position ``n = 1, 2, ...``
+              (-1 only at infinite depth: ``1/(m2_0 + l)`` fits -0.90 at 64 blocks);
+            * ``growth_rate``: ``g`` of ``m2_{l+1} = a + g m2_l`` (1 for linear growth).
+        stage: the stage to fit.
+        level: confidence level of the interval.
+        prediction: the theory's prediction (default: :func:`sigprop.theory.predict`).
+
+    Returns:
+        An :class:`Estimate`; its ``predicted`` is the same fit of the predicted blocks.
 
     >>> import sigprop
     >>> trace = sigprop.measure(sigprop.models.resnet(32, seed=0),
     ...                         sigprop.InputSpec("gaussian", (8, 3, 16, 16), 0))
-    >>> fit = skip_slope(trace)
-    >>> 0.5 < fit.estimate < 1.5 and fit.r2 > 0.9
-    True
+    >>> slope = fit(trace, "skip_m2_slope")
+    >>> slope.ci95[0] < slope.estimate < slope.ci95[1], round(slope.predicted, 3)
+    (True, 0.943)
     """
-    series = _stage_series(trace, stage, quantity)
-    increments = np.concatenate([np.diff(s) for s in series])
-    slope, ci = _t_interval(increments, level)
-    x = np.concatenate([np.arange(s.size) for s in series])
-    y = np.concatenate(series)
-    if not y.size or math.isnan(slope):
-        return Estimate(fit_id, stage, slope, ci, int(increments.size))
-    intercept = float((y - slope * x).mean())
-    return Estimate(fit_id, stage, slope, ci, int(increments.size), _r2(x, y, slope, intercept),
-                    intercept)
-
-
-def growth_rate(trace: Trace, stage: int = 0, level: float = 0.95) -> Estimate:
-    """Geometric growth factor per block of the skip second moment within ``stage``.
-
-    The mean of the per-block factors ``m2_{l+1} / m2_l`` (before any overflow), pooled over
-    runs: an estimate of the expected factor (2 for an unnormalized He-init ResNet). It is not
-    the exponential of the mean log-factor, which finite width biases low (1.86 instead of 2 at
-    width 16). ``r2`` is that of a straight line through ``log m2_l``.
-    """
-    series = _stage_series(trace, stage, lambda b: b.skip.m2)
-    positive = [s[: np.argmax(s <= 0)] if (s <= 0).any() else s for s in series]
-    factors = np.concatenate([s[1:] / s[:-1] for s in positive])
-    rate, ci = _t_interval(factors, level)
-    x = np.concatenate([np.arange(s.size) for s in positive])
-    y = np.log(np.concatenate(positive)) if x.size else np.array([])
-    if x.size < 2:
-        return Estimate("growth_rate", stage, rate, ci, int(factors.size))
-    slope, intercept = np.polyfit(x, y, 1)
-    return Estimate("growth_rate", stage, rate, ci, int(factors.size),
-                    _r2(x, y, float(slope), float(intercept)), float(math.exp(intercept)))
-
-
-def ratio_exponent(trace: Trace, stage: int = 0, level: float = 0.95) -> Estimate:
-    """Power-law exponent of the residual/skip ratio against the block's position in its stage.
-
-    Least squares of ``log ratio`` on ``log n``, where ``n = 1, 2, ...`` is the position of the
-    block in the stage, pooled over runs. The sqrt(depth) law ``ratio = 1/(m2_0 + l)`` gives -1
-    for second moments (-1/2 for standard deviations). Blocks with a zero or non-finite ratio are
-    left out (a SkipInit branch at alpha = 0 has no exponent: NaN).
-
-    The ratio divides by the skip second moment, a random walk, so neighbouring residuals of the
-    fit are correlated; the interval widens the least-squares standard error by the AR(1)
-    factor ``sqrt((1 + rho) / (1 - rho))``, with ``rho`` the lag-1 autocorrelation of the
-    residuals within each run (no widening when ``rho <= 0``).
-    """
-    series = _stage_series(trace, stage, lambda b: b.ratio)
-    xs, ys = [], []
-    for s in series:
-        n = np.arange(1, s.size + 1, dtype=float)
-        keep = s > 0
-        xs.append(np.log(n[keep]))
-        ys.append(np.log(s[keep]))
-    x, y = np.concatenate(xs), np.concatenate(ys)
-    if x.size < 3 or np.ptp(x) == 0:
-        return Estimate("ratio_exponent", stage, math.nan, (math.nan, math.nan), int(x.size))
-    result = sps.linregress(x, y)
-    slope = float(result.slope)
-    rho = _lag1_autocorrelation([yr - (result.intercept + slope * xr) for xr, yr in zip(xs, ys,
-                                                                                      strict=True)])
-    widen = math.sqrt((1 + rho) / (1 - rho)) if 0 < rho < 1 else 1.0
-    half = float(sps.t.ppf(0.5 + level / 2, x.size - 2) * result.stderr) * widen
-    return Estimate("ratio_exponent", stage, slope, (slope - half, slope + half), int(x.size),
-                    float(result.rvalue**2), float(math.exp(result.intercept)))
-
-
-def _lag1_autocorrelation(residuals: list[np.ndarray]) -> float:
-    """Lag-1 autocorrelation of residual series, pairs taken within each series only."""
-    pairs = [(r[:-1], r[1:]) for r in residuals if r.size > 2]
-    if not pairs:
-        return 0.0
-    lead = np.concatenate([a for a, _ in pairs])
-    lag = np.concatenate([b for _, b in pairs])
-    denominator = float(np.sqrt((lead**2).sum() * (lag**2).sum()))
-    return float((lead * lag).sum()) / denominator if denominator > 0 else 0.0
+    fit_id = FitId(fit_id)
+    fitter = _FITTERS[fit_id]
+    series = _series(trace, stage)
+    estimate, ci, intercept, runs, df = _pooled([_run_fit(fitter, s) for s in series], level)
+    prediction = prediction if prediction is not None else predict(trace)
+    predicted = None
+    longest = max((s.size for s in series), default=0)
+    if prediction is not None and longest:
+        value = fitter(_predicted_series(prediction, stage, longest), np.ones(longest, bool))[0]
+        predicted = value if math.isfinite(value) else None
+    blocks = sum(s.size for s in series)
+    return Estimate(fit_id, stage, estimate, ci, blocks, runs, df, predicted, intercept)
 
 
 def fits(trace: Trace, level: float = 0.95) -> list[Estimate]:
-    """Every fit of every stage: skip m2 / var / sq_mean slopes, ratio exponent, growth rate."""
-    out = []
-    for stage in sorted(trace.by_stage()):
-        out += [
-            skip_slope(trace, stage, level=level),
-            skip_slope(trace, stage, lambda b: b.skip.var, "skip_var_slope", level),
-            skip_slope(trace, stage, lambda b: b.skip.sq_mean, "skip_sq_mean_slope", level),
-            ratio_exponent(trace, stage, level),
-            growth_rate(trace, stage, level),
-        ]
-    return out
+    """Every fit of every stage, in :class:`FitId` order within each stage."""
+    prediction = predict(trace)
+    return [fit(trace, fit_id, stage, level, prediction)
+            for stage in sorted(trace.by_stage()) for fit_id in FitId]
 
 
 def relative_errors(trace: Trace) -> list[dict[str, float]] | None:
@@ -286,144 +436,276 @@ def effective_depth(trace: Trace, threshold: float = 0.1) -> int:
 
 
 @dataclass(frozen=True, slots=True)
-class Tolerances:
-    """Tolerances of the verdicts; every default is documented in docs/theory.md.
+class Growth:
+    """The geometric part of the skip path's growth, projected over a run of blocks.
 
     Attributes:
-        slope_rel: relative band around a predicted linear slope (0.2: 1 +- 0.2 per block).
-        exponent_abs: absolute band around the predicted ratio exponent (0.15: -1 +- 0.15).
-        explosion_rate: growth factor per block above which the signal explodes (1.1).
-        linear_r2: the straight line must explain at least this share of the skip m2 (0.9).
+        factor: projected growth ``prod_s g_s^(n_s)`` over the judged stages (1: linear or
+            no growth), with ``ci95`` its interval.
+        per_block: ``factor ** (1 / blocks)``, the equivalent factor per block.
+        blocks: blocks of the stages that could be judged; ``unjudged``: blocks of stages
+            too short (or too noisy) to estimate a growth rate.
+        overflow: index of the first block that overflowed in any run, or None.
+    """
+
+    factor: float
+    ci95: tuple[float, float]
+    per_block: float
+    blocks: int
+    unjudged: int
+    overflow: int | None
+
+
+def projected_growth(trace: Trace, stages: Sequence[int] | None = None,
+                     level: float = 0.95) -> Growth:
+    """Geometric growth of the skip second moment over ``stages`` (default: the network).
+
+    Each stage contributes ``g ** n`` with ``g`` its :data:`FitId.GROWTH_RATE` and ``n`` its
+    blocks; the interval combines the stages' intervals on the log scale (delta method).
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(48, norm="none", seed=0),
+    ...                         sigprop.InputSpec("gaussian", (8, 3, 16, 16), 0))
+    >>> projected_growth(trace).factor > 1e6
+    True
+    """
+    by_stage = trace.by_stage()
+    chosen = sorted(by_stage) if stages is None else list(stages)
+    log_factor, log_variance, df, blocks, unjudged = 0.0, 0.0, math.inf, 0, 0
+    for stage in chosen:
+        n = len(by_stage[stage])
+        rate = fit(trace, FitId.GROWTH_RATE, stage, level)
+        if not (rate.estimate > 0 and math.isfinite(rate.half_width) and rate.ci95[0] > 0):
+            unjudged += n
+            continue
+        se = rate.half_width / float(sps.t.ppf(0.5 + level / 2, rate.df))
+        log_factor += n * math.log(rate.estimate)
+        log_variance += (n * se / rate.estimate) ** 2
+        df = min(df, rate.df)
+        blocks += n
+    first = [b.index for run in trace.runs for b in run.blocks
+             if not b.finite and b.stage in chosen]
+    overflow = min(first) if first else None
+    if not blocks:
+        return Growth(math.nan, (math.nan, math.nan), math.nan, 0, unjudged, overflow)
+    half = float(sps.t.ppf(0.5 + level / 2, df)) * math.sqrt(log_variance)
+    return Growth(math.exp(log_factor), (math.exp(log_factor - half), math.exp(log_factor + half)),
+                  math.exp(log_factor / blocks), blocks, unjudged, overflow)
+
+
+@dataclass(frozen=True, slots=True)
+class Tolerances:
+    """Tolerance bands of the verdicts; every default is documented in docs/theory.md.
+
+    Attributes:
+        slope_rel: relative band around a predicted linear slope (0.2: prediction +- 20%).
+        downscaling_rel: relative band around 1 for the slope of ``1/ratio`` against ``l``
+            (the straight-line form of the sqrt(depth) law).
+        explosion_growth: projected geometric growth of the skip second moment over a stage
+            (or the network) from which the signal counts as exploding (100x).
         identity_norm: largest ``||residual|| / ||skip||`` of an identity block (1e-6).
     """
 
     slope_rel: float = 0.2
-    exponent_abs: float = 0.15
-    explosion_rate: float = 1.1
-    linear_r2: float = 0.9
+    downscaling_rel: float = 0.2
+    explosion_growth: float = 100.0
     identity_norm: float = 1e-6
 
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    """Whether one claim of the theory holds for the measured network.
+    """Whether one claim of the theory holds for the measured network, in one stage or overall.
 
     Attributes:
-        id: stable identifier, e.g. ``sqrt_depth_downscaling``.
+        id: which claim (:class:`VerdictId`).
+        stage: the stage judged, or None for the whole network.
         claim: the claim in words.
         measured: the figure measured (NaN when it cannot be measured).
-        interval: its 95% interval (NaN where the figure is not a statistical estimate).
-        predicted: the value the claim predicts for this network (None when no closed form).
-        tolerance: how far the measurement may be from the prediction, in words.
-        consistent: whether the claim holds for this network.
-        detail: the reasoning in one sentence a researcher would write.
+        interval: its 95% interval (NaN where there is none).
+        predicted: the value the *claim* predicts (e.g. 1 for the slope of ``1/ratio``), or
+            None where the claim makes no numerical prediction for this model.
+        tolerance: the band the whole interval must lie in, in words.
+        outcome: consistent, inconsistent or inconclusive (:class:`Outcome`).
+        detail: the reasoning in one sentence, with the reason when inconclusive.
+        n_runs: runs (seeds) behind it; ``n_blocks``: blocks per run judged.
     """
 
-    id: str
+    id: VerdictId
+    stage: int | None
     claim: str
     measured: float
     interval: tuple[float, float]
     predicted: float | None
     tolerance: str
-    consistent: bool
+    outcome: Outcome
     detail: str
+    n_runs: int
+    n_blocks: int
+
+    @property
+    def consistent(self) -> bool | None:
+        """True, False, or None when inconclusive."""
+        return None if self.outcome is Outcome.INCONCLUSIVE else \
+            self.outcome is Outcome.CONSISTENT
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready fields, with ``consistent`` as true, false or null."""
+        doc = asdict(self)
+        doc["id"], doc["outcome"] = self.id.value, self.outcome.value
+        doc["consistent"] = self.consistent
+        return doc
 
 
-def _overlaps(ci: tuple[float, float], estimate: float, lo: float, hi: float) -> bool:
-    """The interval (or, without one, the estimate) meets ``[lo, hi]``."""
-    if math.isnan(ci[0]):
-        return lo <= estimate <= hi
-    return ci[0] <= hi and ci[1] >= lo
+def _equivalence(ci: tuple[float, float], lo: float, hi: float) -> Outcome:
+    """Consistent when the whole interval lies in ``[lo, hi]``, inconsistent when it misses it."""
+    if not (math.isfinite(ci[0]) and math.isfinite(ci[1])):
+        return Outcome.INCONCLUSIVE
+    if lo <= ci[0] and ci[1] <= hi:
+        return Outcome.CONSISTENT
+    if ci[1] < lo or ci[0] > hi:
+        return Outcome.INCONSISTENT
+    return Outcome.INCONCLUSIVE
 
 
-def _longest_stage(trace: Trace) -> int:
-    stages = trace.by_stage()
-    return max(stages, key=lambda s: len(stages[s]))
+def _why_inconclusive(estimate: Estimate) -> str:
+    if not math.isfinite(estimate.estimate):
+        return f"too few finite blocks ({estimate.n}) to fit"
+    if not math.isfinite(estimate.ci95[0]):
+        return (f"{estimate.n} block(s) in {estimate.n_runs} run(s) give no interval: "
+                "measure more blocks or seeds")
+    return "the interval straddles the tolerance band: measure more seeds"
 
 
-def verdicts(trace: Trace, tol: Tolerances | None = None) -> list[Verdict]:
-    """The four claims of THEORY.md, evaluated for any model (in its longest stage).
-
-    * ``skip_linear_growth``: the skip second moment grows linearly (BN: by ~1 per block);
-    * ``sqrt_depth_downscaling``: the residual/skip ratio falls as ``l^-1``;
-    * ``geometric_explosion``: the skip second moment grows geometrically (or overflows);
-    * ``identity_at_init``: every block is exactly the identity.
-    """
-    tol = tol or Tolerances()
-    stage = _longest_stage(trace)
-    prediction = predict(trace)
-    family = prediction.family if prediction else None
-    slope = skip_slope(trace, stage)
-    growth = growth_rate(trace, stage)
-    overflow = [r.first_overflow for r in trace.runs if r.first_overflow is not None]
-    return [
-        _linear_verdict(slope, growth, family, tol),
-        _sqrt_depth_verdict(ratio_exponent(trace, stage), tol),
-        _explosion_verdict(growth, slope, overflow, prediction, tol),
-        _identity_verdict(trace, prediction, tol),
-    ]
+def _runs_blocks(estimate: Estimate) -> tuple[int, int]:
+    return estimate.n_runs, estimate.n // max(estimate.n_runs, 1)
 
 
-def _linear_verdict(slope: Estimate, growth: Estimate, family: str | None,
+def _linear_verdict(slope: Estimate, rate: Estimate, growth: Growth,
                     tol: Tolerances) -> Verdict:
-    predicted = {"bn-v2": 1.0, "bn-v1": 1.0, "bn-v2-relu-bn": 2.0}.get(family or "")
-    linear = slope.r2 >= tol.linear_r2 and slope.r2 >= growth.r2 and slope.estimate > 0
-    near = predicted is None or _overlaps(slope.ci95, slope.estimate,
-                                          predicted * (1 - tol.slope_rel),
-                                          predicted * (1 + tol.slope_rel))
-    detail = (f"slope {slope.estimate:.3g} per block, R^2 {slope.r2:.3f} for a line vs "
-              f"{growth.r2:.3f} for an exponential")
-    return Verdict("skip_linear_growth",
-                   "skip second moment grows linearly",
-                   slope.estimate, slope.ci95, predicted,
-                   f"R^2 >= {tol.linear_r2}, a line fits better than an exponential"
-                   + (f", slope within {tol.slope_rel:.0%} of the prediction" if predicted else ""),
-                   bool(linear and near), detail)
+    explodes = growth.overflow is not None or growth.ci95[0] >= tol.explosion_growth
+    # Only a linear theory (growth rate 1) predicts a slope the claim can be held to.
+    linear = rate.predicted is not None and abs(rate.predicted - 1.0) < 1e-9
+    predicted = slope.predicted if linear else None
+    detail = f"slope {slope.estimate:.3g} per block"
+    if predicted is not None:
+        lo, hi = predicted * (1 - tol.slope_rel), predicted * (1 + tol.slope_rel)
+        outcome = Outcome.INCONSISTENT if explodes else _equivalence(slope.ci95, lo, hi)
+        tolerance = f"slope in [{lo:.3g}, {hi:.3g}] per block ({tol.slope_rel:.0%} of theory)"
+    else:
+        outcome = Outcome.INCONSISTENT if explodes else Outcome.INCONCLUSIVE
+        tolerance = "a linear theory's slope (none for this model), and no geometric growth"
+    if explodes:
+        detail += f"; the growth is geometric (x{growth.per_block:.4g} per block)"
+    elif outcome is Outcome.INCONCLUSIVE:
+        detail += "; " + (_why_inconclusive(slope) if predicted is not None
+                          else "no linear theory for this model to compare with")
+    return Verdict(VerdictId.SKIP_LINEAR_GROWTH, slope.stage,
+                   "skip second moment grows linearly", slope.estimate, slope.ci95, predicted,
+                   tolerance, outcome, detail, *_runs_blocks(slope))
 
 
-def _sqrt_depth_verdict(exponent: Estimate, tol: Tolerances) -> Verdict:
-    consistent = not math.isnan(exponent.estimate) and _overlaps(
-        exponent.ci95, exponent.estimate, -1 - tol.exponent_abs, -1 + tol.exponent_abs)
-    detail = ("no exponent: the residual branch is zero" if math.isnan(exponent.estimate) else
-              f"ratio ~ l^{exponent.estimate:.3f} (R^2 {exponent.r2:.3f}); -1 means the branch is "
-              "downscaled by sqrt(l) in standard deviation")
-    return Verdict("sqrt_depth_downscaling",
+def _downscaling_verdict(inverse: Estimate, exponent: Estimate, zero_branch: bool,
+                         tol: Tolerances) -> Verdict:
+    lo, hi = 1 - tol.downscaling_rel, 1 + tol.downscaling_rel
+    outcome = _equivalence(inverse.ci95, lo, hi)
+    if math.isnan(inverse.estimate):
+        detail = "no ratio to fit: the residual branch is zero in this stage" if zero_branch \
+            else _why_inconclusive(inverse)
+    else:
+        detail = (f"skip/residual grows by {inverse.estimate:.3g} per block (1: the branch is "
+                  f"downscaled by sqrt(l) in standard deviation); ratio ~ n^{exponent.estimate:.3g}"
+                  + ("" if exponent.predicted is None else
+                     f" (theory at this depth: n^{exponent.predicted:.3g})"))
+        if outcome is Outcome.INCONCLUSIVE:
+            detail += "; " + _why_inconclusive(inverse)
+    return Verdict(VerdictId.SQRT_DEPTH_DOWNSCALING, inverse.stage,
                    "residual/skip ratio falls as 1/l (sqrt(depth) downscaling)",
-                   exponent.estimate, exponent.ci95, -1.0, f"+-{tol.exponent_abs} on the exponent",
-                   bool(consistent), detail)
+                   inverse.estimate, inverse.ci95, 1.0,
+                   f"slope of 1/ratio in [{lo:g}, {hi:g}] per block", outcome, detail,
+                   *_runs_blocks(inverse))
 
 
-def _explosion_verdict(growth: Estimate, slope: Estimate, overflow: list[int],
-                       prediction: Prediction | None, tol: Tolerances) -> Verdict:
-    predicted = prediction.growth if prediction is not None else None
-    geometric = growth.r2 > slope.r2 and _overlaps(growth.ci95, growth.estimate,
-                                                   tol.explosion_rate, math.inf)
-    consistent = bool(overflow) or (geometric and growth.estimate >= tol.explosion_rate)
-    detail = (f"x{growth.estimate:.3g} per block (R^2 {growth.r2:.3f} exponential vs "
-              f"{slope.r2:.3f} linear)")
-    if overflow:
-        detail += f"; float32 overflow from block {min(overflow)}"
-    return Verdict("geometric_explosion",
-                   "skip second moment grows geometrically (explodes)",
-                   growth.estimate, growth.ci95, predicted,
-                   f"growth >= x{tol.explosion_rate} per block and an exponential fits better "
-                   "than a line, or overflow", consistent, detail)
+def _explosion_verdict(stage: int | None, growth: Growth, predicted: float | None,
+                       n_runs: int, tol: Tolerances) -> Verdict:
+    over = f"{growth.blocks} block(s)" + (f" ({growth.unjudged} more in stages too short or "
+                                          "too noisy to fit)" if growth.unjudged else "")
+    if growth.overflow is not None:
+        outcome = Outcome.CONSISTENT
+        detail = f"float32 overflow from block {growth.overflow}"
+    elif not growth.blocks:
+        outcome = Outcome.INCONCLUSIVE
+        detail = (f"no stage gives a growth rate with an interval ({growth.unjudged} block(s); "
+                  "a stage needs 4 blocks, and one run needs 4 to 16 for an interval)")
+    else:
+        outcome = _equivalence(growth.ci95, tol.explosion_growth, math.inf)
+        if outcome is Outcome.INCONSISTENT and growth.unjudged:
+            # Stages too short to fit could still explode.
+            outcome = Outcome.INCONCLUSIVE
+        detail = (f"x{growth.per_block:.4g} per block, x{growth.factor:.3g} "
+                  f"[{growth.ci95[0]:.3g}, {growth.ci95[1]:.3g}] over {over}")
+        if outcome is Outcome.INCONCLUSIVE and not growth.unjudged:
+            detail += "; the interval straddles the threshold: measure more seeds"
+    per_block_ci = tuple(c ** (1 / growth.blocks) if growth.blocks else math.nan
+                         for c in growth.ci95)
+    return Verdict(VerdictId.GEOMETRIC_EXPLOSION, stage,
+                   "skip second moment grows geometrically (explodes)", growth.per_block,
+                   (per_block_ci[0], per_block_ci[1]), predicted,
+                   f"projected growth >= x{tol.explosion_growth:g} over the blocks, or overflow",
+                   outcome, detail, n_runs, growth.blocks + growth.unjudged)
 
 
-def _identity_verdict(trace: Trace, prediction: Prediction | None, tol: Tolerances) -> Verdict:
+def _identity_verdict(trace: Trace, tol: Tolerances) -> Verdict:
     norms = [b.branch_norm_ratio for _, b in trace.blocks()]
     finite = [n for n in norms if math.isfinite(n)]
     largest = max(finite) if finite else math.nan
-    predicted_norms = [math.sqrt(p.ratio) for p in prediction.blocks
-                       if math.isfinite(p.ratio)] if prediction else []
-    predicted = max(predicted_norms) if predicted_norms else None
-    consistent = bool(finite) and largest <= tol.identity_norm
-    return Verdict("identity_at_init",
-                   "every block is the identity (zero branch)",
-                   largest, (math.nan, math.nan), predicted,
-                   f"||residual|| / ||skip|| <= {tol.identity_norm:g} in every block",
-                   consistent,
-                   f"largest branch/skip norm ratio {largest:.3g} over {len(finite)} blocks")
+    outcome = (Outcome.INCONCLUSIVE if not finite else
+               Outcome.CONSISTENT if largest <= tol.identity_norm else Outcome.INCONSISTENT)
+    return Verdict(VerdictId.IDENTITY_AT_INIT, None, "every block is the identity (zero branch)",
+                   largest, (math.nan, math.nan), 0.0,
+                   f"||residual|| / ||skip|| <= {tol.identity_norm:g} in every block", outcome,
+                   f"largest branch/skip norm ratio {largest:.3g} over {len(finite)} blocks",
+                   len(trace.runs), trace.n_blocks)
+
+
+def verdicts(trace: Trace, tol: Tolerances | None = None,
+             estimates: Sequence[Estimate] | None = None) -> list[Verdict]:
+    """The claims of the theory, judged per stage and for the whole network.
+
+    * ``skip_linear_growth`` (per stage): the skip second moment grows linearly, by the
+      theory's slope where one exists (BN v2: ~1 per block);
+    * ``sqrt_depth_downscaling`` (per stage): ``1/ratio`` grows by 1 per block;
+    * ``geometric_explosion`` (per stage, then the network): the projected geometric growth
+      reaches ``tol.explosion_growth``, or the signal overflows;
+    * ``identity_at_init`` (the network): every block is exactly the identity.
+
+    Args:
+        trace: the measurement.
+        tol: the tolerance bands (defaults: :class:`Tolerances`).
+        estimates: the trace's :func:`fits`, if already computed.
+    """
+    tol = tol or Tolerances()
+    estimates = list(estimates) if estimates is not None else fits(trace)
+    by_key = {(e.id, e.stage): e for e in estimates}
+    stages = sorted(trace.by_stage())
+    out = []
+    for stage in stages:
+        growth = projected_growth(trace, [stage])
+        rate = by_key[FitId.GROWTH_RATE, stage]
+        zero_branch = all(b.residual.m2 == 0 for run in trace.runs for b in run.blocks
+                          if b.stage == stage)
+        out += [
+            _linear_verdict(by_key[FitId.SKIP_M2_SLOPE, stage], rate, growth, tol),
+            _downscaling_verdict(by_key[FitId.INVERSE_RATIO_SLOPE, stage],
+                                 by_key[FitId.RATIO_EXPONENT, stage], zero_branch, tol),
+            _explosion_verdict(stage, growth, rate.predicted, len(trace.runs), tol),
+        ]
+    if len(stages) > 1:
+        rates = [by_key[FitId.GROWTH_RATE, s].predicted for s in stages]
+        predicted = rates[0] if len(set(rates)) == 1 else None
+        out.append(_explosion_verdict(None, projected_growth(trace), predicted,
+                                      len(trace.runs), tol))
+    out.append(_identity_verdict(trace, tol))
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -435,11 +717,27 @@ class Report:
     effective_depth: int
     tolerances: Tolerances = field(default_factory=Tolerances)
 
+    def verdict(self, verdict_id: VerdictId | str, stage: int | None = None) -> Verdict:
+        """The verdict ``verdict_id`` of ``stage`` (None: the whole network where it exists,
+        else the only stage)."""
+        matches = [v for v in self.verdicts if v.id == VerdictId(verdict_id)]
+        exact = [v for v in matches if v.stage == stage]
+        if exact:
+            return exact[0]
+        if stage is None and len(matches) == 1:
+            return matches[0]
+        raise KeyError(f"no verdict {verdict_id!r} for stage {stage}")
+
     def to_dict(self) -> dict[str, Any]:
         """``{"fits": [...], "verdicts": [...], "effective_depth", "tolerances"}`` (no NaN)."""
+        fits_doc = []
+        for f in self.fits:
+            entry = asdict(f)
+            entry["id"] = f.id.value
+            fits_doc.append(entry)
         doc: dict[str, Any] = _json_safe({
-            "fits": [asdict(f) for f in self.fits],
-            "verdicts": [asdict(v) for v in self.verdicts],
+            "fits": fits_doc,
+            "verdicts": [v.to_dict() for v in self.verdicts],
             "effective_depth": self.effective_depth,
             "tolerances": asdict(self.tolerances),
         })
@@ -452,11 +750,13 @@ def report(trace: Trace, tol: Tolerances | None = None) -> Report:
     >>> import sigprop
     >>> trace = sigprop.measure(sigprop.models.resnet(8, norm="skipinit", seed=0),
     ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
-    >>> [(v.id, v.consistent) for v in report(trace).verdicts][-1]
-    ('identity_at_init', True)
+    >>> report(trace).verdict("identity_at_init").outcome.value
+    'consistent'
     """
     tol = tol or Tolerances()
-    return Report(tuple(fits(trace)), tuple(verdicts(trace, tol)), effective_depth(trace), tol)
+    estimates = fits(trace)
+    return Report(tuple(estimates), tuple(verdicts(trace, tol, estimates)),
+                  effective_depth(trace), tol)
 
 
 def _json_safe(value: Any) -> Any:

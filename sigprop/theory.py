@@ -1,29 +1,58 @@
-"""Closed-form predictions of THEORY.md for the built-in ResNets, block by block.
+"""Closed-form predictions for the built-in ResNets, block by block, on the measured image size.
 
 Every rule propagates the skip second moment from the *measured* skip second moment of the first
 block of each stage (``m2_0``): a projection shortcut resets the skip path, so each stage is
 anchored on its own. Assumptions: infinite width, branch independent of the skip path at
 initialization, Gaussian input, He-initialized convolutions. See docs/theory.md.
+
+The finite image enters through the 3x3 convolutions' padding. With zero padding a border
+output sees fewer inputs, so the second moment is tracked per position: a He-init 3x3
+convolution after a ReLU (or after BN, which it meets as a unit-variance input) maps the
+per-position second moment ``s`` to ``T s T'``, where ``T`` averages the three taps of each
+axis that fall inside the map; batch norm rescales the map to mean 1. With circular padding
+``T`` keeps a uniform map uniform and the infinite-image forms come back exactly.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import numpy as np
 
 from sigprop.trace import Trace
 
-__all__ = ["BlockPrediction", "Prediction", "predict"]
+__all__ = [
+    "BN_BRANCH_SQ_MEAN",
+    "BN_BRANCH_VAR",
+    "BlockPrediction",
+    "Prediction",
+    "channel_mean_factor",
+    "predict",
+]
 
-# Second moment split of a BN-ReLU-Conv branch with He init: ReLU of a unit Gaussian has mean
-# 1/sqrt(2 pi) and second moment 1/2; the He conv (gain 2) maps that to per-channel means of
-# variance 2 * 1/(2 pi) = 1/pi and to a total second moment of 1.
+# Second moment split of a BN-ReLU-Conv branch with He init on an infinite image: ReLU of a unit
+# Gaussian has mean 1/sqrt(2 pi) and second moment 1/2; the He conv (gain 2) maps that to
+# per-channel means of variance 2 * 1/(2 pi) = 1/pi and to a total second moment of 1.
 BN_BRANCH_VAR = 1.0 - 1.0 / math.pi
 BN_BRANCH_SQ_MEAN = 1.0 / math.pi
+
+
+def channel_mean_factor(size: int, circular: bool = False) -> float:
+    """Factor on ``E[mu^2]`` of a 3x3 convolution's channel means on a ``size`` x ``size`` map.
+
+    With zero padding the taps at offset +-1 of each axis miss one row (column) of the map, so
+    the channel mean of a shifted input is ``(1 - 1/size)`` of the input's; with i.i.d. weights
+    the output's squared mean is scaled by ``((1 + 2 (1 - 1/size)^2) / 3)^2``.
+
+    >>> round(channel_mean_factor(16), 3), round(channel_mean_factor(32), 3)
+    (0.845, 0.92)
+    """
+    if circular:
+        return 1.0
+    return ((1 + 2 * (1 - 1 / size) ** 2) / 3) ** 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +83,12 @@ class Prediction:
 
     Attributes:
         family: which closed form applies, e.g. ``bn-v2``.
-        rule: the recursion in words, e.g. ``m2_l = m2_0 + l, ratio = 1/(m2_0 + l)``.
-        exact: False where THEORY.md only gives an approximation (v1 with BN).
+        rule: the recursion in words, with its constants for this image size.
+        exact: False where the theory only gives an approximation (v1 with BN).
         blocks: one prediction per measured block, in call order.
-        growth: the skip second moment's factor per block for geometric families (2 for
-            unnormalized, 1 + alpha^2 for SkipInit, 1 + 1/d for sqrt-depth); None for linear ones.
+        growth: the skip second moment's factor per block on an infinite image for geometric
+            families (2 for unnormalized, 1 + alpha^2 for SkipInit, 1 + 1/d for sqrt-depth);
+            None for linear ones.
     """
 
     family: str
@@ -68,8 +98,47 @@ class Prediction:
     growth: float | None = None
 
 
-# (skip m2 at the stage's first block, position in the stage) -> skip m2, residual m2.
-_Recursion = Callable[[float, int], tuple[float, float]]
+@cache
+def _taps(size: int, circular: bool) -> np.ndarray:
+    """``T``: each output position averages the three taps of one axis that land on the map."""
+    taps = np.zeros((size, size))
+    for p in range(size):
+        for offset in (-1, 0, 1):
+            q = p + offset
+            if circular:
+                taps[p, q % size] += 1 / 3
+            elif 0 <= q < size:
+                taps[p, q] += 1 / 3
+    return taps
+
+
+@dataclass(frozen=True, slots=True)
+class _Image:
+    """The per-position second-moment algebra of one stage's feature map."""
+
+    rows: np.ndarray
+    cols: np.ndarray
+
+    def conv(self, profile: np.ndarray) -> np.ndarray:
+        """A He-init 3x3 conv after a ReLU of a symmetric input or after BN (gains cancel)."""
+        out: np.ndarray = self.rows @ profile @ self.cols.T
+        return out
+
+    @staticmethod
+    def normalize(profile: np.ndarray) -> np.ndarray:
+        """Batch norm: the map rescaled to mean second moment 1."""
+        out: np.ndarray = profile / profile.mean()
+        return out
+
+
+def _bn_branch(image: _Image, skip: np.ndarray) -> np.ndarray:
+    """BN-ReLU-Conv-BN-ReLU-Conv: the branch's per-position second moment (mean ~1)."""
+    return image.conv(image.normalize(image.conv(image.normalize(skip))))
+
+
+def _plain_branch(image: _Image, skip: np.ndarray) -> np.ndarray:
+    """ReLU-Conv-ReLU-Conv without normalization: it preserves the second moment it gets."""
+    return image.conv(image.conv(skip))
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,15 +146,10 @@ class _Family:
     name: str
     rule: str
     exact: bool
-    recursion: _Recursion
+    branch_gain: float  # the branch's second moment is branch_gain * (the profile's mean)
+    normalized: bool  # BN branch (its output does not depend on the skip's scale)
+    split: tuple[float, float] | None = None  # infinite-image (var, sq_mean) of the branch
     growth: float | None = None
-
-
-def _geometric(name: str, rule: str, exact: bool, branch: float) -> _Family:
-    """Skip m2 times ``1 + branch`` per block; the branch carries ``branch`` times the skip."""
-    return _Family(name, rule, exact,
-                   lambda m0, l: (m0 * (1 + branch) ** l, branch * m0 * (1 + branch) ** l),
-                   1 + branch)
 
 
 def _family(config: dict[str, Any]) -> _Family | None:
@@ -95,71 +159,123 @@ def _family(config: dict[str, Any]) -> _Family | None:
     # A ReLU after the addition (v1) breaks the exact recursions.
     exact = variant == "v2"
     if norm == "batchnorm" and exact and config.get("order") == "relu-bn":
-        return _Family("bn-v2-relu-bn",
-                       "m2_l = m2_0 + 2l; residual m2 = 2; ratio = 2/(m2_0 + 2l)", True,
-                       lambda m0, l: (m0 + 2 * l, 2.0))
+        return _Family("bn-v2-relu-bn", "m2_l = m2_0 + 2f l; ratio = 2f/(m2_0 + 2f l)",
+                       True, 2.0, True, (2.0, 0.0))
     if norm == "batchnorm" and exact:
-        return _Family("bn-v2", "m2_l = m2_0 + l; residual m2 = 1; ratio = 1/(m2_0 + l)", True,
-                       lambda m0, l: (m0 + l, 1.0))
+        return _Family("bn-v2", "m2_l = m2_0 + f l; ratio = f/(m2_0 + f l)", True, 1.0,
+                       True, (BN_BRANCH_VAR, BN_BRANCH_SQ_MEAN))
     if norm == "batchnorm":
         return _Family("bn-v1",
-                       "approximately m2_l = m2_0 + l (ReLU after the addition clips little)",
-                       False, lambda m0, l: (m0 + l, 1.0))
+                       "approximately m2_l = m2_0 + l (ReLU after the addition clips little); "
+                       "ratio = 1/(m2_0 + l)",
+                       False, 1.0, True)
     if norm == "none":
-        return _geometric("unnormalized", "m2_l = 2^l m2_0; ratio = 1", exact, 1.0)
+        return _Family("unnormalized", "m2_{l+1} = (1 + f) m2_l; ratio = f", exact, 1.0, False,
+                       growth=2.0)
     if norm == "skipinit":
         alpha = float(config["alpha"])
-        rule = f"m2_l = (1 + alpha^2)^l m2_0; ratio = alpha^2 = {alpha**2:g}"
-        return _geometric("skipinit", rule, exact, alpha**2)
+        return _Family("skipinit",
+                       f"m2_{{l+1}} = (1 + alpha^2 f) m2_l; ratio = alpha^2 f = {alpha**2:g} f",
+                       exact, alpha**2, False, growth=1 + alpha**2)
     if norm == "sqrt-depth":
-        return _geometric("sqrt-depth", f"m2_l = (1 + 1/d)^l m2_0; ratio = 1/d = 1/{depth}",
-                          exact, 1 / depth)
+        return _Family("sqrt-depth", f"m2_{{l+1}} = (1 + f/d) m2_l; ratio = f/d = f/{depth}", exact,
+                       1 / depth, False, growth=1 + 1 / depth)
     return None
 
 
+def _stage_images(trace: Trace, circular: bool, stages: int) -> list[_Image | None]:
+    """Each stage's map: the input's spatial size, halved (rounding up) at every transition."""
+    shape = trace.input.shape
+    if len(shape) != 4:
+        return [None] * stages
+    height, width = shape[2], shape[3]
+    images: list[_Image | None] = []
+    for _ in range(stages):
+        images.append(_Image(_taps(height, circular), _taps(width, circular)))
+        height, width = (height + 1) // 2, (width + 1) // 2
+    return images
+
+
 def predict(trace: Trace) -> Prediction | None:
-    """Closed-form per-block predictions for a built-in ResNet trace, or None for other models.
+    """Per-block predictions for a built-in ResNet trace on its image size, or None otherwise.
 
     Each stage is anchored on the measured skip second moment of its first block, averaged over
-    the trace's runs (non-finite runs excluded).
+    the trace's runs (non-finite runs excluded); within the stage the skip path's per-position
+    second moment starts uniform and grows by each branch's per-position second moment.
 
     >>> import sigprop
-    >>> trace = sigprop.measure(sigprop.models.resnet(4, seed=0),
+    >>> trace = sigprop.measure(sigprop.models.resnet(4, padding="circular", seed=0),
     ...                         sigprop.InputSpec("gaussian", (8, 3, 8, 8), 0))
     >>> p = predict(trace)
     >>> p.family, [round(b.skip_m2 - p.blocks[0].skip_m2, 6) for b in p.blocks]
     ('bn-v2', [0.0, 1.0, 2.0, 3.0])
     """
-    family = _family(dict(trace.model))
+    config = dict(trace.model)
+    family = _family(config)
     if family is None or not trace.runs:
         return None
-    anchors: dict[int, tuple[int, float]] = {}
-    for block in trace.runs[0].blocks:
-        if block.stage not in anchors:
-            values = [run.blocks[block.index].skip.m2 for run in trace.runs]
-            finite = [v for v in values if math.isfinite(v)]
-            anchors[block.stage] = (block.index, float(np.mean(finite)) if finite else math.nan)
-    predictions = []
-    for block in trace.runs[0].blocks:
-        start, m2_0 = anchors[block.stage]
-        skip, residual = family.recursion(m2_0, block.index - start)
-        split = _skip_split(trace, start, block.index, family.name)
-        predictions.append(BlockPrediction(block.index, block.stage, skip, residual,
-                                           *(split or (math.nan, math.nan))))
-    return Prediction(family.name, family.rule, family.exact, tuple(predictions), family.growth)
+    circular = config.get("padding", "zeros") == "circular"
+    first = trace.runs[0].blocks
+    n_stages = max(b.stage for b in first) + 1
+    images = _stage_images(trace, circular, n_stages)
+    predictions: list[BlockPrediction] = []
+    for stage in range(n_stages):
+        blocks = [b for b in first if b.stage == stage]
+        predictions += _predict_stage(trace, family, images[stage], blocks[0].index, len(blocks),
+                                      circular)
+    return Prediction(family.name, _rule(family, images[0], circular), family.exact,
+                      tuple(predictions), family.growth)
 
 
-# Per-block increments of the skip path's (var, sq_mean) where the branch's split is known.
-_SPLITS = {"bn-v2": (BN_BRANCH_VAR, BN_BRANCH_SQ_MEAN), "bn-v2-relu-bn": (2.0, 0.0)}
+def _anchor(trace: Trace, index: int) -> tuple[float, float, float]:
+    """Mean over runs of the skip's (m2, var, sq_mean) at block ``index`` (finite runs only)."""
+    first = [run.blocks[index].skip for run in trace.runs if run.blocks[index].skip.finite]
+    if not first:
+        return math.nan, math.nan, math.nan
+    return (float(np.mean([m.m2 for m in first])), float(np.mean([m.var for m in first])),
+            float(np.mean([m.sq_mean for m in first])))
 
 
-def _skip_split(trace: Trace, start: int, index: int, family: str) -> tuple[float, float] | None:
-    """Skip var and sq_mean: each block adds the branch's split to the stage's first block."""
-    if family not in _SPLITS:
-        return None
-    var_step, sq_step = _SPLITS[family]
-    first = [run.blocks[start].skip for run in trace.runs if run.blocks[start].skip.finite]
-    var_0 = float(np.mean([m.var for m in first])) if first else math.nan
-    sq_0 = float(np.mean([m.sq_mean for m in first])) if first else math.nan
-    steps = index - start
-    return var_0 + steps * var_step, sq_0 + steps * sq_step
+def _predict_stage(trace: Trace, family: _Family, image: _Image | None, start: int, size: int,
+                   circular: bool) -> list[BlockPrediction]:
+    m2_0, var_0, sq_0 = _anchor(trace, start)
+    stage = trace.runs[0].blocks[start].stage
+    if image is None:  # not an image: the infinite-image forms
+        image = _Image(np.ones((1, 1)), np.ones((1, 1)))
+    profile = np.full((image.rows.shape[0], image.cols.shape[0]), m2_0)
+    sq_step = math.nan
+    if family.split is not None:
+        sq_step = family.split[1] * channel_mean_factor(image.rows.shape[0], circular) \
+            if image.rows.shape[0] > 1 else family.split[1]
+    out = []
+    skip_var, skip_sq = var_0, sq_0
+    for offset in range(size):
+        if family.normalized:
+            # Batch norm meets the skip path as a uniform map: measured branch second moments
+            # at 4x4 to 32x32 agree with the uniform form, not with a propagated border deficit.
+            uniform = np.ones_like(profile)
+            branch = family.branch_gain * (_bn_branch(image, uniform) if family.exact
+                                           else uniform)
+        else:
+            branch = family.branch_gain * _plain_branch(image, profile)
+        skip_m2, residual_m2 = float(profile.mean()), float(branch.mean())
+        known = family.split is not None
+        out.append(BlockPrediction(start + offset, stage, skip_m2, residual_m2,
+                                   skip_var if known else math.nan,
+                                   skip_sq if known else math.nan))
+        skip_var += residual_m2 - sq_step
+        skip_sq += sq_step
+        profile = profile + branch
+    return out
+
+
+def _rule(family: _Family, image: _Image | None, circular: bool) -> str:
+    """The family's rule with its image factor ``f`` (the branch's m2 per unit of skip)."""
+    if image is None or not family.exact:
+        return family.rule
+    uniform = np.ones((image.rows.shape[0], image.cols.shape[0]))
+    branch = _bn_branch(image, uniform) if family.normalized else _plain_branch(image, uniform)
+    where = "circular padding" if circular else \
+        f"zero padding, {image.rows.shape[0]}x{image.cols.shape[0]}"
+    first = "" if family.normalized else " at the first block"
+    return f"{family.rule}; f = {float(branch.mean()):.3f}{first} ({where})"

@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "BatchNorms",
     "BlockStats",
     "InputSpec",
     "Moments",
@@ -163,6 +164,20 @@ class InputSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class BatchNorms:
+    """The measured model's batch-norm layers, counted before the forward pass.
+
+    Attributes:
+        layers: batch-norm layers in the model.
+        fresh: of which with fresh running statistics (mean 0, variance 1): in eval mode these
+            are the identity, and a BN network behaves as an unnormalized one.
+    """
+
+    layers: int
+    fresh: int
+
+
+@dataclass(frozen=True, slots=True)
 class Trace:
     """Measured statistics of one model over one or more runs (seeds).
 
@@ -171,6 +186,7 @@ class Trace:
         input: how the input was made.
         bn_mode: ``train`` (batch statistics, the paper's setting) or ``eval``.
         runs: one entry per seed, each with the blocks in call order.
+        batchnorms: the model's batch-norm layers (None in traces of sigprop before 0.2).
         sigprop_version: version of sigprop that measured it.
 
     >>> import torch, sigprop
@@ -184,6 +200,7 @@ class Trace:
     input: InputSpec
     bn_mode: str
     runs: tuple[Run, ...]
+    batchnorms: BatchNorms | None = None
     sigprop_version: str = field(default=__version__)
 
     @property
@@ -220,7 +237,8 @@ class Trace:
             raise ValueError(
                 f"cannot merge traces with {self.n_blocks} and {other.n_blocks} blocks"
             )
-        return Trace(self.model, self.input, self.bn_mode, self.runs + other.runs)
+        return Trace(self.model, self.input, self.bn_mode, self.runs + other.runs,
+                     self.batchnorms)
 
     def to_frame(self) -> pd.DataFrame:
         """Long-format table: columns ``seed, block, name, stage, tensor, stat, value``."""
@@ -247,6 +265,8 @@ class Trace:
                 "seed": self.input.seed,
             },
             "bn_mode": self.bn_mode,
+            "batchnorms": None if self.batchnorms is None else {
+                "layers": self.batchnorms.layers, "fresh": self.batchnorms.fresh},
             "runs": [
                 {"seed": run.seed, "first_overflow": run.first_overflow,
                  "blocks": [_block_to_dict(b) for b in run.blocks]}
@@ -269,6 +289,7 @@ class Trace:
                         tuple(_block_from_dict(b) for b in run["blocks"]))
                     for run in doc["runs"]
                 ),
+                batchnorms=_batchnorms_from_dict(doc.get("batchnorms")),
                 sigprop_version=str(doc["sigprop_version"]),
             )
         except (KeyError, TypeError, ValueError) as e:
@@ -294,6 +315,10 @@ def _safe_ratio(num: float, den: float) -> float:
     if den == 0.0 or not (math.isfinite(num) and math.isfinite(den)):
         return math.nan
     return num / den
+
+
+def _batchnorms_from_dict(doc: Mapping[str, Any] | None) -> BatchNorms | None:
+    return None if doc is None else BatchNorms(int(doc["layers"]), int(doc["fresh"]))
 
 
 def _optional_int(value: Any) -> int | None:

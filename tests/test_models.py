@@ -77,7 +77,8 @@ def test_seed_makes_weights_reproducible_without_touching_global_rng() -> None:
 def test_config_records_the_builder_arguments() -> None:
     assert resnet(5, norm="skipinit", alpha=0.1, stages=2).config == {
         "name": "resnet", "depth": 5, "variant": "v2", "norm": "skipinit", "width": 16,
-        "stages": 2, "alpha": 0.1, "order": "bn-relu", "in_channels": 3, "num_classes": 10,
+        "stages": 2, "alpha": 0.1, "order": "bn-relu", "padding": "zeros", "in_channels": 3,
+        "num_classes": 10,
     }
 
 

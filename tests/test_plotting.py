@@ -36,7 +36,7 @@ def test_bn_v2_plot_has_theory_and_stage_marks(tmp_path: Path) -> None:
     _, variance, ratio, identity = fig.axes
     assert ratio.get_yscale() == "log"
     labels = [line.get_label() for line in ratio.get_lines()]
-    assert labels[0] == "measured" and labels[1].startswith("theory: ratio = 1/(m2_0 + l)")
+    assert labels[0] == "measured" and labels[1].startswith("theory: ratio = f/(m2_0 + f l)")
     drawn = np.asarray(ratio.get_lines()[0].get_ydata())
     assert drawn == pytest.approx([b.ratio for b in trace.runs[0].blocks])
     stage_marks = [line for line in variance.get_lines() if line.get_label().startswith("_")]

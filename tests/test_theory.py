@@ -1,4 +1,4 @@
-"""Closed-form predictions: the recursions of THEORY.md, anchored per stage."""
+"""Closed-form predictions: the recursions of THEORY.md, anchored per stage, on finite images."""
 
 from __future__ import annotations
 
@@ -9,12 +9,14 @@ import pytest
 import torch
 
 import sigprop
-from sigprop import InputSpec, Trace, measure
-from sigprop.theory import BN_BRANCH_SQ_MEAN, BN_BRANCH_VAR, predict
+from sigprop import InputSpec, Trace, measure, stats
+from sigprop.theory import BN_BRANCH_SQ_MEAN, BN_BRANCH_VAR, channel_mean_factor, predict
 
 
-def traced(depth: int, **kwargs: object) -> Trace:
-    net = sigprop.models.resnet(depth, width=8, seed=0, **kwargs)  # type: ignore[arg-type]
+def traced(depth: int, padding: str = "circular", **kwargs: object) -> Trace:
+    """Circular padding by default: the infinite-image closed forms hold exactly."""
+    net = sigprop.models.resnet(depth, width=8, padding=padding, seed=0,
+                                **kwargs)  # type: ignore[arg-type]
     return measure(net, InputSpec("gaussian", (2, 3, 8, 8), seed=0), model_info=net.config)
 
 
@@ -22,6 +24,44 @@ def test_relu_constants() -> None:
     # E[relu(z)] = 1/sqrt(2 pi) for z ~ N(0, 1); a He conv doubles its square into mu_c**2.
     assert BN_BRANCH_SQ_MEAN == pytest.approx(2 * (1 / math.sqrt(2 * math.pi)) ** 2)
     assert BN_BRANCH_VAR + BN_BRANCH_SQ_MEAN == 1.0
+
+
+def test_channel_mean_factor_counts_the_taps_that_miss_the_map() -> None:
+    # H = 16: the +-1 taps see 15/16 of the map per axis.
+    assert channel_mean_factor(16) == pytest.approx(((1 + 2 * (15 / 16) ** 2) / 3) ** 2)
+    assert channel_mean_factor(16) == pytest.approx(0.845, abs=5e-4)
+    assert channel_mean_factor(16, circular=True) == 1.0
+
+
+@pytest.mark.parametrize("size", [4, 8, 16, 32])
+def test_zero_padding_lowers_the_bn_branch_by_the_border_factor(size: int) -> None:
+    trace = measure(sigprop.models.resnet(3, width=4, seed=0),
+                    InputSpec("gaussian", (2, 3, size, size), seed=0))
+    p = predict(trace)
+    assert p is not None
+    # Per axis, conv1's border outputs see 2 of 3 taps; BN rescales; conv2 averages the taps
+    # that land on the map: (9H - 10) / (3 (3H - 2)). The channel means lose k_H.
+    factor = ((9 * size - 10) / (3 * (3 * size - 2))) ** 2
+    assert [b.residual_m2 for b in p.blocks] == pytest.approx([factor] * 3)
+    sq_step = p.blocks[1].skip_sq_mean - p.blocks[0].skip_sq_mean
+    assert sq_step == pytest.approx(channel_mean_factor(size) / math.pi)
+    assert f"f = {factor:.3f} (zero padding" in p.rule
+
+
+@pytest.mark.parametrize(("size", "padding"), [(4, "zeros"), (8, "zeros"), (16, "zeros"),
+                                               (32, "zeros"), (8, "circular")])
+def test_padding_corrected_theory_matches_the_measured_slope(size: int, padding: str) -> None:
+    merged = None
+    for seed in range(4):
+        net = sigprop.models.resnet(16, width=32, padding=padding, seed=seed)
+        trace = measure(net, InputSpec("gaussian", (4, 3, size, size), seed=seed))
+        merged = trace if merged is None else merged.merge(trace)
+    assert merged is not None
+    slope = stats.fit(merged, stats.FitId.SKIP_M2_SLOPE)
+    sq_slope = stats.fit(merged, stats.FitId.SKIP_SQ_MEAN_SLOPE)
+    assert slope.predicted is not None and sq_slope.predicted is not None
+    assert slope.contains(slope.predicted), (slope.estimate, slope.ci95, slope.predicted)
+    assert sq_slope.contains(sq_slope.predicted)
 
 
 def test_bn_v2_is_linear_within_each_stage() -> None:
