@@ -218,16 +218,16 @@ _OUTCOME_STYLE = {stats.Outcome.CONSISTENT: "green", stats.Outcome.INCONSISTENT:
 
 
 def _verdict_table(result: stats.Report) -> Table:
-    table = Table(title="theory vs measurement (95% intervals; consistent = the whole interval "
-                  "lies in the tolerance band)")
-    for column in ("claim", "where", "runs x blocks", "measured", "interval", "claim predicts",
+    table = Table(title="theory vs measurement (95% intervals; consistent: the whole interval lies "
+                  "in the tolerance band)")
+    for column in ("verdict", "where", "runs x blocks", "measured [95% CI]", "claim predicts",
                    "outcome"):
-        table.add_column(column, justify="left" if column in ("claim", "where") else "right")
+        table.add_column(column, justify="left" if column in ("verdict", "where") else "right")
     for v in result.verdicts:
         predicted = "-" if v.predicted is None else f"{v.predicted:.4g}"
-        interval = "-" if not math.isfinite(v.interval[0]) else \
-            f"[{v.interval[0]:.4g}, {v.interval[1]:.4g}]"
-        table.add_row(v.claim, _where(v), f"{v.n_runs} x {v.n_blocks}", f"{v.measured:.4g}",
-                      interval, predicted,
+        interval = "" if not math.isfinite(v.interval[0]) else \
+            f" [{v.interval[0]:.4g}, {v.interval[1]:.4g}]"
+        table.add_row(v.id.value, _where(v), f"{v.n_runs} x {v.n_blocks}",
+                      f"{v.measured:.4g}{interval}", predicted,
                       f"[{_OUTCOME_STYLE[v.outcome]}]{v.outcome.value}[/]")
     return table

@@ -992,8 +992,9 @@ def _render_sweep(config: FigureConfig, runs: dict[str, list[RunSpec]]
                   ) -> Callable[[Traces], FigureResult]:
     import pandas as pd
 
-    theory_names = {"BN v2": "m2_0 + d", "unnormalized": "2^d m2_0",
-                    _alpha_text(0.0): "m2_0", "branch / sqrt(d)": "(1 + 1/d)^d m2_0 ~ e m2_0"}
+    theory_names = {"BN v2": "m2_0 + f d", "unnormalized": "(1 + f)^d m2_0, f < 1 with zero "
+                    "padding (2^d m2_0 on an infinite image)", _alpha_text(0.0): "m2_0",
+                    "branch / sqrt(d)": "(1 + f/d)^d m2_0 ~ e^f m2_0"}
 
     def render(traces: Traces) -> FigureResult:
         sweeps = {label: [traces[r] for r in specs] for label, specs in runs.items()}

@@ -200,14 +200,15 @@ class _Series:
     def spliced(self, keep: np.ndarray) -> _Series:
         """The run as if the blocks not in ``keep`` did not exist: their branches and increments go.
 
-        After a gap the skip statistics continue from the level before it, so what remains is a
-        shorter run of the same network, not a series with a jump.
+        The skip path enters the stage at its first level and after a gap continues from the
+        level before it, so what remains is a shorter run of the same network, not a series with
+        a jump (nor one that starts from a deeper level when the first blocks go).
         """
         kept = np.flatnonzero(keep)
 
         def splice(levels: np.ndarray) -> np.ndarray:
             increments = np.diff(levels)[kept[:-1]]
-            joined: np.ndarray = levels[kept[0]] + np.concatenate([[0.0], np.cumsum(increments)])
+            joined: np.ndarray = levels[0] + np.concatenate([[0.0], np.cumsum(increments)])
             return joined
 
         return _Series(splice(self.skip_m2), splice(self.skip_var), splice(self.skip_sq_mean),
@@ -625,8 +626,8 @@ def _downscaling_verdict(inverse: Estimate, exponent: Estimate, zero_branch: boo
                    *_runs_blocks(inverse))
 
 
-def _explosion_verdict(stage: int | None, growth: Growth, predicted: float | None,
-                       n_runs: int, tol: Tolerances) -> Verdict:
+def _explosion_verdict(stage: int | None, growth: Growth, n_runs: int,
+                       tol: Tolerances) -> Verdict:
     over = f"{growth.blocks} block(s)" + (f" ({growth.unjudged} more in stages too short or "
                                           "too noisy to fit)" if growth.unjudged else "")
     if growth.overflow is not None:
@@ -649,7 +650,7 @@ def _explosion_verdict(stage: int | None, growth: Growth, predicted: float | Non
                          for c in growth.ci95)
     return Verdict(VerdictId.GEOMETRIC_EXPLOSION, stage,
                    "skip second moment grows geometrically (explodes)", growth.per_block,
-                   (per_block_ci[0], per_block_ci[1]), predicted,
+                   (per_block_ci[0], per_block_ci[1]), None,
                    f"projected growth >= x{tol.explosion_growth:g} over the blocks, or overflow",
                    outcome, detail, n_runs, growth.blocks + growth.unjudged)
 
@@ -663,7 +664,8 @@ def _identity_verdict(trace: Trace, tol: Tolerances) -> Verdict:
     return Verdict(VerdictId.IDENTITY_AT_INIT, None, "every block is the identity (zero branch)",
                    largest, (math.nan, math.nan), 0.0,
                    f"||residual|| / ||skip|| <= {tol.identity_norm:g} in every block", outcome,
-                   f"largest branch/skip norm ratio {largest:.3g} over {len(finite)} blocks",
+                   f"largest branch/skip norm ratio {largest:.3g} over {trace.n_blocks} blocks"
+                   + (f" x {len(trace.runs)} runs" if len(trace.runs) > 1 else ""),
                    len(trace.runs), trace.n_blocks)
 
 
@@ -697,13 +699,10 @@ def verdicts(trace: Trace, tol: Tolerances | None = None,
             _linear_verdict(by_key[FitId.SKIP_M2_SLOPE, stage], rate, growth, tol),
             _downscaling_verdict(by_key[FitId.INVERSE_RATIO_SLOPE, stage],
                                  by_key[FitId.RATIO_EXPONENT, stage], zero_branch, tol),
-            _explosion_verdict(stage, growth, rate.predicted, len(trace.runs), tol),
+            _explosion_verdict(stage, growth, len(trace.runs), tol),
         ]
     if len(stages) > 1:
-        rates = [by_key[FitId.GROWTH_RATE, s].predicted for s in stages]
-        predicted = rates[0] if len(set(rates)) == 1 else None
-        out.append(_explosion_verdict(None, projected_growth(trace), predicted,
-                                      len(trace.runs), tol))
+        out.append(_explosion_verdict(None, projected_growth(trace), len(trace.runs), tol))
     out.append(_identity_verdict(trace, tol))
     return out
 

@@ -72,12 +72,20 @@ def test_python_examples_run(page: str, tmp_path: Path) -> None:
         os.chdir(cwd)
 
 
+GALLERY = re.compile(r"(!\[[^\]]*\]\(\.\./figures/([a-z0-9-]+)\.png\)\n\n)\*([^\n]*)\*")
+
+
 def _regenerate() -> None:
+    """Rewrite docs/cli.md from --help and the captions of docs/figures.md from figures/."""
     path = ROOT / "docs" / "cli.md"
     doc = path.read_text()
     fresh = HELP_BLOCK.sub(
         lambda m: f"```text\n$ {m.group(1)} --help\n{help_text(m.group(1))}```", doc)
     path.write_text(fresh)
+    gallery = ROOT / "docs" / "figures.md"
+    gallery.write_text(GALLERY.sub(
+        lambda m: f"{m.group(1)}*{(ROOT / 'figures' / f'{m.group(2)}.txt').read_text().strip()}*",
+        gallery.read_text()))
 
 
 if __name__ == "__main__":
@@ -86,7 +94,8 @@ if __name__ == "__main__":
 
 def test_gallery_captions_match_the_generated_ones() -> None:
     gallery = (ROOT / "docs" / "figures.md").read_text()
-    shown = re.findall(r"!\[[^\]]*\]\(\.\./figures/([a-z0-9-]+)\.png\)\n\n\*([^\n]*)\*", gallery)
+    shown = [(m.group(2), m.group(3)) for m in GALLERY.finditer(gallery)]
     assert {name for name, _ in shown} == {p.stem for p in (ROOT / "figures").glob("*.png")}
     for name, caption in shown:
-        assert caption == (ROOT / "figures" / f"{name}.txt").read_text().strip(), name
+        assert caption == (ROOT / "figures" / f"{name}.txt").read_text().strip(), (
+            f"{name}: regenerate docs/figures.md with `python tests/test_docs.py`")
