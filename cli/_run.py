@@ -196,8 +196,8 @@ def summarize(collected: Collected, out: Path) -> None:
         runs = f" over {len(trace.runs)} runs" if several else ""
         table.add_row("gain on the residual branch", "; ".join(
             f"{gain} ({n} blocks{runs})" for gain, n in gains.items()))
-    overflow = [r.first_overflow for r in trace.runs if r.first_overflow is not None]
-    table.add_row("first non-finite block", str(min(overflow)) if overflow else "none")
+    overflow = trace.first_overflow
+    table.add_row("first non-finite block", "none" if overflow is None else str(overflow))
     table.add_row("effective depth (branch >= 0.1 x skip in norm)", str(result.effective_depth))
     table.add_row("time (build + measure)", f"{elapsed:.1f} s")
     table.add_row("written", f"{out}/{{{STATS_JSON}, {STATS_CSV}, {SPP_PNG}}}")

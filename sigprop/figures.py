@@ -414,11 +414,6 @@ def _theory_line(ax: Axes, trace: Trace, quantity: TheoryQuantity, label: str | 
             **_THEORY)
 
 
-def _overflow(trace: Trace) -> int | None:
-    found = [r.first_overflow for r in trace.runs if r.first_overflow is not None]
-    return min(found) if found else None
-
-
 def _last_finite(trace: Trace) -> int:
     """The last block index at which some run is still finite."""
     ends = [trace.n_blocks if r.first_overflow is None else r.first_overflow for r in trace.runs]
@@ -428,7 +423,7 @@ def _last_finite(trace: Trace) -> int:
 def _mark_overflow(axes: Sequence[Axes], trace: Trace, label: str) -> None:
     """A vertical line at the first non-finite block of any run, said in words beside the end
     of the last finite run (where the overflowing line has ended)."""
-    block = _overflow(trace)
+    block = trace.first_overflow
     if block is None:
         return
     for ax in axes:
@@ -620,7 +615,7 @@ def sweep_points(traces: Sequence[Trace]) -> list[SweepPoint]:
         prediction = predict(trace)
         theory = prediction.blocks[-1].output_m2 if prediction is not None else math.nan
         points.append(SweepPoint(_depth(trace), math.exp(mean), math.exp(ci[0]),
-                                 math.exp(ci[1]), theory, _overflow(trace) is not None))
+                                 math.exp(ci[1]), theory, trace.first_overflow is not None))
     return sorted(points, key=lambda p: p.depth)
 
 
@@ -932,7 +927,7 @@ def _render_trio(config: FigureConfig, runs: dict[str, RunSpec]
         data = tidy(ordered, labels, {k: _QUANTITIES[k] for k in
                                       ("skip_m2", "skip_var", "skip_sq_mean", "residual_var")})
         bn, none = traces[runs["BN v2"]], traces[runs["unnormalized"]]
-        overflow = _overflow(none)
+        overflow = none.first_overflow
         caption = (
             f"Signal-propagation plot of four {config.spp_depth}-block ResNets (v2, one stage): "
             "skip-path second moment E[x_l^2], its average channel variance and squared mean, "

@@ -153,14 +153,14 @@ def _draw_theory(axes: Sequence[Axes], prediction: Prediction, several: bool, la
 
 def _mark_stages_and_overflow(axes: Sequence[Axes], trace: Trace, color: str) -> None:
     starts = [blocks[0].index for stage, blocks in trace.by_stage().items() if stage > 0]
-    overflow = [run.first_overflow for run in trace.runs if run.first_overflow is not None]
+    overflow = trace.first_overflow
     for ax in axes:
         for start in starts:
             ax.axvline(start, color="0.6", linestyle=":", linewidth=0.8)
-        if overflow:
-            ax.axvline(min(overflow), color="#d55e00", linewidth=0.9)
-    if overflow:
-        axes[0].annotate(f"non-finite from block {min(overflow)}", xy=(min(overflow), 0.5),
+        if overflow is not None:
+            ax.axvline(overflow, color="#d55e00", linewidth=0.9)
+    if overflow is not None:
+        axes[0].annotate(f"non-finite from block {overflow}", xy=(overflow, 0.5),
                          xycoords=("data", "axes fraction"), rotation=90, fontsize=6,
                          color="#d55e00", ha="right", va="center")
 

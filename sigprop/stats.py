@@ -484,9 +484,10 @@ def projected_growth(trace: Trace, stages: Sequence[int] | None = None,
         log_variance += (n * se / rate.estimate) ** 2
         df = min(df, rate.df)
         blocks += n
-    first = [b.index for run in trace.runs for b in run.blocks
-             if not b.finite and b.stage in chosen]
-    overflow = min(first) if first else None
+    first = trace.first_overflow
+    # A stage after the one that overflowed is non-finite from its first block.
+    overflow = None if first is None else next(
+        (b.index for b in trace.runs[0].blocks if b.index >= first and b.stage in chosen), None)
     if not blocks:
         return Growth(math.nan, (math.nan, math.nan), math.nan, 0, unjudged, overflow)
     half = float(sps.t.ppf(0.5 + level / 2, df)) * math.sqrt(log_variance)

@@ -209,6 +209,12 @@ class Trace:
         return len(self.runs[0].blocks) if self.runs else 0
 
     @property
+    def first_overflow(self) -> int | None:
+        """The first block with a non-finite statistic in any run, or None if all are finite."""
+        found = [run.first_overflow for run in self.runs if run.first_overflow is not None]
+        return min(found) if found else None
+
+    @property
     def seeds(self) -> tuple[int | None, ...]:
         """The seed of every run."""
         return tuple(run.seed for run in self.runs)

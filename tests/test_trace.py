@@ -77,3 +77,14 @@ def test_malformed_files_raise_a_clear_error(tmp_path: Path, content: str, messa
     path.write_text(content)
     with pytest.raises(TraceFormatError, match=message):
         Trace.from_json(path)
+
+
+def test_first_overflow_of_a_trace_is_the_earliest_over_its_runs() -> None:
+    from tests.helpers import synthetic_trace
+
+    inf = math.inf
+    trace = synthetic_trace([[1.0, 2.0, inf, inf], [1.0, inf, inf, inf], [1.0, 2.0, 3.0, 4.0]],
+                            [[1.0] * 4] * 3)
+    assert [run.first_overflow for run in trace.runs] == [2, 1, None]
+    assert trace.first_overflow == 1
+    assert synthetic_trace([[1.0, 2.0]], [[1.0, 1.0]]).first_overflow is None
