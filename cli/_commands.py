@@ -108,7 +108,7 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         def build(seed: int) -> tuple[models.ResNet, dict[str, Any]]:
             net = models.resnet(depth, variant=variant, norm=norm, width=width, stages=stages,
                                 alpha=alpha, order=order, padding=padding, seed=seed)
-            return net, net.config
+            return net, net.config.to_dict()
 
         action(Analysis(build, input_shape, depth),
                options(seed, seeds, device, bn_mode, out, json_output))

@@ -22,6 +22,7 @@ from sigprop.recording import (
 from sigprop.trace import (
     BatchNorms,
     BlockStats,
+    InputKind,
     InputSpec,
     Moments,
     Run,
@@ -38,6 +39,7 @@ __all__ = [
     "Block",
     "BlockStats",
     "ForwardError",
+    "InputKind",
     "InputSpec",
     "Moments",
     "NoResidualBlockError",

@@ -260,7 +260,7 @@ def _build(spec: RunSpec, width: int, seed: int) -> tuple[nn.Module, dict[str, A
         return builders[source](name)(seed)
     net = models.resnet(spec.depth, variant=spec.variant, norm=spec.norm, width=width,
                         stages=spec.stages, alpha=spec.alpha, order=spec.order, seed=seed)
-    return net, net.config
+    return net, net.config.to_dict()
 
 
 def total_blocks(specs: Sequence[FigureSpec], config: FigureConfig) -> int:

@@ -4,47 +4,16 @@ from __future__ import annotations
 
 import math
 from contextlib import nullcontext
-from enum import StrEnum
-from typing import Any
 
 import torch
 from torch import nn
 
-from sigprop._validate import check_int, parse_choice
+from sigprop._validate import parse_choice
 from sigprop.blocks import ResidualAdd
+from sigprop.config import Norm, Order, Padding, ResNetConfig, Variant
 from sigprop.trace import Shortcut
 
-__all__ = ["Norm", "Order", "Padding", "ResNet", "Variant", "resnet"]
-
-
-class Variant(StrEnum):
-    """Where normalization and activation sit in a block."""
-
-    V1 = "v1"  # post-activation: Conv-BN-ReLU-Conv-BN branch, ReLU after the addition
-    V2 = "v2"  # pre-activation: BN-ReLU-Conv-BN-ReLU-Conv branch, identity skip
-
-
-class Norm(StrEnum):
-    """How the residual branch is normalized or scaled."""
-
-    BATCHNORM = "batchnorm"
-    NONE = "none"
-    SKIPINIT = "skipinit"  # no BN; a learnable scalar alpha ends every branch
-    SQRT_DEPTH = "sqrt-depth"  # no BN; every branch is divided by sqrt(number of blocks)
-
-
-class Order(StrEnum):
-    """Order of normalization and activation inside a v2 branch."""
-
-    BN_RELU = "bn-relu"  # BN-ReLU-Conv, the paper's pre-activation block
-    RELU_BN = "relu-bn"  # ReLU-BN-Conv: the convolution sees zero-mean, unit-variance inputs
-
-
-class Padding(StrEnum):
-    """How the 3x3 convolutions pad the border of the feature map."""
-
-    ZEROS = "zeros"  # the paper's (and every library's) default: border outputs see fewer taps
-    CIRCULAR = "circular"  # the map wraps around: every position sees a full 3x3 neighbourhood
+__all__ = ["Norm", "Order", "Padding", "ResNet", "ResNetConfig", "Variant", "resnet"]
 
 
 class Gain(nn.Module):
@@ -140,11 +109,11 @@ class ResNet(nn.Module):
     """A CIFAR-style residual network: stem, residual blocks in stages, pooling, linear head.
 
     Attributes:
-        config: the builder arguments (plain values), recorded with every measurement.
+        config: the builder arguments, recorded with every measurement (``config.to_dict()``).
     """
 
     def __init__(self, stem: nn.Module, blocks: nn.Sequential, head_norm: nn.Module,
-                 head: nn.Linear, config: dict[str, Any]):
+                 head: nn.Linear, config: ResNetConfig):
         super().__init__()
         self.stem = stem
         self.blocks = blocks
@@ -211,66 +180,39 @@ def resnet(
     >>> len(net.blocks), net.blocks[0].gain.alpha.item()
     (8, 0.0)
     """
-    variant, norm = parse_choice(Variant, variant, "variant"), parse_choice(Norm, norm, "norm")
-    order = parse_choice(Order, order, "order")
-    padding = parse_choice(Padding, padding, "padding")
-    if order is not Order.BN_RELU and (variant is not Variant.V2 or norm is not Norm.BATCHNORM):
-        raise ValueError(
-            f"order {order.value!r} applies only to variant='v2' with norm='batchnorm', got "
-            f"variant='{variant}', norm='{norm}'"
-        )
-    check_int("depth", depth, 1, "residual block")
-    check_int("width", width, 1, "channel")
-    check_int("stages", stages, 1, "stage")
-    check_int("in_channels", in_channels, 1, "channel")
-    check_int("num_classes", num_classes, 1, "class")
-    if stages > depth:
-        raise ValueError(
-            f"stages must be <= depth ({depth}), got {stages}: every stage needs a block"
-        )
-    if alpha is not None and norm is not Norm.SKIPINIT:
-        raise ValueError(
-            f"alpha applies only to norm='skipinit', got alpha={alpha} with norm='{norm}'"
-        )
-    if alpha is not None and not math.isfinite(alpha):
-        raise ValueError(f"alpha must be a finite number, got {alpha}")
-    skip_alpha = 0.0 if alpha is None else float(alpha)
-    config: dict[str, Any] = {
-        "name": "resnet", "depth": depth, "variant": variant.value, "norm": norm.value,
-        "width": width, "stages": stages, "alpha": skip_alpha if norm is Norm.SKIPINIT else None,
-        "order": order.value, "padding": padding.value, "in_channels": in_channels,
-        "num_classes": num_classes,
-    }
+    config = ResNetConfig(depth, parse_choice(Variant, variant, "variant"),
+                          parse_choice(Norm, norm, "norm"), width, stages, alpha,
+                          parse_choice(Order, order, "order"),
+                          parse_choice(Padding, padding, "padding"), in_channels, num_classes)
     rng = torch.random.fork_rng(devices=[]) if seed is not None else nullcontext()
     with rng:
         if seed is not None:
             torch.manual_seed(seed)
-        return _build(depth, variant, norm, order, padding, width, stages, skip_alpha,
-                      in_channels, num_classes, config)
+        return _build(config)
 
 
-def _build(depth: int, variant: Variant, norm: Norm, order: Order, padding: Padding, width: int,
-           stages: int,
-           alpha: float, in_channels: int, num_classes: int, config: dict[str, Any]) -> ResNet:
-    stem: nn.Module = _conv(in_channels, width, 3)
-    if variant is Variant.V1:
-        stem = nn.Sequential(stem, _norm(width, norm), nn.ReLU())
+def _build(config: ResNetConfig) -> ResNet:
+    c = config
+    stem: nn.Module = _conv(c.in_channels, c.width, 3)
+    if c.variant is Variant.V1:
+        stem = nn.Sequential(stem, _norm(c.width, c.norm), nn.ReLU())
     blocks = []
-    channels = width
-    for stage, size in enumerate(stage_sizes(depth, stages)):
-        out = width * 2**stage
+    channels = c.width
+    for stage, size in enumerate(stage_sizes(c.depth, c.stages)):
+        out = c.width * 2**stage
         for i in range(size):
             stride = 2 if stage > 0 and i == 0 else 1
-            gain = _gain(norm, alpha, depth)
-            blocks.append(PreActBlock(channels, out, stride, norm, gain, order)
-                          if variant is Variant.V2 else
-                          PostActBlock(channels, out, stride, norm, gain))
+            gain = _gain(c.norm, c.alpha or 0.0, c.depth)
+            blocks.append(PreActBlock(channels, out, stride, c.norm, gain, c.order)
+                          if c.variant is Variant.V2 else
+                          PostActBlock(channels, out, stride, c.norm, gain))
             channels = out
-    head_norm = _norm(channels, norm) if variant is Variant.V2 else nn.Identity()
-    net = ResNet(stem, nn.Sequential(*blocks), head_norm, nn.Linear(channels, num_classes), config)
+    head_norm = _norm(channels, c.norm) if c.variant is Variant.V2 else nn.Identity()
+    net = ResNet(stem, nn.Sequential(*blocks), head_norm, nn.Linear(channels, c.num_classes),
+                 config)
     for module in net.modules():
         if isinstance(module, nn.Conv2d):
-            module.padding_mode = padding.value  # the 1x1 projections have no padding to wrap
+            module.padding_mode = c.padding.value  # the 1x1 projections have no padding to wrap
             nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
         elif isinstance(module, nn.Linear):
             nn.init.normal_(module.weight, std=1.0 / math.sqrt(module.in_features))

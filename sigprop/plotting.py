@@ -71,7 +71,7 @@ def plot_spp(
     output (1: the block is the identity).
 
     Several traces (e.g. two architectures) are overlaid, one colour each. With several runs
-    (seeds) a trace is drawn as its mean with a 95% confidence band. The theory of THEORY.md is
+    (seeds) a trace is drawn as its mean with a 95% confidence band. The theory (docs/theory.md) is
     drawn dashed in black for the built-in ResNets; stage boundaries are dotted vertical lines;
     the first block with a non-finite statistic (float32 overflow) is marked in red.
 

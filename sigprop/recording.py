@@ -16,9 +16,9 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from sigprop._moments import BlockAccumulator, Operands, Reduced
 from sigprop._validate import parse_choice
 from sigprop.blocks import Block, ResidualAdd, marked_additions
+from sigprop.config import ResNetConfig
 from sigprop.discovery import Discovery, Found, GainTerm, describe_gains, discovering
-from sigprop.models import ResNet
-from sigprop.trace import BatchNorms, BlockStats, InputSpec, Run, Shortcut, Trace
+from sigprop.trace import BatchNorms, BlockStats, InputKind, InputSpec, Run, Shortcut, Trace
 
 __all__ = [
     "BNMode",
@@ -265,14 +265,15 @@ def _model_device(model: nn.Module) -> torch.device:
 def _resolve_input(inputs: torch.Tensor | InputSpec, model: nn.Module
                    ) -> tuple[torch.Tensor, InputSpec]:
     if isinstance(inputs, InputSpec):
-        if inputs.kind != "gaussian":
+        if inputs.kind != InputKind.GAUSSIAN:
             raise ValueError(
-                f"unknown input kind {inputs.kind!r}: only 'gaussian' can be generated"
+                f"input kind {str(inputs.kind)!r} cannot be generated: pass the tensor itself, "
+                "or InputSpec('gaussian', shape, seed)"
             )
         seed = 0 if inputs.seed is None else inputs.seed
         return gaussian_input(inputs.shape, seed, _model_device(model)), inputs
     if isinstance(inputs, torch.Tensor):
-        return inputs, InputSpec("tensor", tuple(inputs.shape), None)
+        return inputs, InputSpec(InputKind.TENSOR, tuple(inputs.shape), None)
     raise TypeError(
         f"inputs must be a torch.Tensor or a sigprop.InputSpec, got {type(inputs).__name__}"
     )
@@ -284,7 +285,7 @@ def measure(
     *,
     bn_mode: BNMode | str = BNMode.TRAIN,
     seed: int | None = None,
-    model_info: Mapping[str, Any] | None = None,
+    model_info: Mapping[str, Any] | ResNetConfig | None = None,
     progress: Callable[[int], None] | None = None,
     blocks: Sequence[str] | None = None,
 ) -> Trace:
@@ -305,8 +306,9 @@ def measure(
             touching the running statistics; ``eval`` uses the running statistics. All other
             modules run in eval mode, so dropout and stochastic depth are off.
         seed: the seed recorded for this run (default: the InputSpec's seed, else None).
-        model_info: configuration recorded in the trace (default: a built-in ResNet's
-            ``config``, which enables the theory curves, else the model's class name).
+        model_info: configuration recorded in the trace: plain values, or a built-in
+            ResNet's :class:`~sigprop.config.ResNetConfig` (default: the model's ``config``
+            when it is one, which enables the theory, else the model's class name).
         progress: called with the number of blocks done after each block.
         blocks: override discovery: qualified names of the modules whose forward returns
             ``skip + residual`` (e.g. ``["layer1.0", "layer1.1"]``). In each call of one of them,
@@ -336,10 +338,14 @@ def measure(
         recorder = _Recorder(with_stats=True, progress=None, safe=True)
         _forward(model, batch, recorder, mode, blocks)
         stats = recorder.block_stats()
-    if model_info is not None:
+    if isinstance(model_info, ResNetConfig):
+        info = model_info.to_dict()
+    elif model_info is not None:
         info = dict(model_info)
     else:
-        info = dict(model.config) if isinstance(model, ResNet) else {"name": type(model).__name__}
+        config = getattr(model, "config", None)
+        info = config.to_dict() if isinstance(config, ResNetConfig) else \
+            {"name": type(model).__name__}
     run = Run(seed if seed is not None else spec.seed, stats)
     return Trace(model=info, input=spec, bn_mode=mode.value, runs=(run,), batchnorms=batchnorms)
 

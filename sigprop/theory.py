@@ -18,10 +18,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache
-from typing import Any
 
 import numpy as np
 
+from sigprop.config import Norm, Order, Padding, ResNetConfig, Variant
 from sigprop.trace import Trace
 
 __all__ = [
@@ -152,35 +152,31 @@ class _Family:
     growth: float | None = None
 
 
-def _family(config: dict[str, Any]) -> _Family | None:
-    if config.get("name") != "resnet":
-        return None
-    norm, variant, depth = config["norm"], config["variant"], int(config["depth"])
+def _family(config: ResNetConfig) -> _Family:
     # A ReLU after the addition (v1) breaks the exact recursions.
-    exact = variant == "v2"
-    if norm == "batchnorm" and exact and config.get("order") == "relu-bn":
+    exact = config.variant is Variant.V2
+    if config.norm is Norm.BATCHNORM and exact and config.order is Order.RELU_BN:
         return _Family("bn-v2-relu-bn", "m2_l = m2_0 + 2f l; ratio = 2f/(m2_0 + 2f l)",
                        True, 2.0, True, (2.0, 0.0))
-    if norm == "batchnorm" and exact:
+    if config.norm is Norm.BATCHNORM and exact:
         return _Family("bn-v2", "m2_l = m2_0 + f l; ratio = f/(m2_0 + f l)", True, 1.0,
                        True, (BN_BRANCH_VAR, BN_BRANCH_SQ_MEAN))
-    if norm == "batchnorm":
+    if config.norm is Norm.BATCHNORM:
         return _Family("bn-v1",
                        "approximately m2_l = m2_0 + l (ReLU after the addition clips little); "
                        "ratio = 1/(m2_0 + l)",
                        False, 1.0, True)
-    if norm == "none":
+    if config.norm is Norm.NONE:
         return _Family("unnormalized", "m2_{l+1} = (1 + f) m2_l; ratio = f", exact, 1.0, False,
                        growth=2.0)
-    if norm == "skipinit":
-        alpha = float(config["alpha"])
+    if config.norm is Norm.SKIPINIT:
+        alpha = config.alpha or 0.0
         return _Family("skipinit",
                        f"m2_{{l+1}} = (1 + alpha^2 f) m2_l; ratio = alpha^2 f = {alpha**2:g} f",
                        exact, alpha**2, False, growth=1 + alpha**2)
-    if norm == "sqrt-depth":
-        return _Family("sqrt-depth", f"m2_{{l+1}} = (1 + f/d) m2_l; ratio = f/d = f/{depth}", exact,
-                       1 / depth, False, growth=1 + 1 / depth)
-    return None
+    depth = config.depth
+    return _Family("sqrt-depth", f"m2_{{l+1}} = (1 + f/d) m2_l; ratio = f/d = f/{depth}", exact,
+                   1 / depth, False, growth=1 + 1 / depth)
 
 
 def _stage_images(trace: Trace, circular: bool, stages: int) -> list[_Image | None]:
@@ -210,11 +206,11 @@ def predict(trace: Trace) -> Prediction | None:
     >>> p.family, [round(b.skip_m2 - p.blocks[0].skip_m2, 6) for b in p.blocks]
     ('bn-v2', [0.0, 1.0, 2.0, 3.0])
     """
-    config = dict(trace.model)
-    family = _family(config)
-    if family is None or not trace.runs:
+    config = ResNetConfig.of(trace.model)
+    if config is None or not trace.runs:
         return None
-    circular = config.get("padding", "zeros") == "circular"
+    family = _family(config)
+    circular = config.padding is Padding.CIRCULAR
     first = trace.runs[0].blocks
     n_stages = max(b.stage for b in first) + 1
     images = _stage_images(trace, circular, n_stages)

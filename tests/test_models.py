@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 import sigprop
-from sigprop.models import PostActBlock, PreActBlock, resnet, stage_sizes
+from sigprop.models import PostActBlock, PreActBlock, ResNetConfig, resnet, stage_sizes
 
 
 @pytest.mark.parametrize(("depth", "stages", "sizes"),
@@ -75,11 +75,26 @@ def test_seed_makes_weights_reproducible_without_touching_global_rng() -> None:
 
 
 def test_config_records_the_builder_arguments() -> None:
-    assert resnet(5, norm="skipinit", alpha=0.1, stages=2).config == {
+    config = resnet(5, norm="skipinit", alpha=0.1, stages=2).config
+    assert config.to_dict() == {
         "name": "resnet", "depth": 5, "variant": "v2", "norm": "skipinit", "width": 16,
         "stages": 2, "alpha": 0.1, "order": "bn-relu", "padding": "zeros", "in_channels": 3,
         "num_classes": 10,
     }
+    assert ResNetConfig.from_dict(config.to_dict()) == config
+    assert hash(config) == hash(ResNetConfig.from_dict(config.to_dict()))
+
+
+def test_config_is_read_back_from_a_trace_model() -> None:
+    trace = sigprop.measure(resnet(2, seed=0), sigprop.InputSpec("gaussian", (2, 3, 4, 4), 0))
+    assert ResNetConfig.of(trace.model) == ResNetConfig(2)
+    older = {k: v for k, v in trace.model.items() if k != "padding"}  # before --padding
+    assert ResNetConfig.of(older) == ResNetConfig(2)
+    assert ResNetConfig.of({"name": "Sequential"}) is None
+    with pytest.raises(ValueError, match="unknown norm 'layer'"):
+        ResNetConfig.of({**trace.model, "norm": "layer"})
+    with pytest.raises(ValueError, match="not a built-in ResNet configuration"):
+        ResNetConfig.from_dict({"name": "resnet"})  # no depth
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [

@@ -88,3 +88,18 @@ def test_first_overflow_of_a_trace_is_the_earliest_over_its_runs() -> None:
     assert [run.first_overflow for run in trace.runs] == [2, 1, None]
     assert trace.first_overflow == 1
     assert synthetic_trace([[1.0, 2.0]], [[1.0, 1.0]]).first_overflow is None
+
+
+def test_merge_checks_the_input_and_traces_are_hashable() -> None:
+    net = sigprop.models.resnet(2, seed=0)
+    a = measure(net, InputSpec("gaussian", (2, 3, 8, 8), 0))
+    b = measure(net, InputSpec("gaussian", (2, 3, 8, 8), 1))
+    wider = measure(net, InputSpec("gaussian", (4, 3, 8, 8), 1))
+    assert a.merge(b).seeds == (0, 1)
+    with pytest.raises(ValueError, match=r"different inputs: gaussian \(2, 3, 8, 8\) vs "
+                                         r"gaussian \(4, 3, 8, 8\)"):
+        a.merge(wider)
+    assert len({a, b, Trace.from_dict(a.to_dict())}) == 2
+    assert InputSpec("tensor", (1,), None).kind is sigprop.InputKind.TENSOR
+    with pytest.raises(ValueError, match="unknown input kind 'uniform'"):
+        InputSpec("uniform", (1,), 0)
