@@ -31,19 +31,19 @@ import torch
 from torch import nn
 
 import sigprop
+from sigprop.sources import ModelSource
 
 PINNED = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 
 
 def build(model: str, depth: int, width: int) -> nn.Module:
-    """``resnet`` (the paper's BN ResNet-v2 with ``depth`` blocks) or ``torchvision:NAME``."""
-    if model == "resnet":
-        return sigprop.models.resnet(depth, width=width, seed=0)
-    if model.startswith("torchvision:"):
-        import torchvision
-
-        return torchvision.models.get_model(model.split(":", 1)[1], weights=None)
-    raise SystemExit(f"unknown model {model!r}: use resnet or torchvision:NAME")
+    """``resnet`` (the paper's BN ResNet-v2 with ``depth`` blocks), ``torchvision:NAME``,
+    ``timm:NAME`` or ``model:FILE.py:CALLABLE``, built by sigprop's source registry."""
+    kwargs = {"depth": depth, "width": width} if model == "resnet" else {}
+    try:
+        return ModelSource.parse(model, **kwargs).builder()(0)[0]
+    except ValueError as e:
+        raise SystemExit(f"--models: {e}") from e
 
 
 def bare(net: nn.Module, x: torch.Tensor) -> None:

@@ -10,22 +10,16 @@ the ``--out``/``--json`` aliases are local to :func:`add_source_commands`.
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
-from sigprop import BNMode, models
+from sigprop import BNMode
 from sigprop.models import Norm, Order, Padding, Variant
+from sigprop.sources import ModelSource, Source
 
 from ._run import Analysis, RunOptions, check_positive, usage_error
-from ._sources import (
-    Builder,
-    parse_kwargs,
-    parse_shape,
-    spec_builder,
-    timm_builder,
-    torchvision_builder,
-)
+from ._sources import parse_kwargs, parse_shape
 
 Action = Callable[[Analysis, RunOptions], None]
 
@@ -104,25 +98,19 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         json_output: Json = False,
     ) -> None:
         input_shape = image_batch(batch_size, image_size)
+        model = ModelSource.parse("resnet", depth=depth, variant=variant, norm=norm, width=width,
+                                  stages=stages, alpha=alpha, order=order, padding=padding)
+        source(model, input_shape, depth, options(seed, seeds, device, bn_mode, out, json_output))
 
-        def build(seed: int) -> tuple[models.ResNet, dict[str, Any]]:
-            net = models.resnet(depth, variant=variant, norm=norm, width=width, stages=stages,
-                                alpha=alpha, order=order, padding=padding, seed=seed)
-            return net, net.config.to_dict()
-
-        action(Analysis(build, input_shape, depth),
-               options(seed, seeds, device, bn_mode, out, json_output))
-
-    def source(make: Callable[[], Builder], input_shape: tuple[int, ...],
+    def source(model: ModelSource, input_shape: tuple[int, ...], expected_blocks: int | None,
                run_options: RunOptions) -> None:
         try:
-            build = make()
+            build = model.builder()
         except ValueError as e:
             usage_error(str(e))
-        action(Analysis(build, input_shape, None), run_options)
+        action(Analysis(build, input_shape, expected_blocks), run_options)
 
-    def zoo_command(library: str, builder: Callable[[str], Builder], built: str,
-                    example: str) -> None:
+    def zoo_command(library: Source, built: str, example: str) -> None:
         @app.command(library, help=f"{verb} a {library} model, built with {built}.\n\n"
                      "Residual blocks are found automatically (see docs/discovery.md).\n\n"
                      f"Example: sigprop {group} {library} {example}")
@@ -138,12 +126,11 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             out: Out = out_default,
             json_output: Json = False,
         ) -> None:
-            source(lambda: builder(name), image_batch(batch_size, image_size),
+            source(ModelSource(library, name), image_batch(batch_size, image_size), None,
                    options(seed, seeds, device, bn_mode, out, json_output))
 
-    zoo_command("torchvision", torchvision_builder, "no weights (classification models)",
-                "resnet50")
-    zoo_command("timm", timm_builder, "pretrained=False", "resnetv2_50")
+    zoo_command(Source.TORCHVISION, "no weights (classification models)", "resnet50")
+    zoo_command(Source.TIMM, "pretrained=False", "resnetv2_50")
 
     @app.command("model", help=f"{verb} your own model: the callable SPEC builds it (torch RNG "
                  "seeded with --seed).\n\nResidual blocks are found automatically (see "
@@ -172,5 +159,5 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             kwargs = parse_kwargs(arg or [])
         except ValueError as e:
             usage_error(str(e))
-        source(lambda: spec_builder(spec, kwargs), (batch_size, *shape),
-               options(seed, seeds, device, bn_mode, out, json_output))
+        source(ModelSource(Source.MODEL, spec, tuple(sorted(kwargs.items()))),
+               (batch_size, *shape), None, options(seed, seeds, device, bn_mode, out, json_output))

@@ -29,9 +29,10 @@ from typing import TYPE_CHECKING, Any, cast
 import numpy as np
 from torch import nn
 
-from sigprop import models, sources, stats
+from sigprop import stats
 from sigprop.plotting import style
 from sigprop.recording import measure
+from sigprop.sources import ModelSource
 from sigprop.theory import BlockPrediction, predict
 from sigprop.trace import BlockStats, InputSpec, Trace
 
@@ -255,12 +256,10 @@ def measure_run(spec: RunSpec, config: FigureConfig,
 
 def _build(spec: RunSpec, width: int, seed: int) -> tuple[nn.Module, dict[str, Any]]:
     if spec.model is not None:
-        source, _, name = spec.model.partition(":")
-        builders = {"torchvision": sources.torchvision_builder, "timm": sources.timm_builder}
-        return builders[source](name)(seed)
-    net = models.resnet(spec.depth, variant=spec.variant, norm=spec.norm, width=width,
-                        stages=spec.stages, alpha=spec.alpha, order=spec.order, seed=seed)
-    return net, net.config.to_dict()
+        return ModelSource.parse(spec.model).builder()(seed)
+    return ModelSource.parse("resnet", depth=spec.depth, variant=spec.variant, norm=spec.norm,
+                             width=width, stages=spec.stages, alpha=spec.alpha,
+                             order=spec.order).builder()(seed)
 
 
 def total_blocks(specs: Sequence[FigureSpec], config: FigureConfig) -> int:

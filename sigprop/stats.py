@@ -54,8 +54,6 @@ __all__ = [
 
 _Quantity = Callable[[BlockStats], float]
 
-SEGMENTS = 8
-"""Contiguous segments of a run's stage in the within-run jackknife."""
 
 
 class FitId(StrEnum):
@@ -284,29 +282,53 @@ def _growth(s: _Series, keep: np.ndarray) -> tuple[float, float]:
     return 1.0 + float(rate), float(increment)
 
 
-_FITTERS: dict[FitId, _Fitter] = {
-    FitId.SKIP_M2_SLOPE: _mean_increment(lambda s: s.skip_m2),
-    FitId.SKIP_VAR_SLOPE: _mean_increment(lambda s: s.skip_var),
-    FitId.SKIP_SQ_MEAN_SLOPE: _mean_increment(lambda s: s.skip_sq_mean),
-    FitId.INVERSE_RATIO_SLOPE: _on_spliced(_inverse_ratio_line),
-    FitId.RATIO_EXPONENT: _on_spliced(_ratio_power_law),
-    FitId.GROWTH_RATE: _growth,
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    """A fitter and the segments its within-run jackknife deletes.
+
+    The layouts come from the calibration on real traces (benchmarks/calibration.py): the
+    growth factors of a run stay correlated over long spans (the skip path's channel means
+    persist), so its jackknife deletes a quarter of the run at a time; the power law of the
+    ratio spends its leverage on the first blocks, so its segments are equal in ``log n``.
+    """
+
+    fitter: _Fitter
+    segments: int = 8
+    log_spaced: bool = False
+
+    def edges(self, size: int) -> np.ndarray:
+        """Segment boundaries over ``size`` blocks (segments of at least 2 blocks)."""
+        count = min(self.segments, size // 2)
+        if count < 2:
+            return np.array([0, size])
+        if self.log_spaced:
+            return np.unique(np.geomspace(1, size + 1, count + 1).round().astype(int) - 1)
+        return np.linspace(0, size, count + 1).round().astype(int)
+
+
+_FITS: dict[FitId, _Fit] = {
+    FitId.SKIP_M2_SLOPE: _Fit(_mean_increment(lambda s: s.skip_m2)),
+    FitId.SKIP_VAR_SLOPE: _Fit(_mean_increment(lambda s: s.skip_var)),
+    FitId.SKIP_SQ_MEAN_SLOPE: _Fit(_mean_increment(lambda s: s.skip_sq_mean)),
+    FitId.INVERSE_RATIO_SLOPE: _Fit(_on_spliced(_inverse_ratio_line)),
+    FitId.RATIO_EXPONENT: _Fit(_on_spliced(_ratio_power_law), segments=6, log_spaced=True),
+    FitId.GROWTH_RATE: _Fit(_growth, segments=4),
 }
 
 
-def _run_fit(fitter: _Fitter, s: _Series) -> tuple[float, float, float, int]:
+def _run_fit(fit: _Fit, s: _Series) -> tuple[float, float, float, int]:
     """One run's value, intercept, within-run jackknife variance and its degrees of freedom."""
     everything = np.ones(s.size, dtype=bool)
-    value, intercept = fitter(s, everything)
-    segments = min(SEGMENTS, s.size // 2)
+    value, intercept = fit.fitter(s, everything)
+    edges = fit.edges(s.size)
+    segments = edges.size - 1
     if not math.isfinite(value) or segments < 2:
         return value, intercept, math.nan, 0
-    edges = np.linspace(0, s.size, segments + 1).round().astype(int)
     left_out = []
     for start, stop in itertools.pairwise(edges):
         keep = everything.copy()
         keep[start:stop] = False
-        left_out.append(fitter(s, keep)[0])
+        left_out.append(fit.fitter(s, keep)[0])
     values = np.array(left_out)
     if not np.isfinite(values).all():
         return value, intercept, math.nan, 0
@@ -377,14 +399,15 @@ def fit(trace: Trace, fit_id: FitId | str, stage: int = 0, level: float = 0.95,
     (True, 0.943)
     """
     fit_id = FitId(fit_id)
-    fitter = _FITTERS[fit_id]
+    chosen = _FITS[fit_id]
     series = _series(trace, stage)
-    estimate, ci, intercept, runs, df = _pooled([_run_fit(fitter, s) for s in series], level)
+    estimate, ci, intercept, runs, df = _pooled([_run_fit(chosen, s) for s in series], level)
     prediction = prediction if prediction is not None else predict(trace)
     predicted = None
     longest = max((s.size for s in series), default=0)
     if prediction is not None and longest:
-        value = fitter(_predicted_series(prediction, stage, longest), np.ones(longest, bool))[0]
+        predicted_series = _predicted_series(prediction, stage, longest)
+        value = chosen.fitter(predicted_series, np.ones(longest, bool))[0]
         predicted = value if math.isfinite(value) else None
     blocks = sum(s.size for s in series)
     return Estimate(fit_id, stage, estimate, ci, blocks, runs, df, predicted, intercept)
@@ -504,13 +527,14 @@ class Tolerances:
         downscaling_rel: relative band around 1 for the slope of ``1/ratio`` against ``l``
             (the straight-line form of the sqrt(depth) law).
         explosion_growth: projected geometric growth of the skip second moment over a stage
-            (or the network) from which the signal counts as exploding (100x).
+            (or the network) from which the signal counts as exploding (10x, a decade: the
+            paper's bound ``alpha < 1/sqrt(d)`` keeps SkipInit's ``(1 + alpha^2)^d`` below e).
         identity_norm: largest ``||residual|| / ||skip||`` of an identity block (1e-6).
     """
 
     slope_rel: float = 0.2
     downscaling_rel: float = 0.2
-    explosion_growth: float = 100.0
+    explosion_growth: float = 10.0
     identity_norm: float = 1e-6
 
 
