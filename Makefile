@@ -25,8 +25,8 @@ figures: $(STAMP)
 	$(BIN)/sigprop figures --out figures
 
 lint: $(STAMP)
-	$(BIN)/ruff check sigprop cli tests
-	$(BIN)/mypy sigprop cli
+	$(BIN)/ruff check sigprop cli tests benchmarks examples
+	$(BIN)/mypy sigprop cli tests benchmarks examples
 
 test: lint
 	$(BIN)/pytest

@@ -64,7 +64,8 @@ def time_pairs(net: nn.Module, x: torch.Tensor, pairs: int) -> tuple[float, floa
         bare(net, x)
     def run_measure() -> None:
         sigprop.measure(net, x)
-    run_bare(), run_measure()
+    run_bare()  # warm-up of each side
+    run_measure()
     bares, measures, ratios = [], [], []
     for k in range(pairs):
         if k % 2 == 0:

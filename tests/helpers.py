@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -66,7 +67,8 @@ def assert_unchanged(model: nn.Module, before: dict[str, Any]) -> None:
         assert torch.equal(after["state"][key], value), key
 
 
-def synthetic_trace(skip_m2: Sequence[Sequence[float]], residual_m2: Sequence[Sequence[float]],
+def synthetic_trace(skip_m2: Sequence[Sequence[float] | np.ndarray],
+                    residual_m2: Sequence[Sequence[float] | np.ndarray],
                     model: dict[str, Any] | None = None, stage_starts: Sequence[int] = (0,)
                     ) -> sigprop.Trace:
     """A hand-built trace: one run per row, second moments put in ``var`` (``sq_mean`` 0)."""

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,7 +20,7 @@ runner = CliRunner()
 SMALL = ["--depth", "32", "--batch-size", "4", "--image-size", "16"]
 
 
-def findings(args: list[str]) -> tuple[int, dict[str, dict[str, object]]]:
+def findings(args: list[str]) -> tuple[int, dict[str, dict[str, Any]]]:
     result = runner.invoke(app, ["audit", *args, "--json"])
     doc = json.loads(result.stdout)
     assert doc["passed"] == (result.exit_code == 0)
@@ -134,8 +135,10 @@ def _zoo(name: str) -> nn.Module:
         built: nn.Module = getattr(torchvision.models, model)(weights=None)
         return built
     if model.startswith("vit"):
-        return timm.create_model(model, pretrained=False, img_size=64)  # type: ignore[no-any-return]
-    return timm.create_model(model, pretrained=False)  # type: ignore[no-any-return]
+        vit: nn.Module = timm.create_model(model, pretrained=False, img_size=64)
+        return vit
+    built = timm.create_model(model, pretrained=False)
+    return built
 
 
 @pytest.mark.parametrize("name", [

@@ -188,7 +188,7 @@ def test_zoo_takes_traces_of_any_model() -> None:
     fig = figures.plot_zoo([custom, bn], ["custom", "BN v2"])
     legend = [t.get_text() for t in fig.legends[0].get_texts()]
     assert legend[0] == "custom: 2/3"  # branch 0.5 x skip in norm twice, then exactly 0
-    norm_ratio = fig.axes[0].get_lines()[0].get_ydata()
+    norm_ratio = np.asarray(fig.axes[0].get_lines()[0].get_ydata())
     assert np.allclose(norm_ratio[:2], 0.5) and np.isnan(norm_ratio[2])  # log axis: 0 not drawn
     frame = figures.tidy([custom], ["custom"], {"cosine": lambda b: b.cosine})
     assert set(frame.source) == {"measured"} and set(frame.depth) == {3}

@@ -9,6 +9,7 @@ from typing import Any
 import matplotlib
 
 matplotlib.use("Agg")
+import numpy as np
 import pytest
 from matplotlib.figure import Figure
 from typer.testing import CliRunner
@@ -47,7 +48,9 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
 
 
 def legend(fig: Figure, panel: int = 1) -> list[str]:
-    return [t.get_text() for t in fig.axes[panel].get_legend().get_texts()]
+    drawn = fig.axes[panel].get_legend()
+    assert drawn is not None
+    return [t.get_text() for t in drawn.get_texts()]
 
 
 def test_one_file(saved: dict[str, Path], drawn: list[Figure], tmp_path: Path) -> None:
@@ -57,7 +60,7 @@ def test_one_file(saved: dict[str, Path], drawn: list[Figure], tmp_path: Path) -
     assert out.read_bytes()[:4] == b"\x89PNG" and f"wrote {out}" in result.stdout
     (fig,) = drawn
     assert "skip" in legend(fig) and any(t.startswith("theory") for t in legend(fig))
-    assert len(fig.axes[2].get_lines()[0].get_xdata()) == 6
+    assert len(np.asarray(fig.axes[2].get_lines()[0].get_xdata())) == 6
 
 
 def test_several_files_overlay_with_labels(saved: dict[str, Path], drawn: list[Figure],

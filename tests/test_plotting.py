@@ -35,12 +35,13 @@ def test_bn_v2_plot_has_theory_and_stage_marks(tmp_path: Path) -> None:
     assert (tmp_path / "spp.png").stat().st_size > 10_000
     _, variance, ratio, identity = fig.axes
     assert ratio.get_yscale() == "log"
-    labels = [line.get_label() for line in ratio.get_lines()]
+    labels = [str(line.get_label()) for line in ratio.get_lines()]
     assert labels[0] == "measured" and labels[1].startswith("theory: ratio = f/(m2_0 + f l)")
     drawn = np.asarray(ratio.get_lines()[0].get_ydata())
     assert drawn == pytest.approx([b.ratio for b in trace.runs[0].blocks])
-    stage_marks = [line for line in variance.get_lines() if line.get_label().startswith("_")]
-    assert [line.get_xdata()[0] for line in stage_marks] == [6]
+    stage_marks = [line for line in variance.get_lines()
+                   if str(line.get_label()).startswith("_")]
+    assert [np.asarray(line.get_xdata())[0] for line in stage_marks] == [6]
     cosine = np.asarray(identity.get_lines()[0].get_ydata())
     assert cosine == pytest.approx([b.cosine for b in trace.runs[0].blocks])
     assert 0.5 < cosine.min() and cosine[-1] > cosine[0]  # deeper blocks are closer to identity

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -187,7 +188,7 @@ def test_deep_bn_network_with_three_seeds_follows_the_law() -> None:
     (256, {"norm": "skipinit", "alpha": 0.25}),
 ])
 def test_exploding_networks_are_consistent_with_explosion(depth: int,
-                                                          kwargs: dict[str, object]) -> None:
+                                                          kwargs: dict[str, Any]) -> None:
     result = stats.report(seeds_trace(depth, seeds=1, **kwargs))
     explosion = result.verdict(VerdictId.GEOMETRIC_EXPLOSION)
     assert explosion.outcome is Outcome.CONSISTENT, explosion.detail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 import pytest
@@ -26,11 +27,22 @@ def test_relu_constants() -> None:
     assert BN_BRANCH_VAR + BN_BRANCH_SQ_MEAN == 1.0
 
 
-def test_channel_mean_factor_counts_the_taps_that_miss_the_map() -> None:
-    # H = 16: the +-1 taps see 15/16 of the map per axis.
-    assert channel_mean_factor(16) == pytest.approx(((1 + 2 * (15 / 16) ** 2) / 3) ** 2)
-    assert channel_mean_factor(16) == pytest.approx(0.845, abs=5e-4)
-    assert channel_mean_factor(16, circular=True) == 1.0
+@pytest.mark.parametrize("size", [4, 16, 32])
+def test_channel_mean_factor_counts_the_relu_means_that_land_on_the_map(size: int) -> None:
+    # One axis, computed position by position: the last conv's input has variance 2/3 at the
+    # border (conv1 saw 2 of 3 taps there), renormalized to mean 1 by BN; its ReLU means are
+    # the square roots. Each tap offset of the last conv averages the means that land on the
+    # map; E[mu^2] sums their squares over the 3 offsets (i.i.d. weights), relative to 3 on an
+    # infinite image.
+    variance = np.ones(size)
+    variance[[0, -1]] = 2 / 3
+    relu_mean = np.sqrt(variance / variance.mean())
+    offsets = [relu_mean.mean(), relu_mean[1:].sum() / size, relu_mean[:-1].sum() / size]
+    per_axis = sum(o**2 for o in offsets) / 3
+    assert channel_mean_factor(size) == pytest.approx(per_axis**2)
+    assert channel_mean_factor(size, 2 * size) == pytest.approx(
+        per_axis * channel_mean_factor(2 * size) ** 0.5)
+    assert channel_mean_factor(size, circular=True) == 1.0
 
 
 @pytest.mark.parametrize("size", [4, 8, 16, 32])
@@ -40,7 +52,7 @@ def test_zero_padding_lowers_the_bn_branch_by_the_border_factor(size: int) -> No
     p = predict(trace)
     assert p is not None
     # Per axis, conv1's border outputs see 2 of 3 taps; BN rescales; conv2 averages the taps
-    # that land on the map: (9H - 10) / (3 (3H - 2)). The channel means lose k_H.
+    # that land on the map: (9H - 10) / (3 (3H - 2)). The channel means lose their factor.
     factor = ((9 * size - 10) / (3 * (3 * size - 2))) ** 2
     assert [b.residual_m2 for b in p.blocks] == pytest.approx([factor] * 3)
     sq_step = p.blocks[1].skip_sq_mean - p.blocks[0].skip_sq_mean
@@ -93,7 +105,7 @@ def test_relu_bn_ordering_adds_two_per_block_without_mean() -> None:
     ({"norm": "skipinit", "alpha": 0.5}, "skipinit", 1.25),
     ({"norm": "sqrt-depth"}, "sqrt-depth", 1.25),  # d = 4 blocks
 ])
-def test_geometric_families(kwargs: dict[str, object], family: str, growth: float) -> None:
+def test_geometric_families(kwargs: dict[str, Any], family: str, growth: float) -> None:
     trace = traced(4, **kwargs)
     p = predict(trace)
     assert p is not None and p.family == family
@@ -124,7 +136,9 @@ def toy_network(norm: str, depth: int, alpha: float = 0.0, width: int = 512, bat
         return (h - h.mean(0)) / h.std(0) if norm == "batchnorm" else h
 
     def he(h: np.ndarray) -> np.ndarray:
-        return np.maximum(h, 0.0) @ rng.normal(0.0, math.sqrt(2 / width), (width, width))
+        out: np.ndarray = np.maximum(h, 0.0) @ rng.normal(0.0, math.sqrt(2 / width),
+                                                          (width, width))
+        return out
 
     gain = {"skipinit": alpha, "sqrt-depth": 1 / math.sqrt(depth)}.get(norm, 1.0)
     skips, residuals = [], []
