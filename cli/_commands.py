@@ -18,7 +18,8 @@ from sigprop import BNMode
 from sigprop.models import Norm, Order, Padding, Variant
 from sigprop.sources import ModelSource, Source
 
-from ._run import Analysis, RunOptions, check_positive, usage_error
+from ._errors import UsageError, reports_usage_errors
+from ._run import Analysis, RunOptions, check_positive
 from ._sources import parse_kwargs, parse_shape
 
 Action = Callable[[Analysis, RunOptions], None]
@@ -64,7 +65,9 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
 
     @app.command("resnet", help=f"{verb} the paper's CIFAR-style ResNet with --depth residual "
                  f"blocks.\n\nExample: sigprop {group} resnet --depth 512")
+    @reports_usage_errors
     def resnet(
+        ctx: typer.Context,
         depth: Annotated[int, typer.Option(
             help="Number of residual blocks d (the paper's depth), NOT layers: each block holds "
             "two 3x3 convolutions.")] = 512,
@@ -107,14 +110,16 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         try:
             build = model.builder()
         except ValueError as e:
-            usage_error(str(e))
+            raise UsageError(str(e)) from e
         action(Analysis(build, input_shape, expected_blocks), run_options)
 
     def zoo_command(library: Source, built: str, example: str) -> None:
         @app.command(library, help=f"{verb} a {library} model, built with {built}.\n\n"
                      "Residual blocks are found automatically (see docs/discovery.md).\n\n"
                      f"Example: sigprop {group} {library} {example}")
+        @reports_usage_errors
         def zoo_model(
+            ctx: typer.Context,
             name: Annotated[str, typer.Argument(metavar="NAME",
                                                 help=f"{library} model, e.g. {example}.")],
             batch_size: BatchSize = 8,
@@ -136,7 +141,9 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
                  "seeded with --seed).\n\nResidual blocks are found automatically (see "
                  f"docs/discovery.md).\n\nExample: sigprop {group} model "
                  "examples/custom_net.py:build --input-shape 3,32,32")
+    @reports_usage_errors
     def custom_model(
+        ctx: typer.Context,
         spec: Annotated[str, typer.Argument(
             metavar="SPEC",
             help="path/to/file.py:callable or package.module:callable returning an nn.Module.")],
@@ -158,6 +165,6 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             shape = parse_shape(input_shape)
             kwargs = parse_kwargs(arg or [])
         except ValueError as e:
-            usage_error(str(e))
+            raise UsageError(str(e)) from e
         source(ModelSource(Source.MODEL, spec, tuple(sorted(kwargs.items()))),
                (batch_size, *shape), None, options(seed, seeds, device, bn_mode, out, json_output))

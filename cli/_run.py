@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
-import traceback
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import torch
 import typer
@@ -26,26 +24,9 @@ from sigprop import stats
 from sigprop._validate import check_int, resolve_device
 from sigprop.plotting import plot_spp
 
+from ._errors import UsageError
+
 STATS_JSON, STATS_CSV, SPP_PNG = "stats.json", "stats.csv", "spp.png"
-
-
-_debug = False
-
-
-def set_debug(enabled: bool) -> None:
-    """``sigprop --debug``: usage errors also print the traceback of the exception behind them."""
-    global _debug
-    _debug = enabled
-
-
-def usage_error(message: str) -> NoReturn:
-    """Print one ``error:`` line to stderr and exit with code 2 (bad usage)."""
-    if _debug and sys.exc_info()[0] is not None:
-        traceback.print_exc()
-    # Errors raised by a user's model can span several lines: keep the report on one.
-    line = " ".join(part.strip() for part in message.splitlines() if part.strip())
-    typer.echo(f"error: {line}", err=True)
-    raise typer.Exit(2)
 
 
 @dataclass(frozen=True)
@@ -62,7 +43,7 @@ def check_positive(option: str, value: int, unit: str) -> None:
     try:
         check_int(option, value, 1, unit)
     except (ValueError, TypeError) as e:
-        usage_error(str(e))
+        raise UsageError(str(e)) from e
 
 
 def prepare_out(out: Path) -> Path:
@@ -73,8 +54,8 @@ def prepare_out(out: Path) -> Path:
         probe.write_text("")
         probe.unlink()
     except OSError as e:
-        usage_error(f"cannot write to --out {str(out)!r} ({e.strerror or e}): "
-                    "choose a writable folder")
+        raise UsageError(f"cannot write to --out {str(out)!r} ({e.strerror or e}): "
+                         "choose a writable folder") from e
     return out
 
 
@@ -112,7 +93,7 @@ def collect(analysis: Analysis, options: RunOptions, out: Path | None) -> Collec
     try:
         device = resolve_device(options.device)
     except ValueError as e:
-        usage_error(str(e))
+        raise UsageError(str(e)) from e
     if out is not None:
         prepare_out(out)
     started = time.perf_counter()
@@ -126,7 +107,7 @@ def collect(analysis: Analysis, options: RunOptions, out: Path | None) -> Collec
                 traces.append(sigprop.measure(model, spec, bn_mode=options.bn_mode,
                                               model_info=model_info, progress=advance))
             except sigprop.ForwardError as e:
-                usage_error(str(e))
+                raise UsageError(str(e)) from e
     trace = reduce(sigprop.Trace.merge, traces)
     return Collected(trace, stats.report(trace), time.perf_counter() - started)
 
@@ -136,7 +117,7 @@ def _build(analysis: Analysis, seed: int, device: torch.device) -> tuple[nn.Modu
         model, model_info = analysis.build(seed)
         model.to(device)
     except (ValueError, TypeError) as e:
-        usage_error(str(e))
+        raise UsageError(str(e)) from e
     return model, model_info
 
 

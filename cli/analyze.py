@@ -9,7 +9,8 @@ import typer
 from sigprop import NoResidualBlockError
 
 from ._commands import add_source_commands
-from ._run import Analysis, RunOptions, collect, print_json, summarize, usage_error, write_outputs
+from ._errors import UsageError
+from ._run import Analysis, RunOptions, collect, print_json, summarize, write_outputs
 
 DEFAULT_OUT = Path("sigprop-out")
 
@@ -23,7 +24,7 @@ def analyze(analysis: Analysis, options: RunOptions) -> None:
     try:
         collected = collect(analysis, options, out=out)
     except NoResidualBlockError as e:
-        usage_error(str(e))
+        raise UsageError(str(e)) from e
     write_outputs(collected, out)
     if options.json:
         print_json(collected.document())

@@ -13,7 +13,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from sigprop import figures
 
-from ._run import prepare_out, usage_error
+from ._errors import UsageError, reports_usage_errors
+from ._run import prepare_out
 
 FORMATS = ("png", "svg", "pdf")
 # Without these, SVG and PDF files carry the date they were written: not reproducible.
@@ -25,12 +26,14 @@ def parse_formats(value: str) -> list[str]:
     formats = [f.strip().lower().lstrip(".") for f in value.split(",") if f.strip()]
     bad = [f for f in formats if f not in FORMATS]
     if bad or not formats:
-        usage_error(f"unknown --format {', '.join(bad) or repr(value)}: use a comma-separated "
-                    f"list of {', '.join(FORMATS)}, e.g. --format png,pdf")
+        raise UsageError(f"unknown --format {', '.join(bad) or repr(value)}: use a comma-separated "
+                         f"list of {', '.join(FORMATS)}, e.g. --format png,pdf")
     return list(dict.fromkeys(formats))
 
 
+@reports_usage_errors
 def figures_command(
+    ctx: typer.Context,
     out: Annotated[Path, typer.Option(
         help="Folder for the figures (NAME.png ...), their captions (NAME.txt) and data "
         "(NAME.csv).")] = Path("figures"),
@@ -49,7 +52,7 @@ def figures_command(
     """
     formats = parse_formats(fmt)
     if threads < 1:
-        usage_error(f"--threads must be >= 1 thread, got {threads}")
+        raise UsageError(f"--threads must be >= 1 thread, got {threads}")
     prepare_out(out)
     config = figures.QUICK if quick else figures.FULL
     specs = figures.figure_specs(config)

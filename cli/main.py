@@ -7,7 +7,7 @@ import typer
 import sigprop
 
 from ._allocator import pin_glibc_allocator
-from ._run import set_debug
+from ._errors import DEBUG
 from .analyze import app as analyze_app
 from .audit import app as audit_app
 from .figures import figures_command
@@ -36,6 +36,7 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def main(
+    context: typer.Context,
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
@@ -44,5 +45,10 @@ def main(
     ),
 ) -> None:
     """Measure signal propagation at initialization in PyTorch residual networks."""
-    set_debug(debug)
+    context.meta[DEBUG] = debug
+
+
+def run() -> None:
+    """The ``sigprop`` console script: the allocator is pinned for this process, then the app."""
     pin_glibc_allocator()
+    app()

@@ -10,7 +10,8 @@ import typer
 import sigprop
 from sigprop.plotting import plot_spp
 
-from ._run import STATS_JSON, usage_error
+from ._errors import UsageError, reports_usage_errors
+from ._run import STATS_JSON
 
 SUFFIXES = (".png", ".svg", ".pdf")
 
@@ -21,24 +22,26 @@ def load(path: Path) -> sigprop.Trace:
         path = path / STATS_JSON
     try:
         trace = sigprop.Trace.from_json(path)
-    except FileNotFoundError:
-        usage_error(f"{path}: no such file; pass the stats.json written by "
-                    "`sigprop analyze` (or its --out folder)")
+    except FileNotFoundError as e:
+        raise UsageError(f"{path}: no such file; pass the stats.json written by "
+                         "`sigprop analyze` (or its --out folder)") from e
     except (OSError, UnicodeDecodeError) as e:
-        usage_error(f"{path}: cannot read it ({e})")
+        raise UsageError(f"{path}: cannot read it ({e})") from e
     except sigprop.TraceFormatError as e:
         where = "" if str(e).startswith(str(path)) else f"{path}: "  # from_json names the file
-        usage_error(f"{where}{e}; pass a stats.json written by `sigprop analyze`")
+        raise UsageError(f"{where}{e}; pass a stats.json written by `sigprop analyze`") from e
     if not trace.runs or trace.n_blocks == 0:
-        usage_error(f"{path}: holds no measured blocks; nothing to plot")
+        raise UsageError(f"{path}: holds no measured blocks; nothing to plot")
     lengths = {len(run.blocks) for run in trace.runs}
     if len(lengths) > 1:
-        usage_error(f"{path}: its runs have different numbers of blocks {sorted(lengths)}; "
-                    "runs of one file must measure the same network")
+        raise UsageError(f"{path}: its runs have different numbers of blocks {sorted(lengths)}; "
+                         "runs of one file must measure the same network")
     return trace
 
 
+@reports_usage_errors
 def plot_command(
+    ctx: typer.Context,
     files: Annotated[list[Path], typer.Argument(
         help="stats.json files written by `sigprop analyze` (or their folders); several are "
         "overlaid, one colour each.", show_default=False)],
@@ -57,15 +60,15 @@ def plot_command(
     both.png
     """
     if out.suffix.lower() not in SUFFIXES:
-        usage_error(f"--out {str(out)!r} has no image suffix: use one of "
-                    f"{', '.join(SUFFIXES)}, e.g. --out spp.png")
+        raise UsageError(f"--out {str(out)!r} has no image suffix: use one of "
+                         f"{', '.join(SUFFIXES)}, e.g. --out spp.png")
     if label and len(label) != len(files):
-        usage_error(f"got {len(label)} --label for {len(files)} files: give one per file, "
-                    "in order, or none")
+        raise UsageError(f"got {len(label)} --label for {len(files)} files: give one per file, "
+                         "in order, or none")
     traces = [load(path) for path in files]
     if not out.parent.is_dir():
-        usage_error(f"cannot write --out {str(out)!r}: folder {str(out.parent)!r} does not "
-                    "exist")
+        raise UsageError(f"cannot write --out {str(out)!r}: folder {str(out.parent)!r} does not "
+                         "exist")
     import matplotlib.pyplot as plt
 
     fig = plot_spp(traces, labels=label or None, theory=theory)
@@ -74,7 +77,7 @@ def plot_command(
         with plt.rc_context({"svg.hashsalt": "sigprop"}):  # reproducible SVG element ids
             fig.savefig(out, metadata=metadata)
     except OSError as e:
-        usage_error(f"cannot write --out {str(out)!r} ({e.strerror or e})")
+        raise UsageError(f"cannot write --out {str(out)!r} ({e.strerror or e})") from e
     finally:
         plt.close(fig)
     typer.echo(f"wrote {out} ({len(traces)} run file{'s' if len(traces) > 1 else ''})")
