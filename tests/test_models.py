@@ -117,3 +117,10 @@ def test_bad_configurations_are_rejected(kwargs: dict[str, object], message: str
 def test_non_integer_depth_is_rejected() -> None:
     with pytest.raises(TypeError, match=r"depth must be an integer, got 2\.5"):
         resnet(2.5)  # type: ignore[arg-type]
+
+
+def test_skipinit_with_alpha_zero_is_exactly_the_identity() -> None:
+    net = resnet(32, norm="skipinit", seed=0)
+    run = sigprop.measure(net, sigprop.InputSpec("gaussian", (4, 3, 8, 8), seed=0)).runs[0]
+    assert all(b.residual.var == 0.0 and b.residual.sq_mean == 0.0 for b in run.blocks)
+    assert all(b.skip == run.blocks[0].skip == b.output for b in run.blocks)

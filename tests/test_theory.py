@@ -180,3 +180,17 @@ def test_geometric_predictions_match_a_numpy_simulation(norm: str, alpha: float)
     residual = np.array([b.residual.m2 for b in toy.runs[0].blocks])
     predicted = np.array([b.residual_m2 for b in p.blocks])
     assert residual == pytest.approx(predicted, rel=0.25)
+
+
+def test_unnormalized_growth_follows_the_padding_theory_up_to_finite_width() -> None:
+    # Width 64, 16x16: the theory (zero padding, infinite width) gives 1.94 per block; width
+    # 64 takes about 1.5% off it (docs/theory.md, "Finite width"), width 16 about 3%.
+    merged = None
+    for seed in range(4):
+        net = sigprop.models.resnet(32, norm="none", width=64, seed=seed)
+        trace = measure(net, InputSpec("gaussian", (8, 3, 16, 16), seed=seed))
+        merged = trace if merged is None else merged.merge(trace)
+    assert merged is not None
+    growth = stats.fit(merged, stats.FitId.GROWTH_RATE)
+    assert growth.predicted == pytest.approx(1.94, abs=0.01)
+    assert growth.predicted - 0.1 < growth.estimate < growth.predicted + 0.02
