@@ -16,12 +16,12 @@ import torch
 from typer.testing import CliRunner
 
 import sigprop
-from sigprop import figures
-from sigprop.figures import COLUMNS, QUICK
+from sigprop import paper
+from sigprop.paper import COLUMNS, QUICK
 from sigprop_cli.main import app
 from tests.helpers import ScaledBlock
 
-NAMES = [spec.name for spec in figures.figure_specs(QUICK)]
+NAMES = [spec.name for spec in paper.figure_specs(QUICK)]
 
 
 @pytest.fixture(scope="module")
@@ -150,8 +150,8 @@ def test_identity_bias_and_zoo(quick: Path) -> None:
 
 
 def test_generation_is_deterministic() -> None:
-    specs = [s for s in figures.figure_specs(QUICK) if s.name == "sqrt-depth-law"]
-    first, second = (next(figures.generate(QUICK, specs)) for _ in range(2))
+    specs = [s for s in paper.figure_specs(QUICK) if s.name == "sqrt-depth-law"]
+    first, second = (next(paper.generate(QUICK, specs)) for _ in range(2))
     pd.testing.assert_frame_equal(first.data, second.data)
     assert first.caption == second.caption
     plt.close("all")
@@ -170,5 +170,5 @@ def test_tables_take_traces_of_any_model() -> None:
     """A model without theory or config gives measured rows only, its depth from its blocks."""
     net = torch.nn.Sequential(ScaledBlock(3, 0.5), ScaledBlock(3, 0.5), ScaledBlock(3, 0.0))
     custom = sigprop.measure(net, sigprop.gaussian_input((4, 3, 8, 8), seed=0))
-    frame = figures.tidy([custom], ["custom"], {"cosine": lambda b: b.cosine})
+    frame = paper.tidy([custom], ["custom"], {"cosine": lambda b: b.cosine})
     assert set(frame.source) == {"measured"} and set(frame.depth) == {3}
