@@ -1,5 +1,8 @@
-"""What the figure set measures: its networks (:class:`RunSpec`) and their sizes and seeds
-(:class:`FigureConfig`, :data:`FULL` or :data:`QUICK`)."""
+"""What the figure set measures: networks, sizes and seeds.
+
+A network is a :class:`RunSpec`; the sizes and seeds of the whole set a :class:`FigureConfig`,
+:data:`FULL` for the committed figures or :data:`QUICK` for seconds.
+"""
 
 from __future__ import annotations
 
@@ -11,8 +14,10 @@ __all__ = ["FULL", "QUICK", "FigureConfig", "RunSpec"]
 
 @dataclass(frozen=True, slots=True)
 class RunSpec:
-    """A network to measure: a built-in ResNet (the arguments of :func:`sigprop.models.resnet`)
-    or, with ``model``, a real architecture.
+    """A network to measure.
+
+    A built-in ResNet (the arguments of :func:`sigprop.models.resnet`) or, with ``model``, a
+    real architecture.
 
     Attributes:
         depth: number of residual blocks (for a real architecture: how many it has, for the

@@ -1,5 +1,4 @@
-"""The networks of the figure set: their names, one fixed colour each, and several of them
-overlaid in one figure with its table."""
+"""The figure set's networks: names, fixed colours, and several overlaid in one figure."""
 
 from __future__ import annotations
 
@@ -49,8 +48,7 @@ def colors_for(labels: Sequence[str]) -> list[str]:
 def overlay(plot: Callable[..., Figure], traces: Traces, runs: Mapping[str, RunSpec],
             quantities: Sequence[str], theory: bool = True
             ) -> tuple[dict[str, Trace], Figure, pd.DataFrame]:
-    """Draw the networks ``runs`` (series name -> network) with ``plot`` in their colours and
-    tabulate ``quantities``.
+    """Draw several networks of the set in one figure, in their colours, with their table.
 
     Args:
         plot: a plot function of :mod:`sigprop.plotting` taking traces, labels and colors.

@@ -1,5 +1,4 @@
-"""The signal-propagation figures: one BN ResNet (the README's), four normalizations on log
-axes, and their identity bias."""
+"""The signal-propagation figures: the README's BN ResNet, four normalizations, identity bias."""
 
 from __future__ import annotations
 

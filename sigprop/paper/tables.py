@@ -71,8 +71,9 @@ def tidy(traces: Sequence[Trace], labels: Sequence[str],
 
 
 def final_m2(sweeps: Mapping[str, Sequence[Trace]]) -> pd.DataFrame:
-    """The depth sweep's table: ``final_m2``, the second moment after the last block of every
-    run, and its closed form, with :data:`COLUMNS`.
+    """The depth sweep's table: the second moment after the last block, ``final_m2``.
+
+    One row per run, and one for its closed form where there is one, with :data:`COLUMNS`.
 
     Args:
         sweeps: series name -> the traces of that variant at several depths.

@@ -1,5 +1,8 @@
-"""Drawing pieces shared by the plot functions: series and axes, lines with bands, theory,
-markers, scales, legends. One definition each, so that every figure draws a thing the same way."""
+"""Drawing pieces shared by the plot functions, one definition each.
+
+Series and axes, lines with bands, theory, markers, scales and legends: every figure draws a
+thing the same way.
+"""
 
 from __future__ import annotations
 
@@ -42,8 +45,11 @@ class Series(NamedTuple):
 
 def series(traces: Sequence[Trace], labels: Sequence[str] | None = None,
            colors: Sequence[str] | None = None) -> list[Series]:
-    """The traces with their labels (checked, or a name from each model) and colours (``colors``
-    in turn, or sigprop's palette)."""
+    """The traces with their legend entries and colours.
+
+    Labels are checked against the traces, or named from each model; colours are ``colors`` in
+    turn, or sigprop's palette.
+    """
     if not traces:
         raise ValueError("this figure needs at least one trace")
     if labels is None:
@@ -55,11 +61,21 @@ def series(traces: Sequence[Trace], labels: Sequence[str] | None = None,
             for k, (trace, label) in enumerate(zip(traces, labels, strict=True))]
 
 
+def _model_label(trace: Trace) -> str:
+    model = dict(trace.model)
+    if model.get("name") == "resnet":
+        return f"ResNet-{model['variant']} {model['norm']}, d={model['depth']}"
+    return str(model.get("name", "model"))
+
+
 @contextmanager
 def canvas(axes: Sequence[Axes] | None, count: int, rows: int, size: tuple[float, float]
            ) -> Iterator[tuple[Figure, list[Axes]]]:
-    """Draw in sigprop's style on ``axes``, checked to be ``count``, or on a new ``rows``-row
-    grid of ``size`` inches; gives the figure and its axes."""
+    """A figure and its axes to draw on in sigprop's style.
+
+    The given ``axes``, checked to be ``count``, or a new grid of ``rows`` rows and ``size``
+    inches.
+    """
     import matplotlib.pyplot as plt
 
     with style():
@@ -73,14 +89,8 @@ def canvas(axes: Sequence[Axes] | None, count: int, rows: int, size: tuple[float
         yield cast("Figure", axes[0].get_figure(root=True)), list(axes)
 
 
-def _model_label(trace: Trace) -> str:
-    model = dict(trace.model)
-    if model.get("name") == "resnet":
-        return f"ResNet-{model['variant']} {model['norm']}, d={model['depth']}"
-    return str(model.get("name", "model"))
-
-
 def log_or_nan(value: float) -> float:
+    """The natural log, NaN for values a log axis cannot show (0 and below)."""
     return math.log(value) if value > 0 else math.nan
 
 
@@ -106,9 +116,12 @@ def band_line(ax: Axes, trace: Trace, quantity: Quantity, color: str, label: str
 
 def theory_line(ax: Axes, trace: Trace, quantity: TheoryQuantity, label: str | None = None,
                 x: Callable[[int], float] = float) -> None:
-    """The closed form of ``quantity`` for ``trace``, if :func:`predict` knows one, up to the
-    last block any run measured finitely: past an overflow the prediction (e.g. 2^l) leaves
-    float32's range and only squashes the axis. Without ``label`` it has no legend entry."""
+    """The closed form of ``quantity`` for ``trace``, where :func:`predict` knows one.
+
+    It stops at the last block any run measured finitely: past an overflow the prediction (e.g.
+    2^l) leaves float32's range and only squashes the axis. Without ``label`` it has no legend
+    entry.
+    """
     prediction = predict(trace)
     if prediction is None:
         return
@@ -131,8 +144,11 @@ def last_finite(trace: Trace) -> int:
 
 
 def mark_overflow(axes: Sequence[Axes], trace: Trace, label: str | None = None) -> None:
-    """A vertical line at the first non-finite block of any run, said in words (with ``label``)
-    beside the end of the last finite run, where the overflowing line has ended."""
+    """A vertical line at the first non-finite block of any run, with a note.
+
+    The note (naming ``label``) stands beside the end of the last finite run, where the
+    overflowing line has ended.
+    """
     block = trace.first_overflow
     if block is None:
         return
@@ -146,8 +162,7 @@ def mark_overflow(axes: Sequence[Axes], trace: Trace, label: str | None = None) 
 
 
 def mark_stages(ax: Axes, trace: Trace, label: str | None = None) -> None:
-    """A vertical line where each stage after the first starts; ``label`` names them in the
-    legend."""
+    """A vertical line where each stage after the first starts; ``label`` names them."""
     for stage, blocks in trace.by_stage().items():
         if stage > 0:
             ax.axvline(blocks[0].index, **STAGE)
@@ -156,13 +171,13 @@ def mark_stages(ax: Axes, trace: Trace, label: str | None = None) -> None:
 
 
 def scale_y(ax: Axes, log_from: float) -> None:
-    """Log y-scale when the positive data reach ``log_from`` decades above their median (0:
-    :data:`LOG`, whenever there are some; inf: :data:`LINEAR`); y-limits from the data lines.
+    """Log y-scale when the data span ``log_from`` decades; y-limits from the data lines.
 
+    The scale is logarithmic when the positive data reach ``log_from`` decades above their
+    median (:data:`LOG`, 0: whenever there are some; :data:`LINEAR`, inf: never); data that are
+    all zero (e.g. a SkipInit branch with alpha = 0) keep a linear axis, where zero can be seen.
     The limits come from the lines, measured and theory, not from the bands, which with few
     seeds can be far wider; markers drawn in axes coordinates (vertical lines) are ignored.
-    Data that are all zero (e.g. a SkipInit branch with alpha = 0) keep a linear axis, where
-    zero can be seen.
     """
     data = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()
             if line.get_transform() == ax.transData]

@@ -49,15 +49,21 @@ def plot_sqrt_depth_law(traces: Sequence[Trace], labels: Sequence[str] | None = 
 
     Returns:
         The figure.
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
+    ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
+    >>> plot_sqrt_depth_law([trace]).axes[0].get_xscale()
+    'log'
     """
     lines = series(traces, labels or [f"d = {network_depth(t)}" for t in traces])
     deepest_first = sorted(lines, key=lambda line: -network_depth(line.trace))
     position = lambda i: i + 1.0  # noqa: E731 -- log axis: block l is the (l+1)-th
     with canvas(None if ax is None else [ax], 1, 1, (SINGLE_COLUMN, 2.9)) as (fig, (axis,)):
-        for trace, label, color in deepest_first:
+        for n, (trace, label, color) in enumerate(deepest_first):
             text = f"{label}: {fit_text(trace, stats.FitId.RATIO_EXPONENT)}"
             band_line(axis, trace, MEASURED["ratio"], color, text, x=position, log=True)
-            last = trace is deepest_first[-1].trace
+            last = n == len(deepest_first) - 1  # one legend entry for the theory, at the end
             theory_line(axis, trace, PREDICTED["ratio"],
                         "theory $1/(m_{2,0} + l)$" if last else None, x=position)
         axis.set_xscale("log")
@@ -138,6 +144,12 @@ def plot_depth_sweep(sweeps: Mapping[str, Sequence[Trace]], *,
 
     Returns:
         The figure.
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
+    ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
+    >>> len(plot_depth_sweep({"BN v2": [trace]}).axes)
+    1
     """
     if not sweeps:
         raise ValueError("plot_depth_sweep needs at least one variant")

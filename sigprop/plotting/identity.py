@@ -106,6 +106,12 @@ def plot_identity_bias(traces: Sequence[Trace], labels: Sequence[str] | None = N
     Returns:
         The figure; the legend is under the panels when the figure is new, else in the
         norm-ratio panel.
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
+    ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
+    >>> [ax.get_yscale() for ax in plot_identity_bias([trace]).axes]
+    ['linear', 'log']
     """
     norm_ratio = MEASURED["branch_norm_ratio"]
     with canvas(axes, 2, 1, (DOUBLE_COLUMN, 2.9)) as (fig, axs):

@@ -1,5 +1,4 @@
-"""What figures read off a trace: named per-block quantities, their closed forms, the network's
-depth and fitted figures as text."""
+"""What figures read off a trace: named quantities, closed forms, depth, fits as text."""
 
 from __future__ import annotations
 
@@ -66,6 +65,13 @@ def fit_text(trace: Trace, fit_id: stats.FitId, stage: int = 0, digits: int = 2)
 
     Returns:
         The estimate with its 95% interval, and the same fit of the theory where there is one.
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(8, width=4, seed=0),
+    ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
+    >>> text = fit_text(trace, stats.FitId.SKIP_M2_SLOPE)  # '0.58 [0.25, 0.92] (theory 0.88)'
+    >>> text.count("[") == 1 and "(theory" in text
+    True
     """
     estimate = stats.fit(trace, fit_id, stage)
     lo, hi = estimate.ci95

@@ -1,5 +1,4 @@
-"""Signal-propagation plots (SPP): per-block statistics of the skip path and the residual branch
-against the block index."""
+"""Signal-propagation plots (SPP): skip-path and branch statistics against the block index."""
 
 from __future__ import annotations
 
@@ -156,6 +155,12 @@ def plot_spp_trio(traces: Sequence[Trace], labels: Sequence[str] | None = None, 
 
     Returns:
         The figure, with the legend in its first and last panels.
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
+    ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
+    >>> [ax.get_yscale() for ax in plot_spp_trio([trace], ["BN v2"]).axes]
+    ['log', 'log', 'log', 'log']
     """
     lines = series(traces, labels, colors)
     with canvas(axes, len(_TRIO), 2, (DOUBLE_COLUMN, 5.0)) as (fig, axs):
