@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from sigprop import figures
+from sigprop import paper
 
 from ._errors import UsageError, reports_usage_errors
 from ._run import prepare_out
@@ -54,8 +54,8 @@ def figures_command(
     if threads < 1:
         raise UsageError(f"--threads must be >= 1 thread, got {threads}")
     prepare_out(out)
-    config = figures.QUICK if quick else figures.FULL
-    specs = figures.figure_specs(config)
+    config = paper.QUICK if quick else paper.FULL
+    specs = paper.figure_specs(config)
     started = time.perf_counter()
     written: list[str] = []
     previous_threads = torch.get_num_threads()
@@ -63,12 +63,12 @@ def figures_command(
     bar = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("blocks"), TimeElapsedColumn(), console=Console(stderr=True),
                    transient=True)
-    task = bar.add_task("measuring", total=figures.total_blocks(specs, config))
+    task = bar.add_task("measuring", total=paper.total_blocks(specs, config))
     try:
         import matplotlib.pyplot as plt
 
         with bar:
-            for result in figures.generate(
+            for result in paper.generate(
                     config, specs, progress=lambda name: bar.update(task, advance=1,
                                                                     description=name)):
                 bar.update(task, description=f"writing {result.name}")

@@ -1,4 +1,4 @@
-"""SPP figure: panels, scales, theory and markers (data drawn, not pixels)."""
+"""Plot functions: panels, scales, theory and markers (data drawn, not pixels)."""
 
 from __future__ import annotations
 
@@ -10,10 +10,18 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pytest
+import torch
 
 import sigprop
 from sigprop import InputSpec, measure
-from sigprop.plotting import plot_spp
+from sigprop.plotting import (
+    plot_depth_sweep,
+    plot_identity_bias,
+    plot_spp,
+    plot_spp_trio,
+    plot_zoo,
+)
+from tests.helpers import ScaledBlock
 
 
 def traced(depth: int, seeds: int = 1, **kwargs: object) -> sigprop.Trace:
@@ -50,9 +58,18 @@ def test_bn_v2_plot_has_theory_and_stage_marks(tmp_path: Path) -> None:
 
 def test_geometric_growth_gets_a_log_axis_and_overflow_is_marked() -> None:
     trace = traced(40, norm="skipinit", alpha=100.0)  # x1e4 per block: overflows in ~20
+    first = trace.first_overflow
+    assert first is not None
     fig = plot_spp(trace)
     assert fig.axes[1].get_yscale() == "log"
-    assert any("non-finite from block" in t.get_text() for t in fig.axes[0].texts)
+    assert [t.get_text() for t in fig.axes[0].texts] == [f"non-finite from\nblock {first}"]
+    # Past the overflow the theory (10^4 per block) would only squash the axis: it stops.
+    theory = [line for line in fig.axes[2].get_lines() if "theory" in str(line.get_label())]
+    assert np.asarray(theory[0].get_xdata()).max() == first - 1
+    plt.close(fig)
+    fig = plot_spp([traced(4), trace], labels=["BN", "SkipInit 100"])
+    assert [t.get_text() for t in fig.axes[0].texts] == [f"SkipInit 100:\nnon-finite from\n"
+                                                         f"block {first}"]
     plt.close(fig)
 
 
@@ -80,4 +97,34 @@ def test_plot_into_given_axes_and_argument_errors() -> None:
         plot_spp([trace, trace], labels=["a"])
     with pytest.raises(ValueError, match="draws 4 panels, got 2 axes"):
         plot_spp(trace, axes=list(axes[:2]))
+    plt.close("all")
+
+
+def test_panels_take_traces_and_axes() -> None:
+    trace = traced(6, seeds=2)
+    fig, axes = plt.subplots(1, 2)
+    assert plot_zoo([trace], ["BN"], axes=list(axes)) is fig
+    assert plot_identity_bias([trace], axes=list(axes)) is fig
+    default = "ResNet-v2 batchnorm, d=6"
+    assert default in [line.get_label() for line in axes[0].get_lines()]
+    with pytest.raises(ValueError, match="got 1 labels for 2 traces"):
+        plot_zoo([trace, trace], ["a"])
+    with pytest.raises(ValueError, match="needs at least one trace"):
+        plot_identity_bias([])
+    with pytest.raises(ValueError, match="draws 4 panels, got 2 axes"):
+        plot_spp_trio([trace], axes=list(axes))
+    with pytest.raises(ValueError, match="not in sweeps"):
+        plot_depth_sweep({"BN": [trace]}, explosive=["none"])
+    plt.close("all")
+
+
+def test_zoo_takes_traces_of_any_model() -> None:
+    """Not only built-in ResNets: a model without theory or config is drawn."""
+    net = torch.nn.Sequential(ScaledBlock(3, 0.5), ScaledBlock(3, 0.5), ScaledBlock(3, 0.0))
+    custom = sigprop.measure(net, sigprop.gaussian_input((4, 3, 8, 8), seed=0))
+    fig = plot_zoo([custom, traced(6)], ["custom", "BN v2"])
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert legend[0] == "custom: 2/3"  # branch 0.5 x skip in norm twice, then exactly 0
+    norm_ratio = np.asarray(fig.axes[0].get_lines()[0].get_ydata())
+    assert np.allclose(norm_ratio[:2], 0.5) and np.isnan(norm_ratio[2])  # log axis: 0 not drawn
     plt.close("all")

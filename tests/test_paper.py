@@ -16,12 +16,12 @@ import torch
 from typer.testing import CliRunner
 
 import sigprop
-from sigprop import figures
-from sigprop.figures import COLUMNS, QUICK
+from sigprop import paper
+from sigprop.paper import COLUMNS, QUICK
 from sigprop_cli.main import app
 from tests.helpers import ScaledBlock
 
-NAMES = [spec.name for spec in figures.figure_specs(QUICK)]
+NAMES = [spec.name for spec in paper.figure_specs(QUICK)]
 
 
 @pytest.fixture(scope="module")
@@ -150,24 +150,10 @@ def test_identity_bias_and_zoo(quick: Path) -> None:
 
 
 def test_generation_is_deterministic() -> None:
-    specs = [s for s in figures.figure_specs(QUICK) if s.name == "sqrt-depth-law"]
-    first, second = (next(figures.generate(QUICK, specs)) for _ in range(2))
+    specs = [s for s in paper.figure_specs(QUICK) if s.name == "sqrt-depth-law"]
+    first, second = (next(paper.generate(QUICK, specs)) for _ in range(2))
     pd.testing.assert_frame_equal(first.data, second.data)
     assert first.caption == second.caption
-    plt.close("all")
-
-
-def test_plot_functions_take_traces_and_axes() -> None:
-    trace = figures.measure_run(figures.RunSpec(6), QUICK)
-    fig, axes = plt.subplots(1, 2)
-    assert figures.plot_zoo([trace], ["BN"], axes=list(axes)) is fig
-    assert figures.plot_identity_bias([trace], axes=list(axes)) is fig
-    with pytest.raises(ValueError, match="got 1 labels for 2 traces"):
-        figures.plot_zoo([trace, trace], ["a"])
-    with pytest.raises(ValueError, match="draws 4 panels, got 2 axes"):
-        figures.plot_spp_trio([trace], axes=list(axes))
-    with pytest.raises(ValueError, match="not in sweeps"):
-        figures.plot_depth_sweep({"BN": [trace]}, explosive=["none"])
     plt.close("all")
 
 
@@ -180,16 +166,9 @@ def test_figures_bad_options_exit_2(args: list[str], tmp_path: Path) -> None:
     assert not list(tmp_path.iterdir())
 
 
-def test_zoo_takes_traces_of_any_model() -> None:
-    """Not only built-in ResNets: a model without theory or config is drawn and tabulated."""
+def test_tables_take_traces_of_any_model() -> None:
+    """A model without theory or config gives measured rows only, its depth from its blocks."""
     net = torch.nn.Sequential(ScaledBlock(3, 0.5), ScaledBlock(3, 0.5), ScaledBlock(3, 0.0))
     custom = sigprop.measure(net, sigprop.gaussian_input((4, 3, 8, 8), seed=0))
-    bn = figures.measure_run(figures.RunSpec(6), QUICK)
-    fig = figures.plot_zoo([custom, bn], ["custom", "BN v2"])
-    legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend[0] == "custom: 2/3"  # branch 0.5 x skip in norm twice, then exactly 0
-    norm_ratio = np.asarray(fig.axes[0].get_lines()[0].get_ydata())
-    assert np.allclose(norm_ratio[:2], 0.5) and np.isnan(norm_ratio[2])  # log axis: 0 not drawn
-    frame = figures.tidy([custom], ["custom"], {"cosine": lambda b: b.cosine})
+    frame = paper.tidy([custom], ["custom"], {"cosine": lambda b: b.cosine})
     assert set(frame.source) == {"measured"} and set(frame.depth) == {3}
-    plt.close("all")

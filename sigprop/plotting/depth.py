@@ -1,0 +1,191 @@
+"""How statistics scale with depth: the sqrt(depth) law and the depth sweep."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from sigprop import stats
+from sigprop.plotting._helpers import (
+    band_line,
+    canvas,
+    legend,
+    log_or_nan,
+    series,
+    theory_line,
+)
+from sigprop.plotting.quantities import MEASURED, PREDICTED, fit_text, network_depth
+from sigprop.plotting.style import DOUBLE_COLUMN, SINGLE_COLUMN, palette
+from sigprop.theory import predict
+from sigprop.trace import Trace
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["SweepPoint", "plot_depth_sweep", "plot_sqrt_depth_law", "sweep_points"]
+
+# The depth sweep draws each variant's theory in the variant's own colour, finely dashed.
+_SWEEP_THEORY: dict[str, Any] = {"linestyle": (0, (2, 2)), "linewidth": 0.9}
+
+
+def plot_sqrt_depth_law(traces: Sequence[Trace], labels: Sequence[str] | None = None, *,
+                        ax: Axes | None = None) -> Figure:
+    """The residual/skip ratio of second moments against block position, log-log.
+
+    One colour per trace (e.g. BN v2 at several depths; mean over runs with a 95% band), the
+    theory ``1/(m2_0 + l)`` dashed, and the exponent fitted by :func:`sigprop.stats.fit`
+    (``ratio_exponent``) with its 95% interval in the legend, beside the same fit of the
+    theory at that depth (-1 only at infinite depth).
+
+    Args:
+        traces: the traces (one stage each is assumed; the first stage is fitted).
+        labels: legend entry per trace (default: ``d = depth``).
+        ax: axes to draw into (default: a new single-column figure).
+
+    Returns:
+        The figure.
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
+    ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
+    >>> plot_sqrt_depth_law([trace]).axes[0].get_xscale()
+    'log'
+    """
+    lines = series(traces, labels or [f"d = {network_depth(t)}" for t in traces])
+    deepest_first = sorted(lines, key=lambda line: -network_depth(line.trace))
+    position = lambda i: i + 1.0  # noqa: E731 -- log axis: block l is the (l+1)-th
+    with canvas(None if ax is None else [ax], 1, 1, (SINGLE_COLUMN, 2.9)) as (fig, (axis,)):
+        for n, (trace, label, color) in enumerate(deepest_first):
+            text = f"{label}: {fit_text(trace, stats.FitId.RATIO_EXPONENT)}"
+            band_line(axis, trace, MEASURED["ratio"], color, text, x=position, log=True)
+            last = n == len(deepest_first) - 1  # one legend entry for the theory, at the end
+            theory_line(axis, trace, PREDICTED["ratio"],
+                        "theory $1/(m_{2,0} + l)$" if last else None, x=position)
+        axis.set_xscale("log")
+        axis.set_yscale("log")
+        axis.set_xlabel("block position $l + 1$")
+        axis.set_ylabel(r"$E[f_l(x_l)^2]\,/\,E[x_l^2]$")
+        axis.set_title("The sqrt(depth) law")
+        legend(axis, loc="lower left", title="fitted exponent [95% CI] (theory)")
+    return fig
+
+
+@dataclass(frozen=True, slots=True)
+class SweepPoint:
+    """The end of one network of a depth sweep: geometric mean over runs, theory where known."""
+
+    depth: int
+    value: float
+    lo: float
+    hi: float
+    theory: float
+    overflow: bool
+
+
+def sweep_points(traces: Sequence[Trace]) -> list[SweepPoint]:
+    """For each trace: the second moment of the skip path after its last block, ``E[x_d^2]``.
+
+    That is the last block's output (the skip path's next value), whose closed forms are
+    ``m2_0 + d`` (BN v2), ``2^d m2_0`` (unnormalized), ``m2_0`` (SkipInit, alpha = 0) and
+    ``(1 + 1/d)^d m2_0 ~ e m2_0`` (branch / sqrt(d)). Seeds of a geometric quantity differ by
+    factors, so ``value`` is the geometric mean over runs and ``lo, hi`` the 95% interval of the
+    mean log value.
+
+    Args:
+        traces: one trace per depth.
+
+    Returns:
+        One point per trace, sorted by depth; ``overflow`` when any run is non-finite.
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(3, width=4, seed=0),
+    ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
+    >>> [(p.depth, p.overflow) for p in sweep_points([trace])]
+    [(3, False)]
+    """
+    points = []
+    for trace in traces:
+        last = [log_or_nan(run.blocks[-1].output.m2) for run in trace.runs]
+        mean, (lo, hi) = _mean_interval(np.array([v for v in last if math.isfinite(v)]))
+        prediction = predict(trace)
+        theory = prediction.blocks[-1].output_m2 if prediction is not None else math.nan
+        points.append(SweepPoint(network_depth(trace), math.exp(mean), math.exp(lo),
+                                 math.exp(hi), theory, trace.first_overflow is not None))
+    return sorted(points, key=lambda p: p.depth)
+
+
+def _mean_interval(samples: np.ndarray) -> tuple[float, tuple[float, float]]:
+    """Mean of ``samples`` and its 95% Student-t interval (collapsed onto the mean for one)."""
+    if samples.size == 0:
+        return math.nan, (math.nan, math.nan)
+    mean, ci = stats.t_interval(samples, 0.95)
+    return mean, ci if samples.size > 1 else (mean, mean)
+
+
+def plot_depth_sweep(sweeps: Mapping[str, Sequence[Trace]], *,
+                     explosive: Sequence[str] = (), axes: Sequence[Axes] | None = None
+                     ) -> Figure:
+    """``E[x_d^2]`` after the last block against the number of blocks ``d``.
+
+    One line per variant (geometric mean over runs with 95% error bars), its theory dashed in
+    the same colour; depths at which a variant overflows are left out and said in the legend.
+    Variants named in ``explosive`` get a second panel with a linear ``d`` axis, where geometric
+    growth is a straight line and cannot squash the others.
+
+    Args:
+        sweeps: legend label -> the traces of that variant at several depths.
+        explosive: labels to draw on the second panel.
+        axes: one axis (two with ``explosive``) to draw into (default: a new figure).
+
+    Returns:
+        The figure.
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
+    ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
+    >>> len(plot_depth_sweep({"BN v2": [trace]}).axes)
+    1
+    """
+    if not sweeps:
+        raise ValueError("plot_depth_sweep needs at least one variant")
+    unknown = [label for label in explosive if label not in sweeps]
+    if unknown:
+        raise ValueError(f"explosive names {unknown} that are not in sweeps: {list(sweeps)}")
+    colors = palette()
+    markers = "osD^v<>"
+    with canvas(axes, 2 if explosive else 1, 1,
+                (DOUBLE_COLUMN if explosive else SINGLE_COLUMN, 3.0)) as (fig, axs):
+        for k, (label, traces) in enumerate(sweeps.items()):
+            axis = axs[1] if label in explosive else axs[0]
+            color = colors[k % len(colors)]
+            points = sweep_points(traces)
+            finite = [p for p in points if not p.overflow]
+            overflowed = [p.depth for p in points if p.overflow]
+            text = label + (f" (non-finite at d = {overflowed[0]})" if overflowed else "")
+            axis.errorbar([p.depth for p in finite], [p.value for p in finite],
+                          yerr=[[p.value - p.lo for p in finite], [p.hi - p.value for p in finite]],
+                          color=color, marker=markers[k % len(markers)], markersize=3.5,
+                          linewidth=1.1, capsize=1.5, label=text)
+            theory = [p for p in finite if math.isfinite(p.theory)]
+            axis.plot([p.depth for p in theory], [p.theory for p in theory], color=color,
+                      **_SWEEP_THEORY)
+        depths = sorted({network_depth(t) for traces in sweeps.values() for t in traces})
+        for n, axis in enumerate(axs):
+            axis.plot([], [], color="0.3", label="theory (same colour)", **_SWEEP_THEORY)
+            axis.set_yscale("log")
+            axis.set_ylabel(r"$E[x_d^2]$ after the last block")
+            axis.set_xlabel("number of residual blocks $d$")
+            legend(axis, loc="upper left")
+            if n == 0:
+                axis.set_xscale("log", base=2)
+                axis.set_xticks(depths, [str(d) for d in depths])
+                axis.minorticks_off()
+                axis.set_title("Skip path at the end of the network")
+            else:
+                axis.set_title("Geometric growth (linear $d$ axis)")
+    return fig
