@@ -17,10 +17,17 @@ if TYPE_CHECKING:
 
 __all__ = ["colors_for", "overlay", "skipinit_label"]
 
-# One colour per network across the figure set (seaborn's colour-blind palette, by index).
-_PALETTE_INDEX = {"BN v2": 0, "unnormalized": 1, "SkipInit, alpha = 0": 2,
-                  "SkipInit, alpha = 0.1": 4, "branch / sqrt(d)": 5, "BN v1": 3,
-                  "BN v2, 3 stages": 6}
+# One colour per network across the figure set (seaborn's colour-blind palette, by index),
+# keyed on what the network is: (variant, norm, alpha, several stages).
+_PALETTE_INDEX = {("v2", "batchnorm", None, False): 0, ("v2", "none", None, False): 1,
+                  ("v2", "skipinit", 0.0, False): 2, ("v2", "skipinit", 0.1, False): 4,
+                  ("v2", "sqrt-depth", None, False): 5, ("v1", "batchnorm", None, False): 3,
+                  ("v2", "batchnorm", None, True): 6}
+
+
+def _network(run: RunSpec) -> tuple[str, str, float | None, bool] | None:
+    """The key of a built-in ResNet's colour, or None for a real architecture."""
+    return None if run.model else (run.variant, run.norm, run.alpha, run.stages > 1)
 
 
 def skipinit_label(alpha: float) -> str:
@@ -32,17 +39,18 @@ def skipinit_label(alpha: float) -> str:
     return f"SkipInit, alpha = {alpha:g}"
 
 
-def colors_for(labels: Sequence[str]) -> list[str]:
+def colors_for(runs: Sequence[RunSpec]) -> list[str]:
     """Fixed colours for the built-in networks; the others take the colours left, in order.
 
-    >>> colors_for(["BN v2", "mine"]) == [palette()[0], palette()[7]]
+    >>> colors_for([RunSpec(8), RunSpec(8, model="timm:resnet50")]) == palette()[0:8:7]
     True
     """
     colors = palette()
     spare = iter([c for k, c in enumerate(colors) if k not in _PALETTE_INDEX.values()]
                  + ["#000000", "#7b3294", "#a6611a"])
-    return [colors[_PALETTE_INDEX[label]] if label in _PALETTE_INDEX else next(spare, "#444444")
-            for label in labels]
+    keys = [_network(run) for run in runs]
+    return [colors[_PALETTE_INDEX[key]] if key in _PALETTE_INDEX else next(spare, "#444444")
+            for key in keys]
 
 
 def overlay(plot: Callable[..., Figure], traces: Traces, runs: Mapping[str, RunSpec],
@@ -62,5 +70,5 @@ def overlay(plot: Callable[..., Figure], traces: Traces, runs: Mapping[str, RunS
     """
     named = {label: traces[run] for label, run in runs.items()}
     labels, ordered = list(named), list(named.values())
-    fig = plot(ordered, labels, colors=colors_for(labels))
+    fig = plot(ordered, labels, colors=colors_for(list(runs.values())))
     return named, fig, tidy(ordered, labels, measured(*quantities), theory=theory)

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, cast
 import numpy as np
 
 from sigprop import stats
+from sigprop.config import ResNetConfig
 from sigprop.plotting.quantities import Quantity, TheoryQuantity
 from sigprop.plotting.style import palette, style
 from sigprop.theory import predict
@@ -62,10 +63,10 @@ def series(traces: Sequence[Trace], labels: Sequence[str] | None = None,
 
 
 def _model_label(trace: Trace) -> str:
-    model = dict(trace.model)
-    if model.get("name") == "resnet":
-        return f"ResNet-{model['variant']} {model['norm']}, d={model['depth']}"
-    return str(model.get("name", "model"))
+    config = ResNetConfig.of(trace.model)
+    if config is not None:
+        return f"ResNet-{config.variant} {config.norm}, d={config.depth}"
+    return str(trace.model.get("name", "model"))
 
 
 @contextmanager

@@ -66,7 +66,7 @@ def plot_orderings(bn_relu: Trace, relu_bn: Trace, v1: Trace, multistage: Trace,
         for trace, label, color in ((bn_relu, "v2 (pre-activation)", colors[0]),
                                     (v1, "v1 (post-activation)", colors[5])):
             draw(axs[2], trace, "skip_m2", color, label)
-        stages = dict(multistage.model).get("stages", len(multistage.by_stage()))
+        stages = len(multistage.by_stage())
         draw(axs[3], multistage, "skip_m2", colors[2], f"{stages} stages, v2")
         mark_stages(axs[3], multistage, "projection shortcut")
         for ax, (title, ylabel) in zip(axs, _PANELS, strict=True):

@@ -6,6 +6,7 @@ import math
 from collections.abc import Callable
 
 from sigprop import stats
+from sigprop.config import ResNetConfig
 from sigprop.theory import BlockPrediction
 from sigprop.trace import BlockStats, Trace
 
@@ -51,7 +52,8 @@ def network_depth(trace: Trace) -> int:
     >>> network_depth(trace)
     3
     """
-    return int(dict(trace.model).get("depth", trace.n_blocks))
+    config = ResNetConfig.of(trace.model)
+    return trace.n_blocks if config is None else config.depth
 
 
 def fit_text(trace: Trace, fit_id: stats.FitId, stage: int = 0, digits: int = 2) -> str:
