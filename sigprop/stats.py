@@ -24,7 +24,7 @@ import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import stats as sps
@@ -36,6 +36,7 @@ __all__ = [
     "Band",
     "Estimate",
     "FitId",
+    "Growth",
     "Outcome",
     "Report",
     "Tolerances",
@@ -53,7 +54,6 @@ __all__ = [
 ]
 
 _Quantity = Callable[[BlockStats], float]
-
 
 
 class FitId(StrEnum):
@@ -316,14 +316,24 @@ _FITS: dict[FitId, _Fit] = {
 }
 
 
-def _run_fit(fit: _Fit, s: _Series) -> tuple[float, float, float, int]:
-    """One run's value, intercept, within-run jackknife variance and its degrees of freedom."""
+class _RunFit(NamedTuple):
+    """One run's fit: its value, intercept, within-run jackknife variance and that variance's
+    degrees of freedom (0 without one)."""
+
+    value: float
+    intercept: float
+    variance: float
+    df: int
+
+
+def _run_fit(fit: _Fit, s: _Series) -> _RunFit:
+    """Fit one run and delete each of its segments in turn (the jackknife)."""
     everything = np.ones(s.size, dtype=bool)
     value, intercept = fit.fitter(s, everything)
     edges = fit.edges(s.size)
     segments = edges.size - 1
     if not math.isfinite(value) or segments < 2:
-        return value, intercept, math.nan, 0
+        return _RunFit(value, intercept, math.nan, 0)
     left_out = []
     for start, stop in itertools.pairwise(edges):
         keep = everything.copy()
@@ -331,27 +341,27 @@ def _run_fit(fit: _Fit, s: _Series) -> tuple[float, float, float, int]:
         left_out.append(fit.fitter(s, keep)[0])
     values = np.array(left_out)
     if not np.isfinite(values).all():
-        return value, intercept, math.nan, 0
+        return _RunFit(value, intercept, math.nan, 0)
     variance = (segments - 1) / segments * float(((values - values.mean()) ** 2).sum())
-    return value, intercept, variance, segments - 1
+    return _RunFit(value, intercept, variance, segments - 1)
 
 
-def _pooled(per_run: list[tuple[float, float, float, int]], level: float
+def _pooled(per_run: list[_RunFit], level: float
             ) -> tuple[float, tuple[float, float], float, int, int]:
     """Mean over runs, its interval, the mean intercept, the runs used and the interval's df.
 
     The variance of one run's estimate is the spread of the runs' estimates (``runs - 1``
     degrees of freedom) pooled with the runs' jackknife variances, weighted by degrees of freedom.
     """
-    finite = [r for r in per_run if math.isfinite(r[0])]
+    finite = [r for r in per_run if math.isfinite(r.value)]
     if not finite:
         return math.nan, (math.nan, math.nan), math.nan, 0, 0
-    values = np.array([r[0] for r in finite])
+    values = np.array([r.value for r in finite])
     estimate = float(values.mean())
-    intercept = float(np.mean([r[1] for r in finite]))
+    intercept = float(np.mean([r.intercept for r in finite]))
     df_between = values.size - 1
     between = float(values.var(ddof=1)) if df_between else 0.0
-    within = [(r[2], r[3]) for r in finite if r[3] > 0]
+    within = [(r.variance, r.df) for r in finite if r.df > 0]
     df_within = sum(df for _, df in within)
     df = df_between + df_within
     if df == 0:
