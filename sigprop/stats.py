@@ -649,9 +649,11 @@ def _downscaling_verdict(inverse: Estimate, exponent: Estimate, zero_branch: boo
             else _why_inconclusive(inverse)
     else:
         detail = (f"skip/residual grows by {inverse.estimate:.3g} per block (1: the branch is "
-                  f"downscaled by sqrt(l) in standard deviation); ratio ~ n^{exponent.estimate:.3g}"
-                  + ("" if exponent.predicted is None else
-                     f" (theory at this depth: n^{exponent.predicted:.3g})"))
+                  "downscaled by sqrt(l) in standard deviation)")
+        if math.isfinite(exponent.estimate):
+            detail += f"; ratio ~ n^{exponent.estimate:.3g}" + (
+                "" if exponent.predicted is None else
+                f" (theory at this depth: n^{exponent.predicted:.3g})")
         if outcome is Outcome.INCONCLUSIVE:
             detail += "; " + _why_inconclusive(inverse)
     return Verdict(VerdictId.SQRT_DEPTH_DOWNSCALING, inverse.stage,
@@ -670,8 +672,9 @@ def _explosion_verdict(stage: int | None, growth: Growth, n_runs: int,
         detail = f"float32 overflow from block {growth.overflow}"
     elif not growth.blocks:
         outcome = Outcome.INCONCLUSIVE
-        detail = (f"no stage gives a growth rate with an interval ({growth.unjudged} block(s); "
-                  "a stage needs 4 blocks, and one run needs 4 to 16 for an interval)")
+        where = "this stage is" if stage is not None else "every stage is"
+        detail = (f"{where} too short to fit a growth rate with an interval ({growth.unjudged} "
+                  "block(s) in all; a stage needs at least 4 blocks, and seeds narrow it)")
     else:
         outcome = _equivalence(growth.ci95, tol.explosion_growth, math.inf)
         if outcome is Outcome.INCONSISTENT and growth.unjudged:

@@ -182,3 +182,10 @@ def test_exploding_networks_fail_through_the_cli(args: list[str]) -> None:
     code, found = findings(["resnet", *args, "--batch-size", "8", "--image-size", "16"])
     assert code == 1
     assert found["signal_explosion"]["status"] == "fail", found["signal_explosion"]
+
+
+def test_cli_audit_of_stock_resnets_exits_0() -> None:
+    for name in ("resnet18", "resnet50"):
+        code, found = findings(["torchvision", name, "--image-size", "64", "--batch-size", "2"])
+        assert code == 0, found
+        assert found["signal_explosion"]["status"] in ("pass", "info")
