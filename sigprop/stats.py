@@ -619,22 +619,34 @@ def _runs_blocks(estimate: Estimate) -> tuple[int, int]:
 def _linear_verdict(slope: Estimate, rate: Estimate, growth: Growth,
                     tol: Tolerances) -> Verdict:
     explodes = growth.overflow is not None or growth.ci95[0] >= tol.explosion_growth
-    # Only a linear theory (growth rate 1) predicts a slope the claim can be held to.
+    # Only a linear theory (growth rate 1) predicts a slope the claim can be held to; without
+    # one, growth is linear when its geometric part stays within a factor explosion_growth.
     linear = rate.predicted is not None and abs(rate.predicted - 1.0) < 1e-9
     predicted = slope.predicted if linear else None
-    detail = f"slope {slope.estimate:.3g} per block"
     if predicted is not None:
         lo, hi = predicted * (1 - tol.slope_rel), predicted * (1 + tol.slope_rel)
-        outcome = Outcome.INCONSISTENT if explodes else _equivalence(slope.ci95, lo, hi)
         tolerance = f"slope in [{lo:.3g}, {hi:.3g}] per block ({tol.slope_rel:.0%} of theory)"
     else:
-        outcome = Outcome.INCONSISTENT if explodes else Outcome.INCONCLUSIVE
-        tolerance = "a linear theory's slope (none for this model), and no geometric growth"
+        tolerance = (f"slope > 0 and a geometric part within x{tol.explosion_growth:g} "
+                     "either way (no linear theory for this model)")
+    detail = f"slope {slope.estimate:.3g} per block"
     if explodes:
+        outcome = Outcome.INCONSISTENT
         detail += f"; the growth is geometric (x{growth.per_block:.4g} per block)"
-    elif outcome is Outcome.INCONCLUSIVE:
-        detail += "; " + (_why_inconclusive(slope) if predicted is not None
-                          else "no linear theory for this model to compare with")
+    elif predicted is not None:
+        outcome = _equivalence(slope.ci95, lo, hi)
+    else:
+        bound = tol.explosion_growth
+        flat = _equivalence(growth.ci95, 1 / bound, bound)
+        rising = _equivalence(slope.ci95, 0.0, math.inf)
+        outcome = (Outcome.CONSISTENT if flat is rising is Outcome.CONSISTENT else
+                   Outcome.INCONSISTENT if Outcome.INCONSISTENT in (flat, rising) else
+                   Outcome.INCONCLUSIVE)
+        detail += (f"; geometric part x{growth.factor:.3g} [{growth.ci95[0]:.3g}, "
+                   f"{growth.ci95[1]:.3g}] over {growth.blocks} block(s)" if growth.blocks
+                   else "; too few blocks to separate a geometric part")
+    if outcome is Outcome.INCONCLUSIVE and predicted is not None:
+        detail += "; " + _why_inconclusive(slope)
     return Verdict(VerdictId.SKIP_LINEAR_GROWTH, slope.stage,
                    "skip second moment grows linearly", slope.estimate, slope.ci95, predicted,
                    tolerance, outcome, detail, *_runs_blocks(slope))

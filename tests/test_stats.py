@@ -235,3 +235,12 @@ def test_report_is_json_ready_with_stable_ids() -> None:
                                 "tolerance", "outcome", "consistent", "n_runs", "n_blocks"}
         assert verdict["consistent"] == {"consistent": True, "inconsistent": False,
                                          "inconclusive": None}[verdict["outcome"]]
+
+
+def test_linear_growth_without_a_theory_is_judged_by_its_geometric_part() -> None:
+    n = np.arange(32.0)
+    linear = stats.verdicts(synthetic_trace([1.0 + 0.5 * n], [np.full(32, 0.5)]))[0]
+    geometric = stats.verdicts(synthetic_trace([1.1**n], [0.1 * 1.1**n]))[0]
+    assert linear.id is VerdictId.SKIP_LINEAR_GROWTH and linear.predicted is None
+    assert linear.outcome is Outcome.CONSISTENT, linear.detail
+    assert geometric.outcome is Outcome.INCONSISTENT and "geometric" in geometric.detail
