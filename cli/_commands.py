@@ -76,10 +76,23 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             "Conv-BN-ReLU-Conv-BN branches, ReLU after the addition.")] = Variant.V2,
         norm: Annotated[Norm, typer.Option(
             help="batchnorm; none (unnormalized); skipinit (no BN, learnable scalar gain alpha "
-            "at the end of each branch); sqrt-depth (no BN, branch times 1/sqrt(depth)).")
+            "at the end of each branch); sqrt-depth (no BN, branch times 1/sqrt(depth)); nf "
+            "(NF-ResNet, v2: x + alpha f(x / beta), scaled weight standardization and scaled "
+            "ReLUs); fixup (no BN: each branch's last conv zero, its first scaled by "
+            "depth^(-1/2), scalar biases and multiplier).")
         ] = Norm.BATCHNORM,
         alpha: Annotated[float | None, typer.Option(
-            help="Initial SkipInit gain (only with --norm skipinit).  [default: 0.0]")] = None,
+            help="Branch gain: SkipInit's initial one (--norm skipinit, default 0.0) or the "
+            "NF-ResNet's fixed one (--norm nf, default 0.2).")] = None,
+        nf_zero_init: Annotated[bool, typer.Option(
+            "--nf-zero-init",
+            help="With --norm nf: start the gain of each branch's last convolution at 0 (every "
+            "block is the identity; off so that the signal is visible).")] = False,
+        fixup_zero_last: Annotated[bool, typer.Option(
+            "--fixup-zero-last/--no-fixup-zero-last",
+            help="With --norm fixup: zero-initialize each branch's last convolution (Fixup's "
+            "rule); --no-fixup-zero-last keeps it He-initialized (each branch adds 1/depth of "
+            "its input).")] = True,
         order: Annotated[Order, typer.Option(
             help="Inside v2 BN branches: bn-relu (BN-ReLU-Conv, the paper's) or relu-bn "
             "(ReLU-BN-Conv).")] = Order.BN_RELU,
@@ -102,7 +115,8 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
     ) -> None:
         input_shape = image_batch(batch_size, image_size)
         model = ModelSource.parse("resnet", depth=depth, variant=variant, norm=norm, width=width,
-                                  stages=stages, alpha=alpha, order=order, padding=padding)
+                                  stages=stages, alpha=alpha, order=order, padding=padding,
+                                  nf_zero_init=nf_zero_init, fixup_zero_last=fixup_zero_last)
         source(model, input_shape, depth, options(seed, seeds, device, bn_mode, out, json_output))
 
     def source(model: ModelSource, input_shape: tuple[int, ...], expected_blocks: int | None,

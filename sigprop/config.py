@@ -34,6 +34,8 @@ class Norm(StrEnum):
     NONE = "none"
     SKIPINIT = "skipinit"  # no BN; a learnable scalar alpha ends every branch
     SQRT_DEPTH = "sqrt-depth"  # no BN; every branch is divided by sqrt(number of blocks)
+    NF = "nf"  # normalizer-free (v2): x + alpha f(x / beta), scaled WS convs, scaled ReLU
+    FIXUP = "fixup"  # no BN; last branch layer zero, the others scaled by depth^(-1/2)
 
 
 class Order(StrEnum):
@@ -50,6 +52,9 @@ class Padding(StrEnum):
     CIRCULAR = "circular"  # the map wraps around: every position sees a full 3x3 neighbourhood
 
 
+# The norms that take a branch gain ``alpha``, with its default.
+_ALPHA_DEFAULT = {Norm.SKIPINIT: 0.0, Norm.NF: 0.2}
+
 _CHOICES: dict[str, type[StrEnum]] = {"variant": Variant, "norm": Norm, "order": Order,
                                       "padding": Padding}
 
@@ -61,14 +66,22 @@ class ResNetConfig:
     Attributes:
         depth: number of residual blocks, >= 1 (each block holds two 3x3 convolutions).
         variant: ``v2`` pre-activation (BN-ReLU-Conv) or ``v1`` post-activation.
-        norm: ``batchnorm``, ``none``, ``skipinit`` or ``sqrt-depth``.
+        norm: ``batchnorm``, ``none``, ``skipinit``, ``sqrt-depth``, ``nf`` (v2 only) or
+            ``fixup``.
         width: channels of the first stage; each later stage doubles it.
         stages: number of stages (each later one halves the resolution).
-        alpha: the SkipInit gain (0.0 by default with ``norm="skipinit"``, else None).
+        alpha: the branch gain: SkipInit's initial one (0.0 by default with
+            ``norm="skipinit"``) or the NF-ResNet's fixed one (0.2 by default with
+            ``norm="nf"``); None for the other norms.
         order: ``bn-relu`` or ``relu-bn`` (v2 with batch norm only).
         padding: ``zeros`` or ``circular``, for the 3x3 convolutions.
         in_channels: channels of the input images.
         num_classes: outputs of the linear head.
+        nf_zero_init: with ``norm="nf"``, initialize the gain of every branch's last
+            convolution to 0 (every block starts as the identity); False for the others.
+        fixup_zero_last: with ``norm="fixup"``, zero-initialize the last convolution of every
+            branch (Fixup's rule; False studies the scaled non-zero variant); True for the
+            others, where it has no effect.
 
     >>> config = ResNetConfig(8, norm="skipinit")
     >>> config.alpha, ResNetConfig.from_dict(config.to_dict()) == config
@@ -85,6 +98,8 @@ class ResNetConfig:
     padding: Padding = Padding.ZEROS
     in_channels: int = 3
     num_classes: int = 10
+    nf_zero_init: bool = False
+    fixup_zero_last: bool = True
 
     def __post_init__(self) -> None:
         for name, choices in _CHOICES.items():
@@ -102,13 +117,25 @@ class ResNetConfig:
         if self.stages > self.depth:
             raise ValueError(f"stages must be <= depth ({self.depth}), got {self.stages}: "
                              "every stage needs a block")
-        if self.alpha is not None and self.norm is not Norm.SKIPINIT:
-            raise ValueError(f"alpha applies only to norm='skipinit', got alpha={self.alpha} "
-                             f"with norm='{self.norm}'")
+        if self.alpha is not None and self.norm not in _ALPHA_DEFAULT:
+            raise ValueError(f"alpha applies only to norm='skipinit' or norm='nf', got "
+                             f"alpha={self.alpha} with norm='{self.norm}'")
         if self.alpha is not None and not math.isfinite(self.alpha):
             raise ValueError(f"alpha must be a finite number, got {self.alpha}")
-        if self.norm is Norm.SKIPINIT:
-            object.__setattr__(self, "alpha", 0.0 if self.alpha is None else float(self.alpha))
+        if self.norm is Norm.NF and self.variant is not Variant.V2:
+            raise ValueError(f"norm='nf' is built on the pre-activation layout: use "
+                             f"variant='v2', got variant='{self.variant}'")
+        for flag, norm, default in (("nf_zero_init", Norm.NF, False),
+                                    ("fixup_zero_last", Norm.FIXUP, True)):
+            value = getattr(self, flag)
+            if not isinstance(value, bool):
+                raise TypeError(f"{flag} must be True or False, got {value!r}")
+            if value is not default and self.norm is not norm:
+                raise ValueError(f"{flag}={value} applies only to norm='{norm}', got "
+                                 f"norm='{self.norm}': leave it at {default}")
+        if self.norm in _ALPHA_DEFAULT:
+            alpha = _ALPHA_DEFAULT[self.norm] if self.alpha is None else float(self.alpha)
+            object.__setattr__(self, "alpha", alpha)
 
     def to_dict(self) -> dict[str, Any]:
         """The plain form in ``trace.model`` and stats.json: ``{"name": "resnet", ...}``."""

@@ -616,15 +616,13 @@ def _runs_blocks(estimate: Estimate) -> tuple[int, int]:
     return estimate.n_runs, estimate.n // max(estimate.n_runs, 1)
 
 
-def _linear_verdict(slope: Estimate, rate: Estimate, growth: Growth,
-                    tol: Tolerances) -> Verdict:
+def _linear_verdict(slope: Estimate, growth: Growth, linear: bool, tol: Tolerances) -> Verdict:
     explodes = growth.overflow is not None or growth.ci95[0] >= tol.explosion_growth
-    # Only a linear theory (growth rate 1) predicts a slope the claim can be held to; without
-    # one, growth is linear when its geometric part stays within a factor explosion_growth.
-    linear = rate.predicted is not None and abs(rate.predicted - 1.0) < 1e-9
+    # Only a linear theory predicts a slope the claim can be held to; without one, growth is
+    # linear when its geometric part stays within a factor explosion_growth either way.
     predicted = slope.predicted if linear else None
     if predicted is not None:
-        lo, hi = predicted * (1 - tol.slope_rel), predicted * (1 + tol.slope_rel)
+        lo, hi = sorted((predicted * (1 - tol.slope_rel), predicted * (1 + tol.slope_rel)))
         tolerance = f"slope in [{lo:.3g}, {hi:.3g}] per block ({tol.slope_rel:.0%} of theory)"
     else:
         tolerance = (f"slope > 0 and a geometric part within x{tol.explosion_growth:g} "
@@ -739,14 +737,17 @@ def verdicts(trace: Trace, tol: Tolerances | None = None,
     estimates = list(estimates) if estimates is not None else fits(trace)
     by_key = {(e.id, e.stage): e for e in estimates}
     stages = sorted(trace.by_stage())
+    # A linear theory: no geometric factor, or a factor of exactly 1 (identity blocks). Its
+    # fitted growth rate is only near 1 where the finite image bends the walk (zero padding).
+    prediction = predict(trace)
+    linear = prediction is not None and prediction.growth in (None, 1.0)
     out = []
     for stage in stages:
         growth = projected_growth(trace, [stage])
-        rate = by_key[FitId.GROWTH_RATE, stage]
         zero_branch = all(b.residual.m2 == 0 for run in trace.runs for b in run.blocks
                           if b.stage == stage)
         out += [
-            _linear_verdict(by_key[FitId.SKIP_M2_SLOPE, stage], rate, growth, tol),
+            _linear_verdict(by_key[FitId.SKIP_M2_SLOPE, stage], growth, linear, tol),
             _downscaling_verdict(by_key[FitId.INVERSE_RATIO_SLOPE, stage],
                                  by_key[FitId.RATIO_EXPONENT, stage], zero_branch, tol),
             _explosion_verdict(stage, growth, len(trace.runs), tol),

@@ -10,7 +10,10 @@ output sees fewer inputs, so the second moment is tracked per position: a He-ini
 convolution after a ReLU (or after BN, which it meets as a unit-variance input) maps the
 per-position second moment ``s`` to ``T s T'``, where ``T`` averages the three taps of each
 axis that fall inside the map; batch norm rescales the map to mean 1. With circular padding
-``T`` keeps a uniform map uniform and the infinite-image forms come back exactly.
+``T`` keeps a uniform map uniform and the infinite-image forms come back exactly. A scaled
+weight-standardized convolution (NF-ResNets) also subtracts the squared tap-average of its
+input's mean, ``(T m T')^2``: all of it in the interior, less at the border, where the mean
+leaks through.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from functools import cache
 import numpy as np
 
 from sigprop.config import Norm, Order, Padding, ResNetConfig, Variant
+from sigprop.models import NF_GAMMA, nf_betas
 from sigprop.trace import Trace
 
 __all__ = [
@@ -92,13 +96,15 @@ class Prediction:
     """Per-block predictions for one network, with the rule that produced them.
 
     Attributes:
-        family: which closed form applies, e.g. ``bn-v2``.
+        family: which closed form applies, e.g. ``bn-v2``, ``nf`` or ``fixup``.
         rule: the recursion in words, with its constants for this image size.
-        exact: False where the theory only gives an approximation (v1 with BN).
+        exact: False where the theory only gives an approximation (v1 with BN, v1 Fixup
+            without its zero last layer).
         blocks: one prediction per measured block, in call order.
         growth: the skip second moment's factor per block on an infinite image for geometric
-            families (2 for unnormalized, 1 + alpha^2 for SkipInit, 1 + 1/d for sqrt-depth);
-            None for linear ones.
+            families (2 for unnormalized, 1 + alpha^2 for SkipInit, 1 + 1/d for sqrt-depth and
+            for Fixup without its zero last layer); 1 for identity blocks (SkipInit at
+            alpha = 0, Fixup, NF with zero-initialized gains); None for linear ones (BN, NF).
     """
 
     family: str
@@ -141,6 +147,39 @@ class _Image:
         return out
 
 
+def _scaled_relu(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``gamma relu(z)`` of a symmetric ``z``: its per-position second moment and mean."""
+    second: np.ndarray = NF_GAMMA**2 / 2 * profile
+    mean: np.ndarray = NF_GAMMA * np.sqrt(profile / (2 * math.pi))
+    return second, mean
+
+
+def _ws_conv(image: _Image, second: np.ndarray, mean: np.ndarray) -> np.ndarray:
+    """A 3x3 WS convolution: each output position's weights sum to 0 only where all land.
+
+    With ``N`` standardized weights per output channel (sum 0, squared norm 1),
+    ``E[w_i^2] = 1/N`` and ``E[w_i w_j] = -1/(N(N - 1))``, so at infinite width
+    ``E[y^2] = T s T' - (T m T')^2`` for inputs of second moment ``s`` and mean ``m`` (shared by
+    the channels): the mean is removed in the interior, and leaks through at the border.
+    """
+    out: np.ndarray = image.conv(second) - image.conv(mean) ** 2
+    return out
+
+
+def _nf_branch(image: _Image, skip: np.ndarray, strided: tuple[_Image, np.ndarray] | None = None
+               ) -> np.ndarray:
+    """ScaledReLU-WSConv-ScaledReLU-WSConv of ``skip`` (already divided by beta^2).
+
+    With ``strided`` (the previous stage's map and the transition's input on it), the first
+    convolution runs on the previous map with stride 2 and keeps its even positions.
+    """
+    if strided is None:
+        hidden = _ws_conv(image, *_scaled_relu(skip))
+    else:
+        hidden = _ws_conv(strided[0], *_scaled_relu(strided[1]))[::2, ::2]
+    return _ws_conv(image, *_scaled_relu(hidden))
+
+
 def _bn_branch(image: _Image, skip: np.ndarray) -> np.ndarray:
     """BN-ReLU-Conv-BN-ReLU-Conv: the branch's per-position second moment (mean ~1)."""
     return image.conv(image.normalize(image.conv(image.normalize(skip))))
@@ -165,6 +204,21 @@ class _Family:
     # follow the uniform form within 0.8%, ReLU-BN-Conv ones the propagated profile within 1%
     # (the uniform form is 1.5-2.5% low there).
     propagate: bool = True
+    # NF: every block's beta (in call order); the branch is the NF map of skip / beta^2.
+    betas: tuple[float, ...] | None = None
+    # v1 without BN (Fixup): the ReLU after the addition halves a transition's symmetric skip.
+    post_relu: bool = False
+
+    def branch(self, image: _Image, profile: np.ndarray, index: int) -> np.ndarray:
+        """The branch's per-position second moment at block ``index`` for the skip ``profile``."""
+        if self.normalized and not self.exact:
+            return self.branch_gain * np.ones_like(profile)
+        if self.normalized:
+            return self.branch_gain * _bn_branch(image, profile if self.propagate
+                                                 else np.ones_like(profile))
+        if self.betas is not None:
+            return self.branch_gain / self.betas[index] ** 2 * _nf_branch(image, profile)
+        return self.branch_gain * _plain_branch(image, profile)
 
 
 def _family(config: ResNetConfig) -> _Family:
@@ -190,6 +244,34 @@ def _family(config: ResNetConfig) -> _Family:
                        f"m2_{{l+1}} = (1 + alpha^2 f) m2_l; ratio = alpha^2 f = {alpha**2:g} f",
                        exact, alpha**2, False, growth=1 + alpha**2)
     depth = config.depth
+    if config.norm is Norm.NF:
+        alpha = config.alpha or 0.0
+        if config.nf_zero_init:
+            return _Family("nf-zero-init", "m2_l = m2_0 (every block is the identity); ratio = 0",
+                           True, 0.0, False, (0.0, 0.0), growth=1.0)
+        return _Family(
+            "nf",
+            f"m2_{{l+1}} = (1 + alpha^2 f / beta_l^2) m2_l with beta_l^2 = 1 + l alpha^2: "
+            f"m2_l = m2_0 (1 + l alpha^2)^f, linear for f = 1; ratio = alpha^2 f / beta_l^2 "
+            f"(alpha^2 = {alpha**2:g})",
+            True, alpha**2, False, (1.0, 0.0),
+            betas=tuple(nf_betas(depth, config.stages, alpha)))
+    if config.norm is Norm.FIXUP and config.fixup_zero_last:
+        post = config.variant is Variant.V1
+        return _Family("fixup",
+                       "m2_l = m2_0 (every block is the identity"
+                       + ("; a transition's ReLU halves its projection" if post else "")
+                       + "); ratio = 0", True, 0.0, False, None if post else (0.0, 0.0),
+                       growth=1.0, post_relu=post)
+    if config.norm is Norm.FIXUP and config.variant is Variant.V1:
+        return _Family("fixup-nonzero-v1",
+                       "approximately m2_{l+1} = (1 + 2f/d) m2_l (the branch sees a ReLU output; "
+                       f"the ReLU after the addition clips little); ratio = 2f/d = 2f/{depth}",
+                       False, 2 / depth, False, growth=1 + 2 / depth, post_relu=True)
+    if config.norm is Norm.FIXUP:
+        return _Family("fixup-nonzero",
+                       f"m2_{{l+1}} = (1 + f/d) m2_l (conv1 scaled by d^(-1/2)); ratio = f/d = "
+                       f"f/{depth}", exact, 1 / depth, False, growth=1 + 1 / depth)
     return _Family("sqrt-depth", f"m2_{{l+1}} = (1 + f/d) m2_l; ratio = f/d = f/{depth}", exact,
                    1 / depth, False, growth=1 + 1 / depth)
 
@@ -230,10 +312,15 @@ def predict(trace: Trace) -> Prediction | None:
     n_stages = max(b.stage for b in first) + 1
     images = _stage_images(trace, circular, n_stages)
     predictions: list[BlockPrediction] = []
+    previous: tuple[_Image, np.ndarray] | None = None
     for stage in range(n_stages):
         blocks = [b for b in first if b.stage == stage]
-        predictions += _predict_stage(trace, family, images[stage], blocks[0].index, len(blocks),
-                                      circular)
+        stage_predictions, output = _predict_stage(trace, family, images[stage],
+                                                   blocks[0].index, len(blocks), circular,
+                                                   previous)
+        predictions += stage_predictions
+        image = images[stage]
+        previous = None if image is None else (image, output)
     return Prediction(family.name, _rule(family, images[0], circular), family.exact,
                       tuple(predictions), family.growth)
 
@@ -248,30 +335,48 @@ def _anchor(trace: Trace, index: int) -> tuple[float, float, float]:
 
 
 def _predict_stage(trace: Trace, family: _Family, image: _Image | None, start: int, size: int,
-                   circular: bool) -> list[BlockPrediction]:
+                   circular: bool, previous: tuple[_Image, np.ndarray] | None = None
+                   ) -> tuple[list[BlockPrediction], np.ndarray]:
+    """One stage's predictions and the per-position map of its last block's output.
+
+    ``previous`` is the previous stage's map and its last output's per-position second moment
+    (used by NF transitions); the first stage's skip path is the stem convolution of a uniform
+    image (a border deficit), a later one starts uniform unless its family says otherwise.
+    """
     m2_0, var_0, sq_0 = _anchor(trace, start)
     stage = trace.runs[0].blocks[start].stage
     height, width = (1, 1) if image is None else (image.rows.shape[0], image.cols.shape[0])
     if image is None:  # not an image: the infinite-image forms
         image = _Image(np.ones((1, 1)), np.ones((1, 1)))
     uniform = np.ones((height, width))
-    # The first stage's skip path is the stem convolution of a uniform image: border deficit.
     shape = image.conv(uniform) if stage == 0 else uniform
+    transition = None
+    if family.betas is not None and stage > 0 and previous is not None \
+            and previous[1][::2, ::2].shape == uniform.shape:
+        # NF: the transition's 1x1 WS shortcut keeps the variance of x / beta at the positions
+        # its stride picks, and its strided branch sees x / beta on the previous map; both are
+        # scaled to the measured skip.
+        before = previous[1] * m2_0 / previous[1][::2, ::2].mean()
+        shape = before[::2, ::2]
+        transition = (previous[0], before)
     profile = m2_0 * shape / shape.mean()
     sq_step = math.nan
     if family.split is not None:
         sq_step = family.split[1] * (channel_mean_factor(height, width, circular)
                                      if height > 1 else 1.0)
+    # After a transition of a v1 network without BN, the ReLU of the addition halves the
+    # symmetric projection (and the branch saw the previous stage's ReLU output, whose second
+    # moment is half the He projection's).
+    halve = family.post_relu and stage > 0
     out = []
     skip_var, skip_sq = var_0, sq_0
     for offset in range(size):
-        if family.normalized and not family.exact:
-            branch = family.branch_gain * uniform
-        elif family.normalized:
-            branch = family.branch_gain * _bn_branch(image, profile if family.propagate
-                                                     else uniform)
+        if transition is not None and offset == 0:
+            branch = family.branch_gain * _nf_branch(image, profile, transition)
         else:
-            branch = family.branch_gain * _plain_branch(image, profile)
+            branch = family.branch(image, profile, start + offset)
+        if halve and offset == 0:
+            branch = branch / 2
         skip_m2, residual_m2 = float(profile.mean()), float(branch.mean())
         known = family.split is not None
         out.append(BlockPrediction(start + offset, stage, skip_m2, residual_m2,
@@ -280,15 +385,22 @@ def _predict_stage(trace: Trace, family: _Family, image: _Image | None, start: i
         skip_var += residual_m2 - sq_step
         skip_sq += sq_step
         profile = profile + branch
-    return out
+        if halve and offset == 0:
+            profile = profile / 2
+    return out, profile
 
 
 def _rule(family: _Family, image: _Image | None, circular: bool) -> str:
     """The family's rule with its image factor ``f`` (the branch's m2 per unit of skip)."""
-    if image is None or not family.exact:
+    if image is None or not family.exact or not family.branch_gain:
         return family.rule
     uniform = np.ones((image.rows.shape[0], image.cols.shape[0]))
-    branch = _bn_branch(image, uniform) if family.normalized else _plain_branch(image, uniform)
+    if family.normalized:
+        branch = _bn_branch(image, uniform)
+    elif family.betas is not None:
+        branch = _nf_branch(image, uniform)
+    else:
+        branch = _plain_branch(image, uniform)
     where = "circular padding" if circular else \
         f"zero padding, {image.rows.shape[0]}x{image.cols.shape[0]}"
     first = "" if family.normalized else " at the first block"

@@ -163,8 +163,10 @@ def test_pre_ln_transformer_encoder_passes() -> None:
 
 
 @pytest.mark.parametrize("depth", [1, 8, 64, 512])
-@pytest.mark.parametrize("kwargs", [{}, {"variant": "v1"}, {"norm": "skipinit"},
-                                    {"norm": "sqrt-depth"}], ids=["v2", "v1", "skipinit", "sqrt"])
+@pytest.mark.parametrize("kwargs", [
+    {}, {"variant": "v1"}, {"norm": "skipinit"}, {"norm": "sqrt-depth"}, {"norm": "nf"},
+    {"norm": "fixup"}, {"norm": "fixup", "variant": "v1"},
+], ids=["v2", "v1", "skipinit", "sqrt", "nf", "fixup", "fixup-v1"])
 def test_healthy_built_in_networks_pass_at_every_depth(depth: int,
                                                         kwargs: dict[str, object]) -> None:
     net = sigprop.models.resnet(depth, width=8, seed=0, **kwargs)  # type: ignore[arg-type]
@@ -189,3 +191,24 @@ def test_cli_audit_of_stock_resnets_exits_0() -> None:
         code, found = findings(["torchvision", name, "--image-size", "64", "--batch-size", "2"])
         assert code == 0, found
         assert found["signal_explosion"]["status"] in ("pass", "info")
+
+
+# Depths 8 and 512 of both families through the library: test_healthy_built_in_networks_...
+@pytest.mark.parametrize(("depth", "args", "zero"), [
+    ("512", ["--norm", "nf"], None), ("512", ["--norm", "fixup"], "conv2.weight = 0"),
+    ("8", ["--norm", "nf", "--nf-zero-init"], "conv2.gain = 0"),
+    ("8", ["--norm", "fixup", "--no-fixup-zero-last"], None),
+], ids=["nf-512", "fixup-512", "nf-zero-init-8", "fixup-nonzero-8"])
+def test_normalizer_free_networks_pass_the_cli_audit(depth: str, args: list[str],
+                                                     zero: str | None) -> None:
+    code, found = findings(["resnet", "--depth", depth, *args, "--width", "8", "--batch-size",
+                            "2", "--image-size", "8"])
+    assert code == 0, found
+    assert found["signal_explosion"]["status"] in ("pass", "info")
+    assert found["identity_bias"]["status"] == "pass"
+    assert found["bn_eval_mode"]["message"] == "no batch-norm layer"
+    if zero is None:
+        assert found["zero_branches"]["status"] == "pass"
+    else:
+        assert found["zero_branches"]["measured"] == int(depth)
+        assert f"{zero} ({depth})" in str(found["zero_branches"]["message"])

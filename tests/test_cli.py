@@ -77,7 +77,11 @@ def test_unnormalized_overflow_is_reported(tmp_path: Path) -> None:
     (["--device", "cuda:7"], "error: device 'cuda:7'"),
     (["--device", "tpu"], "error: unknown device 'tpu'"),
     (["--norm", "layernorm"],
-     "'layernorm' is not one of 'batchnorm', 'none', 'skipinit', 'sqrt-depth'"),
+     "'layernorm' is not one of 'batchnorm', 'none', 'skipinit', 'sqrt-depth', 'nf', 'fixup'"),
+    (["--nf-zero-init"], "error: nf_zero_init=True applies only to norm='nf'"),
+    (["--norm", "nf", "--no-fixup-zero-last"],
+     "error: fixup_zero_last=False applies only to norm='fixup', got norm='nf'"),
+    (["--norm", "nf", "--variant", "v1"], "error: norm='nf' is built on the pre-activation"),
 ])
 def test_bad_input_exits_2_with_one_clear_line(args: list[str], message: str,
                                                tmp_path: Path) -> None:

@@ -49,8 +49,8 @@ def measured(frame: pd.DataFrame, series: str, quantity: str) -> pd.DataFrame:
 
 
 def test_every_figure_caption_and_table_is_written(quick: Path) -> None:
-    assert NAMES == ["spp-resnet-v2-batchnorm", "spp-trio", "identity-bias", "sqrt-depth-law",
-                     "depth-sweep", "orderings", "zoo"]
+    assert NAMES == ["spp-resnet-v2-batchnorm", "spp-trio", "identity-bias", "normalizer-free",
+                     "sqrt-depth-law", "depth-sweep", "orderings", "zoo"]
     for name in NAMES:
         assert (quick / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (quick / f"{name}.svg").read_text().lstrip().startswith("<?xml")
@@ -144,9 +144,40 @@ def test_identity_bias_and_zoo(quick: Path) -> None:
     assert 0.08 < norm.mean() < 0.12 and norm.max() < 0.2  # alpha = 0.1 (per block: width 8)
     zoo = table(quick, "zoo")
     assert {"BN v2", "BN v1", "unnormalized", "SkipInit, alpha = 0",
-            "branch / sqrt(d)"} <= set(zoo.series)
+            "branch / sqrt(d)", "NF-ResNet, alpha = 0.2"} <= set(zoo.series)
+    nf = measured(zoo, "NF-ResNet, alpha = 0.2", "branch_norm_ratio").mean().to_numpy()
+    assert 0.1 < nf[0] < 0.3 and nf[-1] < nf[0]  # visible branches, ~alpha / beta_l
     assert set(zoo.source) == {"measured"}
     assert "effective depth" in (quick / "zoo.txt").read_text()
+
+
+def test_normalizer_free_family_beside_batch_norm(quick: Path) -> None:
+    frame = table(quick, "normalizer-free")
+    nf, fixup, nonzero = "NF-ResNet, alpha = 0.2", "Fixup", "Fixup, non-zero last layer"
+    assert set(frame.series) == {"BN v2", "SkipInit, alpha = 0.2", nf, fixup, nonzero}
+    depth = QUICK.spp_depth
+    assert set(frame.depth) == {depth}
+    # Fixup with its zero last layers: every block exactly the identity, in theory too.
+    assert (measured(frame, fixup, "residual_m2").to_numpy() == 0).all()
+    assert (measured(frame, fixup, "cosine").to_numpy() == 1).all()
+    skip = measured(frame, fixup, "skip_m2").to_numpy()
+    assert np.allclose(skip, skip[:, :1], rtol=0, atol=0)
+    theory = frame[frame.source == "theory"]
+    assert (theory[(theory.series == fixup) & (theory.quantity == "ratio")].value == 0).all()
+    # NF: linear growth of about alpha^2 m2_0 per block (8x8 zero padding: a factor f < 1 off),
+    # its ratio falling as alpha^2 f / (1 + l alpha^2).
+    nf_skip = theory[(theory.series == nf) & (theory.quantity == "skip_m2")].value.to_numpy()
+    steps = np.diff(nf_skip)
+    assert (0.6 * 0.04 * nf_skip[0] < steps).all() and (steps < 0.04 * nf_skip[0]).all()
+    nf_ratio = measured(frame, nf, "ratio").mean().to_numpy()
+    assert nf_ratio[:5].mean() > 1.3 * nf_ratio[-5:].mean()
+    growth = measured(frame, nf, "skip_m2").mean().to_numpy()
+    assert 1.5 < growth[-1] / growth[0] < 1 + 0.04 * depth
+    # Fixup without the zero layer: the branch adds 1/d of the skip (times the padding factor).
+    ratio = theory[(theory.series == nonzero) & (theory.quantity == "ratio")].value
+    assert np.allclose(ratio, ratio.iloc[0], rtol=0.05) and 0.6 / depth < ratio.iloc[0] < 1 / depth
+    caption = (quick / "normalizer-free.txt").read_text()
+    assert "NF-ResNet" in caption and "Fixup" in caption and "identity" in caption
 
 
 def test_generation_is_deterministic() -> None:

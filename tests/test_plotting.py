@@ -15,6 +15,7 @@ import torch
 import sigprop
 from sigprop import InputSpec, measure
 from sigprop.plotting import (
+    plot_comparison,
     plot_depth_sweep,
     plot_identity_bias,
     plot_spp,
@@ -128,3 +129,17 @@ def test_zoo_takes_traces_of_any_model() -> None:
     norm_ratio = np.asarray(fig.axes[0].get_lines()[0].get_ydata())
     assert np.allclose(norm_ratio[:2], 0.5) and np.isnan(norm_ratio[2])  # log axis: 0 not drawn
     plt.close("all")
+
+
+def test_comparison_draws_theory_and_names_a_zero_branch() -> None:
+    nf, fixup = traced(8, seeds=2, norm="nf"), traced(8, norm="fixup")
+    fig = plot_comparison([nf, fixup], ["NF", "Fixup"], colors=["C0", "C1"])
+    skip, ratio, cosine = fig.axes
+    assert [ax.get_yscale() for ax in fig.axes] == ["log", "log", "linear"]
+    labels = [str(line.get_label()) for line in ratio.get_lines()]
+    assert "NF" in labels and r"Fixup (ratio $\equiv 0$, not drawn)" in labels
+    assert "theory" in labels
+    theory = [line for line in skip.get_lines() if str(line.get_label()) == "_theory"]
+    assert len(theory) == 2  # a closed form for each network
+    assert np.asarray(cosine.get_lines()[-2].get_ydata()) == pytest.approx(np.ones(8))
+    plt.close(fig)

@@ -194,3 +194,96 @@ def test_unnormalized_growth_follows_the_padding_theory_up_to_finite_width() -> 
     growth = stats.fit(merged, stats.FitId.GROWTH_RATE)
     assert growth.predicted == pytest.approx(1.94, abs=0.01)
     assert growth.predicted - 0.1 < growth.estimate < growth.predicted + 0.02
+
+
+def merged_seeds(depth: int, size: int, padding: str, seeds: int, width: int = 32,
+                 **kwargs: object) -> Trace:
+    merged = None
+    for seed in range(seeds):
+        net = sigprop.models.resnet(depth, width=width, padding=padding, seed=seed,
+                                    **kwargs)  # type: ignore[arg-type]
+        trace = measure(net, InputSpec("gaussian", (8, 3, size, size), seed=seed))
+        merged = trace if merged is None else merged.merge(trace)
+    assert merged is not None
+    return merged
+
+
+def test_nf_closed_form_on_an_infinite_image() -> None:
+    alpha = 0.5
+    trace = traced(8, norm="nf", alpha=alpha, stages=2)
+    p = predict(trace)
+    assert p is not None and p.family == "nf" and p.exact and p.growth is None
+    assert "f = 1.000 at the first block (circular padding)" in p.rule
+    blocks = trace.runs[0].blocks
+    for start in (0, 4):
+        m0 = blocks[start].skip.m2
+        for l, pred in enumerate(p.blocks[start:start + 4]):
+            # beta_l^2 = 1 + l alpha^2 tracks the skip variance: m2_l = m2_0 (1 + l alpha^2),
+            # and the branch adds alpha^2 m2_0, no channel mean, every block.
+            assert pred.skip_m2 == pytest.approx(m0 * (1 + l * alpha**2))
+            assert pred.residual_m2 == pytest.approx(alpha**2 * m0)
+            assert pred.ratio == pytest.approx(alpha**2 / (1 + l * alpha**2))
+            assert pred.skip_sq_mean == pytest.approx(blocks[start].skip.sq_mean)
+
+
+# Width 64 at 16x16: at width 32 finite width adds ~2% to the second stage's slope there (40
+# seeds: 0.0300 [0.0297, 0.0304] against 0.0293), 0.5% at width 64 (docs/theory.md).
+@pytest.mark.parametrize(("size", "padding", "width"), [(8, "zeros", 32), (16, "zeros", 64),
+                                                        (8, "circular", 32)])
+def test_nf_skip_grows_by_alpha_squared_per_block_and_restarts_at_transitions(
+        size: int, padding: str, width: int) -> None:
+    depth, alpha = 24, 0.2
+    trace = merged_seeds(depth, size, padding, 6, width, norm="nf", stages=2)
+    for stage in (0, 1):
+        slope = stats.fit(trace, stats.FitId.SKIP_M2_SLOPE, stage)
+        assert slope.predicted is not None
+        assert slope.contains(slope.predicted), (stage, slope.estimate, slope.ci95,
+                                                 slope.predicted)
+        start = trace.by_stage()[stage][0].index
+        m0 = np.mean([run.blocks[start].skip.m2 for run in trace.runs])
+        # alpha^2 m2_0 per block on an infinite image; zero padding takes its border factor off.
+        infinite = alpha**2 * m0
+        assert (slope.predicted == pytest.approx(infinite, rel=1e-9) if padding == "circular"
+                else 0.6 * infinite < slope.predicted < 0.95 * infinite)
+    # The transition's 1x1 WS shortcut of act(x / beta) restarts the skip path at the variance
+    # of x / beta, beta^2 = 1 + 12 alpha^2 the previous stage's expected variance: at 1 on an
+    # infinite image; zero padding keeps the previous stage's deficit (x / beta below 1).
+    start = trace.by_stage()[1][0].index
+    restarted = [run.blocks[start].skip.m2 / (run.blocks[start - 1].output.m2
+                                              / (1 + 12 * alpha**2)) for run in trace.runs]
+    assert np.mean(restarted) == pytest.approx(1.0, abs=0.05)
+    level = np.mean([run.blocks[start].skip.m2 for run in trace.runs])
+    assert level == pytest.approx(1.0, abs=0.05) if padding == "circular" else 0.7 < level < 0.95
+    verdict = stats.report(trace).verdict("skip_linear_growth", 0)
+    assert verdict.predicted is not None  # NF is a linear theory, held to its slope
+
+
+def test_fixup_with_zero_last_layers_predicts_the_identity() -> None:
+    trace = merged_seeds(12, 8, "zeros", 2, width=8, norm="fixup")
+    p = predict(trace)
+    assert p is not None and p.family == "fixup" and p.exact and p.growth == 1.0
+    m0 = trace.runs[0].blocks[0].skip.m2
+    assert all(b.residual_m2 == 0 and b.ratio == 0 for b in p.blocks)
+    assert np.mean([run.blocks[0].skip.m2 for run in trace.runs]) == pytest.approx(
+        p.blocks[-1].skip_m2)
+    assert all(run.blocks[-1].skip.m2 == run.blocks[0].skip.m2 for run in trace.runs)
+    assert m0 > 0
+    result = stats.report(trace)
+    assert result.verdict("identity_at_init").outcome is stats.Outcome.CONSISTENT
+    assert result.verdict("skip_linear_growth").measured == 0.0
+
+
+@pytest.mark.parametrize(("size", "padding"), [(16, "zeros"), (8, "circular")])
+def test_fixup_without_zero_last_layers_grows_by_one_over_depth(size: int, padding: str) -> None:
+    depth = 32
+    trace = merged_seeds(depth, size, padding, 6, norm="fixup", fixup_zero_last=False)
+    p = predict(trace)
+    assert p is not None and p.family == "fixup-nonzero" and p.growth == 1 + 1 / depth
+    growth = stats.fit(trace, stats.FitId.GROWTH_RATE)
+    assert growth.predicted is not None and growth.contains(growth.predicted), (
+        growth.estimate, growth.ci95, growth.predicted)
+    if padding == "circular":  # (1 + 1/d) per block, ~e over the network
+        assert growth.predicted == pytest.approx(1 + 1 / depth)
+    v1 = predict(merged_seeds(8, 8, padding, 1, width=8, norm="fixup", variant="v1",
+                              fixup_zero_last=False))
+    assert v1 is not None and not v1.exact and v1.growth == 1 + 2 / 8

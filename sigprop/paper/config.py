@@ -22,7 +22,8 @@ class RunSpec:
     Attributes:
         depth: number of residual blocks (for a real architecture: how many it has, for the
             progress bar).
-        norm, variant, order, alpha, stages: as in :func:`sigprop.models.resnet`.
+        norm, variant, order, alpha, stages, nf_zero_init, fixup_zero_last: as in
+            :func:`sigprop.models.resnet`.
         width, batch, image, seeds: channels of the first stage, images per batch, image side
             and seeds; None takes the :class:`FigureConfig`'s value.
     """
@@ -38,6 +39,8 @@ class RunSpec:
     image: int | None = None
     seeds: tuple[int, ...] | None = None
     model: str | None = None  # "torchvision:NAME" or "timm:NAME", built without weights
+    nf_zero_init: bool = False
+    fixup_zero_last: bool = True
 
 
 @dataclass(frozen=True, slots=True)

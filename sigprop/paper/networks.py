@@ -17,17 +17,30 @@ if TYPE_CHECKING:
 
 __all__ = ["colors_for", "overlay", "skipinit_label"]
 
-# One colour per network across the figure set (seaborn's colour-blind palette, by index),
-# keyed on what the network is: (variant, norm, alpha, several stages).
-_PALETTE_INDEX = {("v2", "batchnorm", None, False): 0, ("v2", "none", None, False): 1,
-                  ("v2", "skipinit", 0.0, False): 2, ("v2", "skipinit", 0.1, False): 4,
-                  ("v2", "sqrt-depth", None, False): 5, ("v1", "batchnorm", None, False): 3,
-                  ("v2", "batchnorm", None, True): 6}
+# One colour per network across the figure set, keyed on what the network is: (variant, norm,
+# alpha, several stages, NF zero-init, Fixup zero last). seaborn's colour-blind palette by
+# index, then fixed colours of Paul Tol's muted scheme for the normalizer-free family.
+_Key = tuple[str, str, float | None, bool, bool, bool]
 
 
-def _network(run: RunSpec) -> tuple[str, str, float | None, bool] | None:
+def _key(variant: str, norm: str, alpha: float | None = None, stages: bool = False,
+         nf_zero_init: bool = False, fixup_zero_last: bool = True) -> _Key:
+    return (variant, norm, alpha, stages, nf_zero_init, fixup_zero_last)
+
+
+_PALETTE_INDEX = {_key("v2", "batchnorm"): 0, _key("v2", "none"): 1,
+                  _key("v2", "skipinit", 0.0): 2, _key("v2", "skipinit", 0.1): 4,
+                  _key("v2", "sqrt-depth"): 5, _key("v1", "batchnorm"): 3,
+                  _key("v2", "batchnorm", stages=True): 6}
+_FIXED = {_key("v2", "nf", 0.2): "#882255", _key("v2", "fixup"): "#44aa99",
+          _key("v2", "fixup", fixup_zero_last=False): "#332288",
+          _key("v2", "skipinit", 0.2): "#999933"}
+
+
+def _network(run: RunSpec) -> _Key | None:
     """The key of a built-in ResNet's colour, or None for a real architecture."""
-    return None if run.model else (run.variant, run.norm, run.alpha, run.stages > 1)
+    return None if run.model else _key(run.variant, run.norm, run.alpha, run.stages > 1,
+                                       run.nf_zero_init, run.fixup_zero_last)
 
 
 def skipinit_label(alpha: float) -> str:
@@ -48,9 +61,15 @@ def colors_for(runs: Sequence[RunSpec]) -> list[str]:
     colors = palette()
     spare = iter([c for k, c in enumerate(colors) if k not in _PALETTE_INDEX.values()]
                  + ["#000000", "#7b3294", "#a6611a"])
-    keys = [_network(run) for run in runs]
-    return [colors[_PALETTE_INDEX[key]] if key in _PALETTE_INDEX else next(spare, "#444444")
-            for key in keys]
+    chosen = []
+    for key in (_network(run) for run in runs):
+        if key is not None and key in _PALETTE_INDEX:
+            chosen.append(colors[_PALETTE_INDEX[key]])
+        elif key is not None and key in _FIXED:
+            chosen.append(_FIXED[key])
+        else:
+            chosen.append(next(spare, "#444444"))
+    return chosen
 
 
 def overlay(plot: Callable[..., Figure], traces: Traces, runs: Mapping[str, RunSpec],

@@ -48,4 +48,5 @@ def _build(spec: RunSpec, width: int, seed: int) -> tuple[nn.Module, dict[str, A
         return ModelSource.parse(spec.model).builder()(seed)
     return ModelSource.parse("resnet", depth=spec.depth, variant=spec.variant, norm=spec.norm,
                              width=width, stages=spec.stages, alpha=spec.alpha,
-                             order=spec.order).builder()(seed)
+                             order=spec.order, nf_zero_init=spec.nf_zero_init,
+                             fixup_zero_last=spec.fixup_zero_last).builder()(seed)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from sigprop import stats
 from sigprop.paper.config import FigureConfig, RunSpec
+from sigprop.paper.methods import NF_LABEL
 from sigprop.paper.networks import overlay, skipinit_label
 from sigprop.paper.spec import FigureSpec, Rendering, Traces
 from sigprop.paper.tables import measured, tidy
@@ -76,6 +77,7 @@ def zoo_figure(config: FigureConfig) -> FigureSpec:
         "unnormalized": RunSpec(d, norm="none"),
         skipinit_label(0.0): RunSpec(d, norm="skipinit", alpha=0.0),
         "branch / sqrt(d)": RunSpec(d, norm="sqrt-depth"),
+        NF_LABEL: RunSpec(d, norm="nf", alpha=0.2),
         **{label: RunSpec(blocks, model=model, image=config.zoo_image, batch=config.zoo_batch)
            for label, model, blocks in _REAL_MODELS},
     }
@@ -93,7 +95,10 @@ def zoo_figure(config: FigureConfig) -> FigureSpec:
             f"by at least 10% in norm: {depths}. BN biases "
             "deep blocks towards the identity (norm ratio ~ 1/sqrt(l)); SkipInit at alpha = 0 "
             "makes every block exactly the identity; a 1/sqrt(d) branch scaling makes every "
-            "block uniformly close to it; the unnormalized network has no identity bias. "
+            "block uniformly close to it; the unnormalized network has no identity bias; the "
+            "built-in NF-ResNet (alpha = 0.2, gains not zeroed) shows the signal that timm's "
+            "nf_resnet50 hides: its norm ratio falls as alpha sqrt(f / (1 + l alpha^2)), like "
+            "BN's. "
             "Real architectures, built without weights and measured on "
             f"{config.zoo_batch} Gaussian {config.zoo_image}x{config.zoo_image} images: "
             "timm's resnet50 zero-initializes the last BN of every branch and its nf_resnet50 "

@@ -12,6 +12,7 @@ matplotlib and seaborn are imported when a figure is drawn, so importing this pa
 2
 """
 
+from sigprop.plotting.compare import plot_comparison
 from sigprop.plotting.depth import SweepPoint, plot_depth_sweep, plot_sqrt_depth_law, sweep_points
 from sigprop.plotting.identity import plot_identity_bias, plot_zoo
 from sigprop.plotting.orderings import plot_orderings
@@ -37,6 +38,7 @@ __all__ = [
     "fit_text",
     "network_depth",
     "palette",
+    "plot_comparison",
     "plot_depth_sweep",
     "plot_identity_bias",
     "plot_orderings",
