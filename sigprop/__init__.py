@@ -10,7 +10,7 @@
 from sigprop import models
 from sigprop._moments import moments
 from sigprop._version import __version__
-from sigprop.blocks import Block, ResidualAdd
+from sigprop.blocks import ResidualAdd
 from sigprop.recording import (
     BNMode,
     ForwardError,
@@ -21,6 +21,7 @@ from sigprop.recording import (
 )
 from sigprop.trace import (
     BatchNorms,
+    Block,
     BlockStats,
     InputKind,
     InputSpec,

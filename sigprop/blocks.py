@@ -1,15 +1,13 @@
-"""Residual blocks: the marked addition ``skip + residual`` and the description of one call."""
+"""The marked residual addition ``skip + residual``."""
 
 from __future__ import annotations
-
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from sigprop.trace import Shortcut
 
-__all__ = ["Block", "ResidualAdd", "marked_additions"]
+__all__ = ["ResidualAdd", "marked_additions"]
 
 
 class ResidualAdd(nn.Module):
@@ -46,28 +44,6 @@ class ResidualAdd(nn.Module):
     def extra_repr(self) -> str:
         gain = f", gain={self.gain}" if self.gain else ""
         return f"shortcut={self.shortcut.value}, channels_last={self.channels_last}{gain}"
-
-
-@dataclass(frozen=True, slots=True)
-class Block:
-    """One call of a residual block in a forward pass.
-
-    Attributes:
-        index: position among the residual additions executed, in call order, from 0.
-        name: qualified name of the module owning the addition (``blocks.3``).
-        stage: stage index; a projection shortcut after the first block starts a new stage.
-        shortcut: ``identity`` or ``projection``.
-        channels_last: whether channels are the last dimension of the activations.
-        gain: the gain seen on the residual branch just before the addition, e.g.
-            ``bn3.weight = 0`` or ``gamma: mean |g| = 1e-06``; None when none was seen.
-    """
-
-    index: int
-    name: str
-    stage: int
-    shortcut: Shortcut
-    channels_last: bool = False
-    gain: str | None = None
 
 
 def marked_additions(model: nn.Module) -> list[tuple[str, nn.Module, ResidualAdd]]:

@@ -15,10 +15,19 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from sigprop._moments import BlockAccumulator, Operands, Reduced
 from sigprop._validate import parse_choice
-from sigprop.blocks import Block, ResidualAdd, marked_additions
+from sigprop.blocks import ResidualAdd, marked_additions
 from sigprop.config import ResNetConfig
 from sigprop.discovery import Discovery, Found, GainTerm, describe_gains, discovering
-from sigprop.trace import BatchNorms, BlockStats, InputKind, InputSpec, Run, Shortcut, Trace
+from sigprop.trace import (
+    BatchNorms,
+    Block,
+    BlockStats,
+    InputKind,
+    InputSpec,
+    Run,
+    Shortcut,
+    Trace,
+)
 
 __all__ = [
     "BNMode",
@@ -85,7 +94,7 @@ class _Recorder:
         stage = self.blocks[-1].stage if self.blocks else 0
         if shortcut is Shortcut.PROJECTION and index > 0:
             stage += 1
-        self.blocks.append(Block(index, name, stage, shortcut, channels_last))
+        self.blocks.append(Block(index, name, stage, shortcut, channels_last=channels_last))
         if reduced is not None:
             self.sums.commit(reduced)
         if self.progress is not None:
@@ -93,11 +102,8 @@ class _Recorder:
 
     def block_stats(self) -> tuple[BlockStats, ...]:
         """Gather all statistics from the device at once and pair them with their blocks."""
-        return tuple(
-            BlockStats(block.index, block.name, block.stage, block.shortcut, *stats,
-                       gain=block.gain)
-            for block, stats in zip(self.blocks, self.sums.results(), strict=True)
-        )
+        return tuple(BlockStats.of(block, *stats)
+                     for block, stats in zip(self.blocks, self.sums.results(), strict=True))
 
 
 @contextmanager
