@@ -13,7 +13,7 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sigprop._moments import BlockAccumulator, Operands, Reduced
+from sigprop._accumulators import Accumulator, Addition, FastAccumulator, SafeAccumulator
 from sigprop._validate import parse_choice
 from sigprop.blocks import ResidualAdd, marked_additions
 from sigprop.config import ResNetConfig
@@ -76,19 +76,19 @@ class _Recorder:
         self.with_stats = with_stats
         self.progress = progress
         self.blocks: list[Block] = []
-        self.sums = BlockAccumulator(safe)
+        self.sums: Accumulator = SafeAccumulator() if safe else FastAccumulator()
 
     def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool
-                 ) -> Operands | None:
+                 ) -> Addition | None:
         """Reduce the operands of an addition, before it runs (it may overwrite one in place)."""
         return self.sums.operands(skip, residual, channels_last) if self.with_stats else None
 
-    def output(self, operands: Operands | None, output: torch.Tensor) -> Reduced | None:
+    def output(self, operands: Addition | None, output: torch.Tensor) -> Addition | None:
         """Reduce the sum of an addition right after it ran, before anything changes it."""
         return None if operands is None else self.sums.output(operands, output)
 
     def record(self, name: str, shortcut: Shortcut, channels_last: bool,
-               reduced: Reduced | None) -> None:
+               reduced: Addition | None) -> None:
         """Count an addition, reduced before, as the next residual block."""
         index = len(self.blocks)
         stage = self.blocks[-1].stage if self.blocks else 0
