@@ -23,11 +23,12 @@ just before it runs (``out += identity`` overwrites one of them), its sum just a
 
 from __future__ import annotations
 
+import difflib
 import itertools
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar, cast
+from typing import Any, Generic, TypeVar, cast
 
 import torch
 from torch import nn
@@ -35,9 +36,11 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from sigprop.trace import Shortcut
+from sigprop._gains import GainTerm
+from sigprop.finding import BlockFinder, FoundBlocks, NoResidualBlockError
+from sigprop.trace import Block, Shortcut
 
-__all__ = ["SHORT_PATH", "Discovery", "Found", "GainTerm", "describe_gains", "discovering"]
+__all__ = ["SHORT_PATH", "Discovery", "NamedBlocks"]
 
 SHORT_PATH = 6
 """Most operations between a block input and a projection skip (e.g. BN, ReLU, pool, conv)."""
@@ -101,74 +104,27 @@ class _Call:
     pending: list[Any] | None = None  # override mode: the last candidate addition, reduced
 
 
-@dataclass(frozen=True, slots=True)
-class GainTerm:
-    """A factor seen on the residual branch just before the addition.
-
-    Attributes:
-        kind: ``param`` (a parameter or buffer multiplying the branch, e.g. SkipInit alpha or
-            layer scale gamma), ``weight`` (the weight of the normalization, convolution or
-            linear layer that produced the branch; reported only when it is all zero) or
-            ``constant`` (a Python number).
-        name: qualified name of the parameter (empty for a constant).
-        value: the tensor (read after the forward pass) or the constant.
-        derived: the tensor was computed from the parameter ``name`` (e.g. a standardized
-            weight), it is not the parameter itself.
-    """
-
-    kind: str
-    name: str
-    value: torch.Tensor | float
-    derived: bool = False
-
-
-@dataclass(frozen=True, slots=True)
-class Found:
-    """One residual addition found during the forward pass."""
-
-    name: str
-    shortcut: Shortcut
-    channels_last: bool
-    gains: tuple[GainTerm, ...]
-
-
-class Recorder(Protocol):
-    """Where discovery reports residual additions."""
-
-    def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool) -> Any:
-        """Called just before an addition runs (it may overwrite an operand in place)."""
-
-    def output(self, operands: Any, output: torch.Tensor) -> Any:
-        """Called just after, with what :meth:`operands` returned; returns a handle."""
-
-    def record(self, name: str, shortcut: Shortcut, channels_last: bool, reduced: Any) -> None:
-        """Called once per residual addition, in call order, with the handle of its output."""
-
-
-@dataclass(eq=False)
-class Discovery:
-    """Shared state of the hooks and the function mode for one forward pass.
+class _Engine:
+    """The hooks and the function mode of one forward pass, and what they track.
 
     Args:
         model: the model whose submodules are hooked.
-        recorder: told of each residual addition: its tensors at once, its owner name,
-            shortcut and layout in call order (see :class:`Recorder`).
-        blocks: override: qualified names of the modules whose forward returns
+        found: told of each residual addition (its tensors go to ``found.recorder`` at once).
+        names: override: qualified names of the modules whose forward returns
             ``skip + residual``; the last addition of two same-shape tensors executed inside each
             call of one of them is its residual addition, and nothing else is recorded.
     """
 
-    model: nn.Module
-    recorder: Recorder
-    blocks: frozenset[str] | None = None
-    found: list[Found] = field(default_factory=list)
-    labels: _TensorMap[dict[int, _Entry]] = field(default_factory=_TensorMap)
-    gains: _TensorMap[tuple[GainTerm, ...]] = field(default_factory=_TensorMap)
-    param_alias: _TensorMap[str] = field(default_factory=_TensorMap)
-    stack: list[_Call] = field(default_factory=list)
-    root_call: dict[int, _Call] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
+    def __init__(self, model: nn.Module, found: FoundBlocks,
+                 names: frozenset[str] | None = None) -> None:
+        self.model = model
+        self.found = found
+        self.names = names
+        self.labels: _TensorMap[dict[int, _Entry]] = _TensorMap()
+        self.gains: _TensorMap[tuple[GainTerm, ...]] = _TensorMap()
+        self.param_alias: _TensorMap[str] = _TensorMap()
+        self.stack: list[_Call] = []
+        self.root_call: dict[int, _Call] = {}
         self._serial = itertools.count()
         self._roots = itertools.count()
         self.param_names: dict[int, str] = {}
@@ -209,7 +165,7 @@ class Discovery:
                 self.gains[output] = (GainTerm("weight", f"{name}.weight", weight),)
             if call.pending is not None:
                 pending, call.pending = call.pending, None
-                self._report(*pending)
+                self.found.add(*pending)
 
         return hook
 
@@ -317,7 +273,7 @@ class Discovery:
                 or kwargs.get("alpha", 1) != 1 or len(args) > 2):
             return None
         label_a, label_b = self.labels.get(a), self.labels.get(b)
-        if self.blocks is not None:
+        if self.names is not None:
             return self._override_addition(func, args, kwargs, label_a or {}, label_b or {})
         if label_a is None or label_b is None:
             return None
@@ -333,7 +289,7 @@ class Discovery:
             # The sum is the input of the next addition of the same call (a transformer block
             # adds attention, then an MLP): make it a root, so that one is an identity too.
             self._mark_root(call, out)
-        self._report(call.name, shortcut, channels_last, reduced, gains)
+        self.found.add(call.name, shortcut, channels_last, gains, reduced)
         return (out,)
 
     def _run_addition(self, name: str, func: Callable[..., Any], args: Sequence[Any],
@@ -343,10 +299,10 @@ class Discovery:
         before (an in-place addition overwrites one), the sum at once (the block may still
         change it in place, e.g. with a ReLU). Returns the sum, its layout and the handle."""
         channels_last = self._channels_last(name, skip)
-        operands = self.recorder.operands(skip, residual, channels_last)
+        operands = self.found.recorder.operands(skip, residual, channels_last)
         out = func(*args, **kwargs)
         self._propagate(func, args, kwargs, out)
-        return out, channels_last, self.recorder.output(operands, out)
+        return out, channels_last, self.found.recorder.output(operands, out)
 
     def _mark_root(self, call: _Call, tensor: torch.Tensor) -> None:
         root = next(self._roots)
@@ -359,8 +315,8 @@ class Discovery:
     def _override_addition(self, func: Callable[..., Any], args: Sequence[Any],
                            kwargs: dict[str, Any], label_a: dict[int, _Entry],
                            label_b: dict[int, _Entry]) -> tuple[Any] | None:
-        assert self.blocks is not None
-        call = next((c for c in reversed(self.stack) if c.name in self.blocks), None)
+        assert self.names is not None
+        call = next((c for c in reversed(self.stack) if c.name in self.names), None)
         if call is None:
             return None
         a, b = args[0], args[1]
@@ -374,13 +330,8 @@ class Discovery:
         gains = self.gains.get(residual) or ()
         out, channels_last, reduced = self._run_addition(call.name, func, args, kwargs, skip,
                                                          residual)
-        call.pending = [call.name, shortcut, channels_last, reduced, gains]
+        call.pending = [call.name, shortcut, channels_last, gains, reduced]
         return (out,)
-
-    def _report(self, name: str, shortcut: Shortcut, channels_last: bool, reduced: Any,
-                gains: tuple[GainTerm, ...]) -> None:
-        self.found.append(Found(name, shortcut, channels_last, gains))
-        self.recorder.record(name, shortcut, channels_last, reduced)
 
     def _channels_last(self, name: str, x: torch.Tensor) -> bool:
         """Channels-first if dim 1 matches a conv/BN/GroupNorm width of the block and the last
@@ -461,63 +412,78 @@ def _tensors(out: Any) -> list[torch.Tensor]:
 
 
 class _Mode(TorchFunctionMode):
-    def __init__(self, discovery: Discovery):
+    def __init__(self, engine: _Engine):
         super().__init__()
-        self.discovery = discovery
+        self.engine = engine
 
     def __torch_function__(self, func: Callable[..., Any], types: Any,
                            args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
                            ) -> Any:
-        return self.discovery.handle(func, args, kwargs or {})
+        return self.engine.handle(func, args, kwargs or {})
 
 
 @contextmanager
-def discovering(discovery: Discovery) -> Iterator[Discovery]:
+def _hooked(engine: _Engine) -> Iterator[None]:
     """Hook every submodule and intercept torch operations; undo everything on exit."""
+    model = engine.model
     with ExitStack() as stack:
-        for name, module in discovery.model.named_modules():
+        for name, module in model.named_modules():
             stack.enter_context(module.register_forward_pre_hook(
-                discovery.pre_hook(name or type(discovery.model).__name__), with_kwargs=True))
+                engine.pre_hook(name or type(model).__name__), with_kwargs=True))
             stack.enter_context(module.register_forward_hook(
-                discovery.post_hook(name or type(discovery.model).__name__), with_kwargs=True,
+                engine.post_hook(name or type(model).__name__), with_kwargs=True,
                 always_call=True))
-        stack.enter_context(_Mode(discovery))
-        yield discovery
+        stack.enter_context(_Mode(engine))
+        yield
 
 
-def describe_gains(found: Sequence[Found]) -> list[str | None]:
-    """A description of the branch gain of every found addition (one device sync for all).
+class Discovery(BlockFinder):
+    """Finds the residual additions of any eager model by provenance (see the module's doc)."""
 
-    A parameter gain reads ``alpha = 0`` (scalar) or ``gamma: mean |g| = 1e-06`` (per channel); a
-    layer's weight is reported only when all zero (``bn3.weight = 0``; ``conv3.weight (effective)
-    = 0`` when the layer used a weight computed from its parameters); a constant factor reads
-    ``constant 0.2``. Names are relative to the block when inside it. None: no gain seen.
+    def tapping(self, found: FoundBlocks) -> AbstractContextManager[None]:
+        return _hooked(_Engine(self.model, found))
+
+
+class NamedBlocks(BlockFinder):
+    """The override ``blocks=[...]``: the residual addition of each call of the named modules.
+
+    In each call of a named module, the last addition of two tensors of the same shape executed
+    inside it (not inside a nested named module) is its residual addition; the operand fewer
+    operations away from the module's input is the skip (the first operand on a tie).
+
+    Args:
+        model: the model.
+        names: qualified names of modules of ``model`` whose forward returns ``skip + residual``.
+
+    Raises:
+        TypeError: ``names`` is not a list of strings.
+        ValueError: a name is not a submodule of ``model`` (the error suggests close ones), or
+            there are none.
     """
-    tensors = [t.value for f in found for t in f.gains if isinstance(t.value, torch.Tensor)]
-    summary: list[list[float]] = []
-    if tensors:
-        with torch.no_grad():
-            rows = [torch.stack((v.detach().double().abs().mean(),
-                                 (v.detach() == 0).all().double(),
-                                 v.detach().double().reshape(-1)[0])).to(tensors[0].device)
-                    for v in tensors]
-            summary = torch.stack(rows).cpu().tolist()
-    it = iter(summary)
-    described: list[str | None] = []
-    for f in found:
-        parts = []
-        for term in f.gains:
-            if isinstance(term.value, float):
-                parts.append(f"constant {term.value:g}")
-                continue
-            mean_abs, zero, first = next(it)
-            name = term.name
-            if name.startswith(f.name + "."):
-                name = name[len(f.name) + 1:]
-            if zero:
-                parts.append(f"{name} (effective) = 0" if term.derived else f"{name} = 0")
-            elif term.kind == "param":
-                parts.append(f"{name} = {first:.3g}" if term.value.numel() == 1
-                             else f"{name}: mean |g| = {mean_abs:.3g}")
-        described.append(" * ".join(parts) if parts else None)
-    return described
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        super().__init__(model)
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"blocks must be a list of module names, got {names!r}")
+        known = {name for name, _ in model.named_modules()}
+        for name in names:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"blocks: {type(model).__name__} has no submodule {name!r}{hint}")
+        if not names:
+            raise ValueError("blocks must name at least one module, got []")
+        self.names = frozenset(names)
+
+    def tapping(self, found: FoundBlocks) -> AbstractContextManager[None]:
+        return _hooked(_Engine(self.model, found, self.names))
+
+    def check(self, blocks: Sequence[Block]) -> None:
+        """Every named module executed an addition (and so there is a block)."""
+        missing = sorted(self.names - {b.name for b in blocks})
+        if missing:
+            raise NoResidualBlockError(
+                f"block {missing[0]!r} executed no addition of two tensors of the same shape: "
+                "name modules whose forward returns skip + residual"
+            )
+        super().check(blocks)
