@@ -28,8 +28,8 @@ class Addition:
     Attributes:
         skip, residual: the operands, reduced before the addition ran.
         channel: the channel dimension of all three tensors.
-        shape: fast accumulator: the shape of both operands, None if they differ (the output's
-            channel sums are then those of the operands added only if it has this shape).
+        shape: fast accumulator: the shape of both operands (None if they differ); when the
+            output has it too, its channel sums are those of the operands added.
         scale: safe accumulator: the scale every tensor of the addition is reduced with.
         output: the sum, reduced right after; None until then.
     """
