@@ -10,17 +10,12 @@
 from sigprop import models
 from sigprop._moments import moments
 from sigprop._version import __version__
-from sigprop.blocks import Block, ResidualAdd
-from sigprop.recording import (
-    BNMode,
-    ForwardError,
-    NoResidualBlockError,
-    find_blocks,
-    gaussian_input,
-    measure,
-)
+from sigprop.blocks import ResidualAdd
+from sigprop.finding import NoResidualBlockError
+from sigprop.recording import BNMode, ForwardError, find_blocks, gaussian_input, measure
 from sigprop.trace import (
     BatchNorms,
+    Block,
     BlockStats,
     InputKind,
     InputSpec,

@@ -3,27 +3,29 @@
 Inside a forward hook a tensor costs one reduction per statistic, nothing else: its rows (or
 columns) are reduced into the next free row of a reusable buffer of partial sums. When the
 buffer is full (up to 256 rows or 1 MiB) and at the end, one reduction sums it over the batch
-dimension into preallocated float64 device storage. Nothing is allocated per tensor and the
-host is never waited for. The float64 arithmetic that turns sums into variances runs once, on
-the host, vectorized over all tensors, after the pass.
+dimension into preallocated float64 device storage. No device memory is allocated per tensor
+(the host keeps a small record of where its sums land) and the host is never waited for. The
+float64 arithmetic that turns sums into variances runs once, on the host, vectorized over all
+tensors, after the pass.
 
 Operations are few on purpose: between the layers of a forward pass even a tiny operation
 costs ~10-25 us (measured), a third of a reduction over a 2 MiB activation.
 
-The squares of float32 activations overflow at ~1e19, long before the activations themselves
-(3.4e38). The safe mode scales each tensor by a power of two first (exact: it only shifts
-exponents) and keeps the scale with the sums.
+A tensor reduced after scaling by a power of two (exact: it only shifts exponents) keeps its
+scale with its sums; :mod:`sigprop._accumulators` scales when float32 squares would overflow.
 """
 
 from __future__ import annotations
 
-import weakref
-from typing import NamedTuple
+from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import torch
 
 from sigprop.trace import Moments
+
+__all__ = ["Reduced", "Reducer", "channel_dim", "moments", "scale_below_peak"]
 
 
 def channel_dim(ndim: int, channels_last: bool) -> int:
@@ -42,23 +44,23 @@ def _columns(x: torch.Tensor, channel: int) -> torch.Tensor:
 
 
 def moments_from_sums(flat: np.ndarray, sum_at: np.ndarray, square_at: np.ndarray,
-                      scale_at: np.ndarray, channels: np.ndarray, counts: np.ndarray
+                      scale: np.ndarray, channels: np.ndarray, counts: np.ndarray
                       ) -> tuple[np.ndarray, np.ndarray]:
     """``var`` and ``sq_mean`` of many tensors from their sums, in float64, all at once.
 
     Tensor ``k`` has ``channels[k]`` channel sums at ``flat[sum_at[k]:]``, as many sums of
-    squares at ``flat[square_at[k]:]``, its scale ``s`` at ``flat[scale_at[k]]`` (1 where
-    ``scale_at`` is negative) and ``counts[k]`` elements per channel. Per channel
-    ``mu_c = sum_c / s / count`` and ``sigma2_c = sum_sq_c / s^2 / count - mu_c**2`` (population
-    variance); ``var`` and ``sq_mean`` average ``sigma2_c`` and ``mu_c**2`` over channels.
+    squares at ``flat[square_at[k]:]``, was reduced as ``x * scale[k]`` and has ``counts[k]``
+    elements per channel. Per channel ``mu_c = sum_c / s / count`` and
+    ``sigma2_c = sum_sq_c / s^2 / count - mu_c**2`` (population variance); ``var`` and
+    ``sq_mean`` average ``sigma2_c`` and ``mu_c**2`` over channels.
     """
     tensor = np.repeat(np.arange(channels.size), channels)
     within = np.arange(tensor.size) - np.repeat(np.cumsum(channels) - channels, channels)
-    scale = np.where(scale_at >= 0, flat[np.maximum(scale_at, 0)], 1.0)[tensor]
+    scales = scale[tensor]
     count = counts[tensor]
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        mean = flat[sum_at[tensor] + within] / scale / count
-        second = flat[square_at[tensor] + within] / scale / scale / count
+        mean = flat[sum_at[tensor] + within] / scales / count
+        second = flat[square_at[tensor] + within] / scales / scales / count
         var = np.maximum(second - mean**2, 0.0)
         return (np.bincount(tensor, var, channels.size) / channels,
                 np.bincount(tensor, mean**2, channels.size) / channels)
@@ -101,53 +103,73 @@ class _DeviceStore:
         return np.concatenate([chunk.cpu().numpy() for chunk in self._chunks])
 
 
+@dataclass(eq=False, slots=True)
+class Reduced:
+    """One tensor handed to :meth:`Reducer.reduce`: its size, and where its sums land.
+
+    Attributes:
+        channels: number of channels.
+        count: elements per channel.
+        scale_at: offset in the store of the scale ``s`` the tensor was multiplied by before it
+            was reduced; None when it was reduced as it is.
+        sum_of: the two reduced tensors this one is the sum of, when its channel sums are
+            formed from theirs on the host; None when its own were reduced.
+        sum_at: offset in the store of its channel sums, once flushed (stays None with sum_of).
+        square_at: offset in the store of its channel sums of squares, once flushed.
+    """
+
+    channels: int
+    count: int
+    scale_at: int | None = None
+    sum_of: tuple[Reduced, Reduced] | None = None
+    sum_at: int | None = None
+    square_at: int | None = None
+
+
+_Kind = Literal["sums", "squares", "norms"]
+"""What a row of partial sums holds: sums, sums of squares, or 2-norms (squared when flushed)."""
+
+
 class _Partials:
-    """Partial sums of one shape ``(M, C)`` waiting to be summed over ``M``, on the device.
+    """Partial sums of one kind and shape ``(M, C)`` waiting to be summed over ``M``, on the device.
 
     A row holds per-batch-element sums (``M = N``) or per-channel sums already (``M = 1``).
-    ``norms`` rows hold 2-norms, squared when flushed.
     """
 
     BYTES = 1 << 20
 
-    def __init__(self, shape: tuple[int, int], dtype: torch.dtype, device: torch.device,
-                 norms: bool) -> None:
+    def __init__(self, kind: _Kind, shape: tuple[int, int], dtype: torch.dtype,
+                 device: torch.device) -> None:
         itemsize = torch.empty((), dtype=dtype).element_size()
         capacity = max(8, min(256, self.BYTES // (shape[0] * shape[1] * itemsize)))
         self.buffer = torch.empty((capacity, *shape), dtype=dtype, device=device)
         self.rows = self.buffer.unbind(0)
-        self.norms = norms
-        self.waiting: list[tuple[list[int], int]] = []  # per used row: where its offset goes
+        self.kind = kind
+        self.waiting: list[Reduced] = []  # the tensor of each used row
 
 
-class _Reducer:
+class Reducer:
     """Reduces tensors to channel sums in few device operations; moments on the host at the end.
 
-    Per tensor it keeps where its channel sums, sums of squares and scale will be in the store
-    (-1: derived sums, scale 1), its channel count and its elements per channel, in flat lists
-    of integers (nothing for the garbage collector to track).
+    Each tensor gets a :class:`Reduced` record; its sums are written into rows of reusable
+    buffers of partial sums, flushed into the store when full and at the end.
     """
 
     def __init__(self) -> None:
         self._store = _DeviceStore()
         self._partials: dict[tuple[object, ...], _Partials] = {}
-        self._sum_at: list[int] = []
-        self._square_at: list[int] = []
-        self._scale_at: list[int] = []
-        self._channels: list[int] = []
-        self._counts: list[int] = []
+        self._tensors: list[Reduced] = []
 
-    def _row(self, norms: bool, shape: tuple[int, int], dtype: torch.dtype,
-             device: torch.device, offsets: list[int], tensor: int) -> torch.Tensor:
-        """The next free row of partial sums, whose place in the store goes to
-        ``offsets[tensor]``."""
-        key = (norms, shape, dtype, device)
+    def _row(self, kind: _Kind, shape: tuple[int, int], dtype: torch.dtype,
+             device: torch.device, tensor: Reduced) -> torch.Tensor:
+        """The next free row of partial sums of ``kind`` for ``tensor``."""
+        key = (kind, shape, dtype, device)
         partials = self._partials.get(key)
         if partials is None:
-            partials = self._partials[key] = _Partials(shape, dtype, device, norms)
+            partials = self._partials[key] = _Partials(kind, shape, dtype, device)
         elif len(partials.waiting) == len(partials.rows):
             self._flush(partials)
-        partials.waiting.append((offsets, tensor))
+        partials.waiting.append(tensor)
         return partials.rows[len(partials.waiting) - 1]
 
     def _flush(self, partials: _Partials) -> None:
@@ -155,82 +177,90 @@ class _Reducer:
         used = len(partials.waiting)
         channels = partials.buffer.shape[-1]
         block = partials.buffer[:used]
-        if partials.norms:
+        if partials.kind == "norms":
             block.square_()
         out, offset = self._store.allocate(used, channels, block.device)
         torch.sum(block, 1, dtype=torch.float64, out=out)
-        for k, (offsets, tensor) in enumerate(partials.waiting):
-            offsets[tensor] = offset + k * channels
+        for k, tensor in enumerate(partials.waiting):
+            if partials.kind == "sums":
+                tensor.sum_at = offset + k * channels
+            else:
+                tensor.square_at = offset + k * channels
         partials.waiting.clear()
 
-    def tensor(self, x: torch.Tensor, channel: int, with_sum: bool = True,
-               scale: torch.Tensor | None = None) -> int:
-        """Reduce ``x`` (already multiplied by ``scale``, if given); returns its index.
+    def reduce(self, x: torch.Tensor, channel: int, scale: torch.Tensor | None = None,
+               sum_of: tuple[Reduced, Reduced] | None = None) -> Reduced:
+        """Reduce ``x`` (already multiplied by ``scale``, if given) over all but ``channel``.
 
         Sums accumulate in float32 (float64 for float64 input) over rows or columns, then in
-        float64 over the batch dimension. ``with_sum=False`` reduces the squares only, for a
-        caller that derives the sums. No host synchronisation.
+        float64 over the batch dimension. With ``sum_of``, ``x`` is the sum of those two tensors
+        and only its squares are reduced. No host synchronisation.
         """
         rows = channel == 1 and x.ndim > 2 and x.is_contiguous()  # (N, C, positions...)
         channels = x.shape[channel]
-        index = len(self._channels)
-        self._channels.append(channels)
-        self._counts.append(x.numel() // channels)
-        self._sum_at.append(-1)
-        self._square_at.append(-1)
-        self._scale_at.append(-1)
+        tensor = Reduced(channels, x.numel() // channels, None, sum_of)  # positional: hot path
+        self._tensors.append(tensor)
         if scale is not None:
-            slot, self._scale_at[index] = self._store.allocate(1, 1, x.device)
+            slot, tensor.scale_at = self._store.allocate(1, 1, x.device)
             slot.copy_(scale.reshape(1, 1))
         acc = torch.promote_types(x.dtype, torch.float32)
         if rows:  # reduce the positions of each (sample, channel), contiguous in memory
             shape, positions = (x.shape[0], channels), tuple(range(2, x.ndim))
-            if with_sum:
-                sums = self._row(False, shape, acc, x.device, self._sum_at, index)
+            if sum_of is None:
+                sums = self._row("sums", shape, acc, x.device, tensor)
                 torch.sum(x, positions, dtype=acc, out=sums)
-            norms = self._row(True, shape, acc, x.device, self._square_at, index)
+            norms = self._row("norms", shape, acc, x.device, tensor)
             torch.linalg.vector_norm(x, 2, positions, dtype=acc, out=norms)
         else:
             shape, columns = (1, channels), _columns(x, channel)
-            if with_sum:
-                sums = self._row(False, shape, acc, x.device, self._sum_at, index)
+            if sum_of is None:
+                sums = self._row("sums", shape, acc, x.device, tensor)
                 torch.sum(columns, 0, keepdim=True, dtype=acc, out=sums)
-            squares = self._row(False, shape, acc, x.device, self._square_at, index)
+            squares = self._row("squares", shape, acc, x.device, tensor)
             torch.sum(torch.square(columns.to(acc)), 0, keepdim=True, out=squares)
-        return index
+        return tensor
 
-    def moments(self, derived: dict[int, tuple[int, int]]) -> list[Moments]:
-        """The moments of every reduced tensor, after one copy from the device.
-
-        ``derived`` maps a tensor reduced without its sums to the two tensors it is the sum of.
-        """
+    def moments(self) -> dict[Reduced, Moments]:
+        """The moments of every reduced tensor, after one copy from the device."""
         for partials in self._partials.values():
             if partials.waiting:
                 self._flush(partials)
-        if not self._channels:
-            return []
+        if not self._tensors:
+            return {}
         stored = self._store.to_host()
-        sum_at, square_at, scale_at, channels, counts = (
-            np.array(column) for column in (self._sum_at, self._square_at, self._scale_at,
-                                            self._channels, self._counts))
-        sums: dict[int, np.ndarray] = {}
+        formed: dict[Reduced, np.ndarray] = {}  # channel sums of the sum_of tensors, in order
 
-        def sums_of(t: int) -> np.ndarray:
-            found = sums.get(t)
-            return stored[sum_at[t] : sum_at[t] + channels[t]] if found is None else found
+        def sums(t: Reduced) -> np.ndarray:
+            found = formed.get(t)
+            if found is not None:
+                return found
+            assert t.sum_at is not None  # flushed above
+            return stored[t.sum_at : t.sum_at + t.channels]
 
+        sum_at: list[int] = []
         end = stored.size
         with np.errstate(over="ignore", invalid="ignore"):  # overflowed sums stay non-finite
-            for total, (a, b) in sorted(derived.items()):  # operands come first
-                sums[total] = sums_of(a) + sums_of(b)
-                sum_at[total] = end
-                end += channels[total]
-        flat = np.concatenate([stored, *sums.values()])
-        var, sq_mean = moments_from_sums(flat, sum_at, square_at, scale_at, channels, counts)
-        return [Moments(float(v), float(s)) for v, s in zip(var, sq_mean, strict=True)]
+            for t in self._tensors:  # operands are reduced before their sum
+                if t.sum_of is None:
+                    assert t.sum_at is not None
+                    sum_at.append(t.sum_at)
+                else:
+                    formed[t] = sums(t.sum_of[0]) + sums(t.sum_of[1])
+                    sum_at.append(end)
+                    end += t.channels
+        flat = np.concatenate([stored, *formed.values()])
+        scale = np.array([1.0 if t.scale_at is None else stored[t.scale_at]
+                          for t in self._tensors])
+        square_at, channels, counts = (
+            np.array(column) for column in zip(*((t.square_at, t.channels, t.count)
+                                                 for t in self._tensors), strict=True))
+        var, sq_mean = moments_from_sums(flat, np.array(sum_at), square_at, scale, channels,
+                                         counts)
+        return {t: Moments(float(v), float(s))
+                for t, v, s in zip(self._tensors, var, sq_mean, strict=True)}
 
 
-def _scale_below_peak(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def scale_below_peak(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The power of two ``2^-e`` with ``max |x| < 2^e`` (1 when x is 0 or not finite)."""
     low, high = torch.aminmax(x)
     _, exponent = torch.frexp(torch.maximum(high, -low).to(dtype))
@@ -245,130 +275,7 @@ def moments(x: torch.Tensor, channels_last: bool = False) -> Moments:
     Moments(var=0.5, sq_mean=52.0)
     """
     channel = channel_dim(x.ndim, channels_last)
-    scale = _scale_below_peak(x, torch.promote_types(x.dtype, torch.float32))
-    reducer = _Reducer()
-    reducer.tensor(x.to(scale.dtype) * scale, channel, scale=scale)
-    return reducer.moments({})[0]
-
-
-def _version(t: torch.Tensor) -> int | None:
-    """The in-place modification counter of ``t`` (None for inference tensors: untracked)."""
-    return None if t.is_inference() else t._version
-
-
-Reduced = tuple[int, int, int]
-"""Indices of the skip, residual and output of one addition among the reduced tensors."""
-
-
-class Operands(NamedTuple):
-    """The reduced operands of an addition about to run."""
-
-    skip: int
-    residual: int
-    channel: int
-    shape: torch.Size | None  # the shape of both operands; None if they differ
-    scale: torch.Tensor | None  # safe mode: the scale they were reduced with
-
-
-class BlockAccumulator:
-    """Collects the channel sums of skip, residual and output of every block, on the device.
-
-    Two shortcuts spare work. The skip operand of a block is very often the output of the block
-    before (a chain of identity shortcuts); its sums are then reused, as long as the tensor has
-    not been modified in place since. And the channel sums of the output are those of skip and
-    residual added (``output = skip + residual``), formed on the host: only its squares need a
-    pass. A block in a chain costs three reductions.
-
-    Args:
-        safe: scale every tensor by a power of two before squaring it. The scale comes from the
-            magnitude of the first skip, then follows the RMS of each block's output, all on the
-            device: a block would have to grow its signal by more than 1e15 for the squares to
-            overflow before the activations do. Slower (the scaling and one more pass per tensor,
-            output sums reduced too); used only when the fast path overflowed.
-    """
-
-    def __init__(self, safe: bool = False) -> None:
-        self.safe = safe
-        self._reducer = _Reducer()
-        self._derived: dict[int, tuple[int, int]] = {}  # output -> (skip, residual)
-        self._committed: list[Reduced] = []
-        self._last_output: tuple[weakref.ref[torch.Tensor], int | None, int] | None = None
-        self._scale: torch.Tensor | None = None
-
-    def _reused(self, skip: torch.Tensor) -> int | None:
-        last = self._last_output
-        if last is None or last[0]() is not skip or last[1] is None:
-            return None
-        return last[2] if _version(skip) == last[1] else None
-
-    def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool
-                 ) -> Operands:
-        """Reduce the operands of an addition, before it runs (it may overwrite one in place).
-
-        No host synchronisation; :meth:`output` completes the reduction once it has run.
-        """
-        channel = channel_dim(skip.ndim, channels_last)
-        shape = skip.shape if skip.shape == residual.shape else None
-        if self.safe:
-            dtype = torch.promote_types(skip.dtype, torch.float32)
-            if self._scale is None:
-                self._scale = _scale_below_peak(skip, dtype)
-            scale = self._scale.clone()
-            skip_index, residual_index = (
-                self._reducer.tensor(t.to(dtype) * scale, channel, scale=scale)
-                for t in (skip, residual))
-            return Operands(skip_index, residual_index, channel, shape, scale)
-        reused = self._reused(skip)
-        skip_index = self._reducer.tensor(skip, channel) if reused is None else reused
-        return Operands(skip_index, self._reducer.tensor(residual, channel), channel, shape, None)
-
-    def output(self, operands: Operands, output: torch.Tensor) -> Reduced:
-        """Reduce the sum of an addition whose :meth:`operands` were reduced."""
-        if operands.scale is not None:
-            scaled = output.to(operands.scale.dtype) * operands.scale
-            index = self._reducer.tensor(scaled, operands.channel, scale=operands.scale)
-            assert self._scale is not None
-            self._scale.copy_(_follow_rms(operands.scale, scaled))
-        else:
-            linear = operands.shape == output.shape
-            index = self._reducer.tensor(output, operands.channel, with_sum=not linear)
-            if linear:
-                self._derived[index] = (operands.skip, operands.residual)
-        self._last_output = (weakref.ref(output), _version(output), index)
-        return operands.skip, operands.residual, index
-
-    def commit(self, reduced: Reduced) -> None:
-        """Count a reduced addition (:meth:`output`'s result) as the next block.
-
-        It may come later than the reduction: with ``blocks=[...]`` an addition is only known
-        to be the residual one when its block returns.
-        """
-        self._committed.append(reduced)
-
-    def add(self, skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor,
-            channels_last: bool) -> None:
-        """Reduce an addition that ran without changing its operands; count it as a block."""
-        self.commit(self.output(self.operands(skip, residual, channels_last), output))
-
-    def results(self) -> list[tuple[Moments, Moments, Moments, float]]:
-        """Per block: moments of skip, residual and output, and ``cross = mean(skip*residual)``.
-
-        Copies everything from the device once. ``cross`` follows from
-        ``m2(output) = m2(skip) + 2 cross + m2(residual)``.
-        """
-        if not self._committed:
-            return []
-        stats = self._reducer.moments(self._derived)
-        return [(stats[s], stats[r], stats[o], (stats[o].m2 - stats[s].m2 - stats[r].m2) / 2)
-                for s, r, o in self._committed]
-
-
-_SCALE_RANGE = (2.0**-120, 2.0**120)
-
-
-def _follow_rms(scale: torch.Tensor, scaled: torch.Tensor) -> torch.Tensor:
-    """``scale`` times the power of two that brings the RMS of ``scaled`` (x * scale) near 1."""
-    mean_square = torch.linalg.vector_norm(scaled).square() / scaled.numel()
-    _, exponent = torch.frexp(mean_square)  # 0 for 0, inf and NaN: the scale stays
-    step = torch.exp2(-torch.div(exponent, 2, rounding_mode="floor").to(scale.dtype))
-    return torch.clamp(scale * step, *_SCALE_RANGE)
+    scale = scale_below_peak(x, torch.promote_types(x.dtype, torch.float32))
+    reducer = Reducer()
+    tensor = reducer.reduce(x.to(scale.dtype) * scale, channel, scale=scale)
+    return reducer.moments()[tensor]

@@ -1,15 +1,20 @@
-"""Residual blocks: the marked addition ``skip + residual`` and the description of one call."""
+"""The marked residual addition ``skip + residual``, and the finder of marked additions."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
 
+from sigprop._gains import GainTerm
+from sigprop.finding import BlockFinder, FoundBlocks
 from sigprop.trace import Shortcut
 
-__all__ = ["Block", "ResidualAdd", "marked_additions"]
+__all__ = ["MarkedAdditions", "ResidualAdd"]
 
 
 class ResidualAdd(nn.Module):
@@ -49,35 +54,79 @@ class ResidualAdd(nn.Module):
 
 
 @dataclass(frozen=True, slots=True)
-class Block:
-    """One call of a residual block in a forward pass.
+class _Mark:
+    """One :class:`ResidualAdd` of a model: the block it defines, known before the pass."""
 
-    Attributes:
-        index: position among the residual additions executed, in call order, from 0.
-        name: qualified name of the module owning the addition (``blocks.3``).
-        stage: stage index; a projection shortcut after the first block starts a new stage.
-        shortcut: ``identity`` or ``projection``.
-        channels_last: whether channels are the last dimension of the activations.
-        gain: the gain seen on the residual branch just before the addition, e.g.
-            ``bn3.weight = 0`` or ``gamma: mean |g| = 1e-06``; None when none was seen.
+    add: ResidualAdd
+    name: str  # of the module owning the addition
+    gains: tuple[GainTerm, ...]
+
+
+class MarkedAdditions(BlockFinder):
+    """Blocks defined by the :class:`ResidualAdd` modules of a model: one per call of each.
+
+    Build it with :meth:`of`, which checks every declared gain before any forward pass.
     """
 
-    index: int
-    name: str
-    stage: int
-    shortcut: Shortcut
-    channels_last: bool = False
-    gain: str | None = None
+    def __init__(self, model: nn.Module, marks: list[_Mark]) -> None:
+        super().__init__(model)
+        self._marks = marks
+
+    @classmethod
+    def of(cls, model: nn.Module) -> MarkedAdditions | None:
+        """The finder of ``model``'s marked additions, or None if it has none.
+
+        An addition owned by the model itself is named after the model's class.
+
+        Raises:
+            ValueError: a ``ResidualAdd(gain=...)`` names no parameter or buffer of its block.
+        """
+        marks = []
+        for name, module in model.named_modules():
+            if isinstance(module, ResidualAdd):
+                owner = name.rpartition(".")[0]
+                gains = _declared_gain(model.get_submodule(owner), module)
+                marks.append(_Mark(module, owner or type(model).__name__, gains))
+        return cls(model, marks) if marks else None
+
+    @contextmanager
+    def tapping(self, found: FoundBlocks) -> Iterator[None]:
+        with ExitStack() as stack:
+            for mark in self._marks:
+                before, after = _hooks(found, mark)
+                stack.enter_context(mark.add.register_forward_pre_hook(before))
+                stack.enter_context(mark.add.register_forward_hook(after))
+            yield
 
 
-def marked_additions(model: nn.Module) -> list[tuple[str, nn.Module, ResidualAdd]]:
-    """Every :class:`ResidualAdd` of ``model`` with the name and module of its owning block.
+def _declared_gain(owner: nn.Module, add: ResidualAdd) -> tuple[GainTerm, ...]:
+    """The gain a :class:`ResidualAdd` names, as a term for the gain description."""
+    if add.gain is None:
+        return ()
+    tensor: torch.Tensor
+    try:
+        tensor = owner.get_parameter(add.gain)
+    except AttributeError:
+        try:
+            tensor = owner.get_buffer(add.gain)
+        except AttributeError:
+            raise ValueError(
+                f"ResidualAdd(gain={add.gain!r}) names no parameter or buffer of its block "
+                f"{type(owner).__name__}: give the name relative to the block, e.g. 'gain.alpha'"
+            ) from None
+    return (GainTerm("param", add.gain, tensor),)
 
-    An addition owned by the model itself is named after the model's class.
-    """
-    found = []
-    for name, module in model.named_modules():
-        if isinstance(module, ResidualAdd):
-            owner = name.rpartition(".")[0]
-            found.append((owner or type(model).__name__, model.get_submodule(owner), module))
-    return found
+
+def _hooks(found: FoundBlocks, mark: _Mark) -> tuple[Callable[..., None], Callable[..., None]]:
+    """Forward pre-hook and hook of a :class:`ResidualAdd`: the operands are reduced before the
+    addition, while it is about to read them anyway, and the sum right after it wrote it."""
+    running: list[Any] = []  # operands of the calls in progress (a stack, in case of nesting)
+
+    def before(add: nn.Module, args: tuple[Any, ...]) -> None:
+        running.append(found.recorder.operands(args[0], args[1], mark.add.channels_last))
+
+    def after(add: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
+        reduced = found.recorder.output(running.pop(), output)
+        found.add(mark.name, mark.add.shortcut, mark.add.channels_last, mark.gains, reduced)
+
+    return before, after

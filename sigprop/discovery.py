@@ -4,17 +4,15 @@ How it works (details and limits in ``docs/discovery.md``):
 
 * Forward pre/post hooks on every submodule keep the stack of running module *calls*. The tensor
   arguments of each call become *roots* of that call.
-* A :class:`~torch.overrides.TorchFunctionMode` sees every torch operation of the forward. Each
-  result gets a small *label*: for every root it derives from, the number of operations on the
-  path from that root (``dist``), how many parametrized layers it ran (``weighted``), and
-  whether it left the call that owns the root (``escaped``; multiplying by a gain does not count).
-  Labels of finished calls are dropped once long and escaped, so they stay small.
-* An addition of two floating tensors of the same shape is residual when both operands derive
-  from the same root, one by a strictly shorter path than the other: the shorter one is the
-  *skip* (``identity`` if it is the root itself, ``projection`` if it is at most
-  :data:`SHORT_PATH` operations away), the longer one the *residual* branch, which must run more
-  parametrized layers than the skip path and stay inside the root's call. The owner of the
-  addition is the module of that call (:func:`_choose` orders the calls when several qualify).
+* A :class:`~torch.overrides.TorchFunctionMode` sees every torch operation of the forward and
+  updates two analyses of its results: their provenance labels (:mod:`sigprop._provenance`:
+  how far each derives from each root, through how many parametrized layers, and whether it
+  left the root's call) and their branch gains (:mod:`sigprop._gains`: the layer that produced
+  a tensor and the factors applied to it since).
+* :class:`Discovery` judges every addition of two floating tensors of the same shape by the
+  labels of its operands (:meth:`~sigprop._provenance.Provenance.owner`); :class:`NamedBlocks`
+  (the ``blocks=[...]`` override) takes the last such addition inside each call of a named
+  module instead.
 
 The hooks and the mode only update small dictionaries; they keep no activations and never
 synchronize with the device. The operands of a residual addition are handed to the recorder
@@ -23,26 +21,25 @@ just before it runs (``out += identity`` overwrites one of them), its sum just a
 
 from __future__ import annotations
 
+import difflib
 import itertools
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
-from typing import Any, Generic, Protocol, TypeVar, cast
+from contextlib import AbstractContextManager, ExitStack, contextmanager
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
-from torch.utils.weak import WeakIdKeyDictionary
 
-from sigprop.trace import Shortcut
+from sigprop._gains import BranchGains, GainTerm, OpKind, ParamNames
+from sigprop._provenance import Call, Label, Provenance
+from sigprop.finding import BlockFinder, FoundBlocks, NoResidualBlockError
+from sigprop.trace import Block, Shortcut
 
-__all__ = ["SHORT_PATH", "Discovery", "Found", "GainTerm", "describe_gains", "discovering"]
+__all__ = ["Discovery", "NamedBlocks"]
 
-SHORT_PATH = 6
-"""Most operations between a block input and a projection skip (e.g. BN, ReLU, pool, conv)."""
-
-V = TypeVar("V")
 _T = torch.Tensor
 _ADD = frozenset({torch.add, _T.add, _T.add_, _T.__add__, _T.__radd__, _T.__iadd__})
 _GAIN_OPS = frozenset({torch.mul, _T.mul, _T.mul_, _T.__mul__, _T.__rmul__, _T.__imul__,
@@ -56,148 +53,105 @@ _LAYOUT_OPS = frozenset({
     torch.clone,
 })
 _NORMS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
-_WEIGHTED_OPS = frozenset({torch.conv1d, torch.conv2d, torch.conv3d, nn.functional.linear})
-_CHANNELS_FIRST = (nn.modules.conv._ConvNd, _BatchNorm, nn.GroupNorm)
 
 
-class _TensorMap(Generic[V]):
-    """Tensor -> value by identity, without keeping the tensor (an activation) alive."""
+class Discovery(BlockFinder):
+    """Finds the residual additions of any eager model from the provenance of their operands.
 
-    def __init__(self) -> None:
-        self._map = WeakIdKeyDictionary()
-
-    def get(self, tensor: torch.Tensor) -> V | None:
-        value = self._map.get(tensor)  # type: ignore[no-untyped-call]
-        return cast("V | None", value)
-
-    def __setitem__(self, tensor: torch.Tensor, value: V) -> None:
-        self._map[tensor] = value
-
-    def __contains__(self, tensor: torch.Tensor) -> bool:
-        return tensor in self._map
-
-    def __delitem__(self, tensor: torch.Tensor) -> None:
-        del self._map[tensor]
-
-
-@dataclass(frozen=True, slots=True)
-class _Entry:
-    """How a tensor derives from one root: path length, parametrized layers on it, left the call."""
-
-    dist: int
-    weighted: int
-    escaped: bool
-
-
-@dataclass(eq=False, slots=True)
-class _Call:
-    """One running (or finished) call of a module."""
-
-    serial: int
-    name: str
-    module: nn.Module
-    active: bool = True
-    roots: list[int] = field(default_factory=list)
-    pending: list[Any] | None = None  # override mode: the last candidate addition, reduced
-
-
-@dataclass(frozen=True, slots=True)
-class GainTerm:
-    """A factor seen on the residual branch just before the addition.
-
-    Attributes:
-        kind: ``param`` (a parameter or buffer multiplying the branch, e.g. SkipInit alpha or
-            layer scale gamma), ``weight`` (the weight of the normalization, convolution or
-            linear layer that produced the branch; reported only when it is all zero) or
-            ``constant`` (a Python number).
-        name: qualified name of the parameter (empty for a constant).
-        value: the tensor (read after the forward pass) or the constant.
-        derived: the tensor was computed from the parameter ``name`` (e.g. a standardized
-            weight), it is not the parameter itself.
+    An addition of two tensors of the same shape is residual when one operand (the skip) is the
+    input of a module call, or a short transformation of it (a projection), and the other (the
+    residual branch) a longer computation on it that runs a parametrized layer; it is owned by
+    that module (see ``docs/discovery.md``).
     """
 
-    kind: str
-    name: str
-    value: torch.Tensor | float
-    derived: bool = False
+    def tapping(self, found: FoundBlocks) -> AbstractContextManager[None]:
+        return _hooked(_Discovering(self.model, found))
 
 
-@dataclass(frozen=True, slots=True)
-class Found:
-    """One residual addition found during the forward pass."""
+class NamedBlocks(BlockFinder):
+    """The override ``blocks=[...]``: the residual addition of each call of the named modules.
 
-    name: str
-    shortcut: Shortcut
-    channels_last: bool
-    gains: tuple[GainTerm, ...]
+    In each call of a named module, the last addition of two tensors of the same shape executed
+    inside it (not inside a nested named module) is its residual addition; the operand fewer
+    operations away from the module's input is the skip (the first operand on a tie).
+
+    Args:
+        model: the model.
+        names: qualified names of modules of ``model`` whose forward returns ``skip + residual``.
+
+    Raises:
+        TypeError: ``names`` is not a list of strings.
+        ValueError: a name is not a submodule of ``model`` (the error suggests close ones), or
+            there are none.
+    """
+
+    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+        super().__init__(model)
+        if isinstance(names, str) or not all(isinstance(n, str) for n in names):
+            raise TypeError(f"blocks must be a list of module names, got {names!r}")
+        known = {name for name, _ in model.named_modules()}
+        for name in names:
+            if name not in known:
+                close = difflib.get_close_matches(name, sorted(known), n=3)
+                hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+                raise ValueError(f"blocks: {type(model).__name__} has no submodule {name!r}{hint}")
+        if not names:
+            raise ValueError("blocks must name at least one module, got []")
+        self.names = frozenset(names)
+
+    def tapping(self, found: FoundBlocks) -> AbstractContextManager[None]:
+        return _hooked(_Naming(self.model, found, self.names))
+
+    def check(self, blocks: Sequence[Block]) -> None:
+        """Every named module executed an addition (and so there is a block)."""
+        missing = sorted(self.names - {b.name for b in blocks})
+        if missing:
+            raise NoResidualBlockError(
+                f"block {missing[0]!r} executed no addition of two tensors of the same shape: "
+                "name modules whose forward returns skip + residual"
+            )
+        super().check(blocks)
 
 
-class Recorder(Protocol):
-    """Where discovery reports residual additions."""
+class _Engine(ABC):
+    """The hooks and the function mode of one forward pass: module calls, provenance, gains.
 
-    def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool) -> Any:
-        """Called just before an addition runs (it may overwrite an operand in place)."""
-
-    def output(self, operands: Any, output: torch.Tensor) -> Any:
-        """Called just after, with what :meth:`operands` returned; returns a handle."""
-
-    def record(self, name: str, shortcut: Shortcut, channels_last: bool, reduced: Any) -> None:
-        """Called once per residual addition, in call order, with the handle of its output."""
-
-
-@dataclass(eq=False)
-class Discovery:
-    """Shared state of the hooks and the function mode for one forward pass.
+    Subclasses decide which additions are residual (:meth:`_residual`).
 
     Args:
         model: the model whose submodules are hooked.
-        recorder: told of each residual addition: its tensors at once, its owner name,
-            shortcut and layout in call order (see :class:`Recorder`).
-        blocks: override: qualified names of the modules whose forward returns
-            ``skip + residual``; the last addition of two same-shape tensors executed inside each
-            call of one of them is its residual addition, and nothing else is recorded.
+        found: told of each residual addition (its tensors go to ``found.recorder`` at once).
     """
 
-    model: nn.Module
-    recorder: Recorder
-    blocks: frozenset[str] | None = None
-    found: list[Found] = field(default_factory=list)
-    labels: _TensorMap[dict[int, _Entry]] = field(default_factory=_TensorMap)
-    gains: _TensorMap[tuple[GainTerm, ...]] = field(default_factory=_TensorMap)
-    param_alias: _TensorMap[str] = field(default_factory=_TensorMap)
-    stack: list[_Call] = field(default_factory=list)
-    root_call: dict[int, _Call] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
+    def __init__(self, model: nn.Module, found: FoundBlocks) -> None:
+        self.model = model
+        self._found = found
+        self._calls: list[Call] = []  # the running calls, innermost last
         self._serial = itertools.count()
-        self._roots = itertools.count()
-        self.param_names: dict[int, str] = {}
-        for name, tensor in itertools.chain(self.model.named_parameters(),
-                                            self.model.named_buffers()):
-            self.param_names.setdefault(id(tensor), name)
-        self._layout: dict[str, tuple[set[int], set[int]]] = {}
-
-    # ---- hooks -------------------------------------------------------------------------------
+        self._provenance = Provenance()
+        self._params = ParamNames(model)
+        self._gains = BranchGains(self._params)
+        self._layouts = _Layouts(model)
 
     def pre_hook(self, name: str) -> Callable[..., None]:
         """Forward pre-hook of the module called ``name``: push the call, mark its inputs."""
 
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            call = _Call(next(self._serial), name, module)
-            self.stack.append(call)
+            call = Call(next(self._serial), name, module)
+            self._calls.append(call)
             for value in itertools.chain(args, kwargs.values()):
                 if isinstance(value, torch.Tensor):
-                    self._mark_root(call, value)
+                    self._provenance.mark_root(call, value)
 
         return hook
 
     def post_hook(self, name: str) -> Callable[..., None]:
-        """Forward hook of ``name``: pop the call, note norm weights, flush override blocks."""
+        """Forward hook of ``name``: pop the call, note a normalization's weight."""
 
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any],
                  output: Any) -> None:
-            while self.stack:
-                call = self.stack.pop()
+            while self._calls:
+                call = self._calls.pop()
                 call.active = False
                 if call.module is module:
                     break
@@ -206,240 +160,193 @@ class Discovery:
             weight = getattr(module, "weight", None)
             if (isinstance(module, _NORMS) and isinstance(output, torch.Tensor)
                     and isinstance(weight, torch.Tensor)):
-                self.gains[output] = (GainTerm("weight", f"{name}.weight", weight),)
-            if call.pending is not None:
-                pending, call.pending = call.pending, None
-                self._report(*pending)
+                self._gains.normalized(output, f"{name}.weight", weight)
+            self._finished(call)
 
         return hook
-
-    # ---- function mode -----------------------------------------------------------------------
 
     def handle(self, func: Callable[..., Any], args: Sequence[Any],
                kwargs: dict[str, Any]) -> Any:
         """Run one torch operation, recording it first if it is a residual addition."""
-        if func in _ADD and len(args) >= 2:
-            done = self._addition(func, args, kwargs)
+        if func in _ADD and len(args) >= 2 and _same_shape_addition(args, kwargs):
+            done = self._residual(func, args, kwargs)
             if done is not None:
                 return done[0]
         out = func(*args, **kwargs)
         self._propagate(func, args, kwargs, out)
         return out
 
+    @abstractmethod
+    def _residual(self, func: Callable[..., Any], args: Sequence[Any],
+                  kwargs: dict[str, Any]) -> tuple[Any] | None:
+        """Run the addition ``args[0] + args[1]`` if it is residual and return ``(sum,)``.
+
+        None if it is not: it then runs as any other operation.
+        """
+
+    @abstractmethod
+    def _finished(self, call: Call) -> None:
+        """Called when a module call returns."""
+
     def _propagate(self, func: Callable[..., Any], args: Sequence[Any],
                    kwargs: dict[str, Any], out: Any) -> None:
+        """Update both analyses with the results of one operation."""
         outputs = _tensors(out)
         if not outputs:
             return
-        merged: dict[int, _Entry] = {}
+        labels: list[Label] = []
         labeled: list[torch.Tensor] = []
-        param: str | None = None
+        param: str | None = None  # the first unlabeled input that is a parameter
         for value in _flat(args, kwargs):
-            label = self.labels.get(value)
+            label = self._provenance.label(value)
             if label is not None:
+                labels.append(label)
                 labeled.append(value)
-                for root, entry in label.items():
-                    old = merged.get(root)
-                    if old is None or entry.dist < old.dist:
-                        merged[root] = entry
             elif param is None:
-                param = self._param_name(value)
+                param = self._params.of(value)
         if not labeled:
             if param is not None:  # e.g. gamma.reshape(1, -1, 1, 1), a standardized weight
-                for tensor in outputs:
-                    self.param_alias[tensor] = param
+                self._params.alias(outputs, param)
             return
-        is_gain = func in _GAIN_OPS and len(labeled) == 1
-        free = func in _LAYOUT_OPS
-        weighted = int(param is not None and not is_gain)
-        step = 0 if free else 1
-        derived: dict[int, _Entry] = {}
-        for root, entry in merged.items():
-            call = self.root_call[root]
-            new = _Entry(entry.dist + step, entry.weighted + weighted,
-                         entry.escaped or not (call.active or is_gain or free))
-            if call.active or not new.escaped or new.dist <= SHORT_PATH:
-                derived[root] = new
-        for tensor in outputs:
-            self.labels[tensor] = derived
-        if free:
-            kept = self.gains.get(labeled[0])
-            for tensor in outputs:
-                if kept is not None:
-                    self.gains[tensor] = kept
-                elif tensor in self.gains:
-                    del self.gains[tensor]
-        elif is_gain:
-            term = self._gain_term(args, kwargs, labeled[0])
-            previous = self.gains.get(labeled[0]) or ()
-            for tensor in outputs:
-                self.gains[tensor] = (*previous, term) if term is not None else previous
-        elif func in _WEIGHTED_OPS and len(args) > 1 and isinstance(args[1], torch.Tensor):
-            # The layer that produced the branch: its weight matters only if it is all zero
-            # (e.g. an NF-ResNet's last conv, whose standardized weight has gain 0).
-            name = self._param_name(args[1])
-            for tensor in outputs:
-                if name is None:
-                    if tensor in self.gains:
-                        del self.gains[tensor]
-                else:
-                    computed = id(args[1]) not in self.param_names
-                    self.gains[tensor] = (GainTerm("weight", name, args[1], computed),)
-        else:
-            for tensor in outputs:
-                if tensor in self.gains:
-                    del self.gains[tensor]
+        kind: OpKind = ("layout" if func in _LAYOUT_OPS
+                        else "gain" if func in _GAIN_OPS and len(labeled) == 1 else "other")
+        self._provenance.derive(labels, outputs, step=0 if kind == "layout" else 1,
+                                weighted=int(param is not None and kind != "gain"),
+                                stays=kind != "other")
+        self._gains.derive(kind, func, args, kwargs, labeled[0], outputs)
 
-    def _param_name(self, value: torch.Tensor) -> str | None:
-        name = self.param_names.get(id(value))
-        return name if name is not None else self.param_alias.get(value)
+    def _run(self, name: str, func: Callable[..., Any], args: Sequence[Any],
+             kwargs: dict[str, Any], skip: torch.Tensor, residual: torch.Tensor
+             ) -> tuple[Any, bool, Any]:
+        """Run a residual addition of the block ``name``, its tensors reduced by the recorder.
 
-    def _gain_term(self, args: Sequence[Any], kwargs: dict[str, Any],
-                   branch: torch.Tensor) -> GainTerm | None:
-        for value in itertools.chain(args, kwargs.values()):
-            if value is branch:
-                continue
-            if isinstance(value, torch.Tensor):
-                name = self._param_name(value)
-                return None if name is None else GainTerm("param", name, value)
-            if isinstance(value, int | float) and not isinstance(value, bool):
-                return GainTerm("constant", "", float(value))
-        return None
+        The operands are reduced before (an in-place addition overwrites one), the sum at once
+        (the block may still change it in place, e.g. with a ReLU). Returns the sum, whether it
+        is channels-last, and the recorder's handle.
+        """
+        channels_last = self._layouts.channels_last(name, skip)
+        operands = self._found.recorder.operands(skip, residual, channels_last)
+        out = func(*args, **kwargs)
+        self._propagate(func, args, kwargs, out)
+        return out, channels_last, self._found.recorder.output(operands, out)
 
-    # ---- additions ---------------------------------------------------------------------------
 
-    def _addition(self, func: Callable[..., Any], args: Sequence[Any],
+class _Discovering(_Engine):
+    """An addition is residual when its operands' labels say so; reported as it runs."""
+
+    def _residual(self, func: Callable[..., Any], args: Sequence[Any],
                   kwargs: dict[str, Any]) -> tuple[Any] | None:
         a, b = args[0], args[1]
-        if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a is b:
-            return None
-        if (a.shape != b.shape or a.ndim < 2 or not a.is_floating_point()
-                or kwargs.get("alpha", 1) != 1 or len(args) > 2):
-            return None
-        label_a, label_b = self.labels.get(a), self.labels.get(b)
-        if self.blocks is not None:
-            return self._override_addition(func, args, kwargs, label_a or {}, label_b or {})
+        label_a, label_b = self._provenance.label(a), self._provenance.label(b)
         if label_a is None or label_b is None:
             return None
-        choice = _choose(self.root_call, label_a, label_b)
+        choice = self._provenance.owner(label_a, label_b)
         if choice is None:
             return None
         call, a_is_skip, shortcut = choice
         skip, residual = (a, b) if a_is_skip else (b, a)
-        gains = self.gains.get(residual) or ()
-        out, channels_last, reduced = self._run_addition(call.name, func, args, kwargs, skip,
-                                                         residual)
+        gains = self._gains.of(residual)
+        out, channels_last, reduced = self._run(call.name, func, args, kwargs, skip, residual)
         if call.active:
             # The sum is the input of the next addition of the same call (a transformer block
             # adds attention, then an MLP): make it a root, so that one is an identity too.
-            self._mark_root(call, out)
-        self._report(call.name, shortcut, channels_last, reduced, gains)
+            self._provenance.mark_root(call, out)
+        self._found.add(call.name, shortcut, channels_last, gains, reduced)
         return (out,)
 
-    def _run_addition(self, name: str, func: Callable[..., Any], args: Sequence[Any],
-                      kwargs: dict[str, Any], skip: torch.Tensor, residual: torch.Tensor
-                      ) -> tuple[Any, bool, Any]:
-        """Run a residual addition with its tensors reduced by the recorder: the operands
-        before (an in-place addition overwrites one), the sum at once (the block may still
-        change it in place, e.g. with a ReLU). Returns the sum, its layout and the handle."""
-        channels_last = self._channels_last(name, skip)
-        operands = self.recorder.operands(skip, residual, channels_last)
-        out = func(*args, **kwargs)
-        self._propagate(func, args, kwargs, out)
-        return out, channels_last, self.recorder.output(operands, out)
+    def _finished(self, call: Call) -> None:
+        """Nothing to do: additions are reported as they run."""
 
-    def _mark_root(self, call: _Call, tensor: torch.Tensor) -> None:
-        root = next(self._roots)
-        self.root_call[root] = call
-        call.roots.append(root)
-        label = dict(self.labels.get(tensor) or {})
-        label[root] = _Entry(0, 0, False)
-        self.labels[tensor] = label
 
-    def _override_addition(self, func: Callable[..., Any], args: Sequence[Any],
-                           kwargs: dict[str, Any], label_a: dict[int, _Entry],
-                           label_b: dict[int, _Entry]) -> tuple[Any] | None:
-        assert self.blocks is not None
-        call = next((c for c in reversed(self.stack) if c.name in self.blocks), None)
+class _Naming(_Engine):
+    """The last addition inside each call of a named module is residual.
+
+    It is reported when the call returns: only then is it known to be the last.
+    """
+
+    def __init__(self, model: nn.Module, found: FoundBlocks, names: frozenset[str]) -> None:
+        super().__init__(model, found)
+        self._names = names
+        # Per running named call: its last addition so far, reduced, as FoundBlocks.add's args.
+        self._pending: dict[Call, tuple[str, Shortcut, bool, tuple[GainTerm, ...], Any]] = {}
+
+    def _residual(self, func: Callable[..., Any], args: Sequence[Any],
+                  kwargs: dict[str, Any]) -> tuple[Any] | None:
+        call = next((c for c in reversed(self._calls) if c.name in self._names), None)
         if call is None:
             return None
         a, b = args[0], args[1]
-        roots = call.roots
-        far = _Entry(1 << 30, 0, False)
-        dist_a = min((label_a.get(r, far).dist for r in roots), default=far.dist)
-        dist_b = min((label_b.get(r, far).dist for r in roots), default=far.dist)
+        dist_a = self._provenance.distance(self._provenance.label(a) or {}, call)
+        dist_b = self._provenance.distance(self._provenance.label(b) or {}, call)
         a_is_skip = dist_a <= dist_b
         skip, residual = (a, b) if a_is_skip else (b, a)
         shortcut = Shortcut.IDENTITY if min(dist_a, dist_b) == 0 else Shortcut.PROJECTION
-        gains = self.gains.get(residual) or ()
-        out, channels_last, reduced = self._run_addition(call.name, func, args, kwargs, skip,
-                                                         residual)
-        call.pending = [call.name, shortcut, channels_last, reduced, gains]
+        gains = self._gains.of(residual)
+        out, channels_last, reduced = self._run(call.name, func, args, kwargs, skip, residual)
+        self._pending[call] = (call.name, shortcut, channels_last, gains, reduced)
         return (out,)
 
-    def _report(self, name: str, shortcut: Shortcut, channels_last: bool, reduced: Any,
-                gains: tuple[GainTerm, ...]) -> None:
-        self.found.append(Found(name, shortcut, channels_last, gains))
-        self.recorder.record(name, shortcut, channels_last, reduced)
+    def _finished(self, call: Call) -> None:
+        pending = self._pending.pop(call, None)
+        if pending is not None:
+            self._found.add(*pending)
 
-    def _channels_last(self, name: str, x: torch.Tensor) -> bool:
-        """Channels-first if dim 1 matches a conv/BN/GroupNorm width of the block and the last
-        dim matches no Linear/LayerNorm width; channels-last in the opposite case; otherwise
-        channels-last for 3-d ``(N, T, C)`` tokens and channels-first for everything else."""
-        if name not in self._layout:
-            first: set[int] = set()
-            last: set[int] = set()
-            try:
-                owner = self.model.get_submodule(name)
-            except AttributeError:
-                owner = self.model
-            for m in owner.modules():
-                if isinstance(m, nn.modules.conv._ConvNd):
-                    first.add(m.out_channels)
-                elif isinstance(m, _BatchNorm):
-                    first.add(m.num_features)
-                elif isinstance(m, nn.GroupNorm):
-                    first.add(m.num_channels)
-                elif isinstance(m, nn.Linear):
-                    last.add(m.out_features)
-                elif isinstance(m, nn.LayerNorm) and m.normalized_shape:
-                    last.add(m.normalized_shape[-1])
-            self._layout[name] = (first, last)
-        first, last = self._layout[name]
+
+class _Layouts:
+    """Guesses, once per block module, whether its activations are channels-last."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self._model = model
+        self._widths: dict[str, tuple[set[int], set[int]]] = {}
+
+    def channels_last(self, name: str, x: torch.Tensor) -> bool:
+        """Whether ``x``, an operand of the block ``name``, is channels-last.
+
+        Channels-first if dim 1 matches a conv/BN/GroupNorm width of the block and the last dim
+        matches no Linear/LayerNorm width; channels-last in the opposite case; otherwise
+        channels-last for 3-d ``(N, T, C)`` tokens and channels-first for the rest.
+        """
+        if name not in self._widths:
+            self._widths[name] = self._block_widths(name)
+        first, last = self._widths[name]
         cf, cl = x.shape[1] in first, x.shape[-1] in last
         if cf != cl:
             return cl
         return x.ndim == 3
 
+    def _block_widths(self, name: str) -> tuple[set[int], set[int]]:
+        """The channel widths of the block's channels-first and channels-last layers."""
+        first: set[int] = set()
+        last: set[int] = set()
+        try:
+            owner = self._model.get_submodule(name)
+        except AttributeError:
+            owner = self._model
+        for m in owner.modules():
+            if isinstance(m, nn.modules.conv._ConvNd):
+                first.add(m.out_channels)
+            elif isinstance(m, _BatchNorm):
+                first.add(m.num_features)
+            elif isinstance(m, nn.GroupNorm):
+                first.add(m.num_channels)
+            elif isinstance(m, nn.Linear):
+                last.add(m.out_features)
+            elif isinstance(m, nn.LayerNorm) and m.normalized_shape:
+                last.add(m.normalized_shape[-1])
+        return first, last
 
-def _choose(root_call: dict[int, _Call], label_a: dict[int, _Entry],
-            label_b: dict[int, _Entry]) -> tuple[_Call, bool, Shortcut] | None:
-    """Pick the call owning the addition of two labeled operands, or None if not residual.
 
-    Preference, most preferred first: an identity skip over a projection; then a finished call
-    that is an item of a container (``blocks.3``: the ``x = x + block(x)`` loop) over the running
-    calls; then the innermost running call; then the outermost finished call.
+def _same_shape_addition(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:
+    """Whether the addition is a candidate residual one: ``args[0] + args[1]``, nothing more.
+
+    Both operands are distinct floating tensors of the same shape with a batch and a channel
+    dimension.
     """
-    best: tuple[tuple[int, int, int], _Call, bool, Shortcut] | None = None
-    for root in label_a.keys() & label_b.keys():
-        ea, eb = label_a[root], label_b[root]
-        if ea.dist == eb.dist:
-            continue
-        a_is_skip = ea.dist < eb.dist
-        skip, res = (ea, eb) if a_is_skip else (eb, ea)
-        if skip.dist > SHORT_PATH or res.weighted <= skip.weighted or res.escaped:
-            continue
-        call = root_call[root]
-        projection = skip.dist > 0
-        indexed = call.name.rpartition(".")[2].isdigit()
-        if call.active:
-            rank = (int(projection), 1, -call.serial)
-        else:
-            rank = (int(projection), 0 if indexed else 2, call.serial)
-        if best is None or rank < best[0]:
-            shortcut = Shortcut.PROJECTION if projection else Shortcut.IDENTITY
-            best = (rank, call, a_is_skip, shortcut)
-    return None if best is None else best[1:]
+    a, b = args[0], args[1]
+    if not (isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor)) or a is b:
+        return False
+    return (a.shape == b.shape and a.ndim >= 2 and a.is_floating_point()
+            and kwargs.get("alpha", 1) == 1 and len(args) == 2)
 
 
 def _flat(args: Sequence[Any], kwargs: dict[str, Any]) -> Iterator[torch.Tensor]:
@@ -461,63 +368,26 @@ def _tensors(out: Any) -> list[torch.Tensor]:
 
 
 class _Mode(TorchFunctionMode):
-    def __init__(self, discovery: Discovery):
+    def __init__(self, engine: _Engine):
         super().__init__()
-        self.discovery = discovery
+        self.engine = engine
 
     def __torch_function__(self, func: Callable[..., Any], types: Any,
                            args: Sequence[Any] = (), kwargs: dict[str, Any] | None = None
                            ) -> Any:
-        return self.discovery.handle(func, args, kwargs or {})
+        return self.engine.handle(func, args, kwargs or {})
 
 
 @contextmanager
-def discovering(discovery: Discovery) -> Iterator[Discovery]:
+def _hooked(engine: _Engine) -> Iterator[None]:
     """Hook every submodule and intercept torch operations; undo everything on exit."""
+    model = engine.model
     with ExitStack() as stack:
-        for name, module in discovery.model.named_modules():
+        for name, module in model.named_modules():
             stack.enter_context(module.register_forward_pre_hook(
-                discovery.pre_hook(name or type(discovery.model).__name__), with_kwargs=True))
+                engine.pre_hook(name or type(model).__name__), with_kwargs=True))
             stack.enter_context(module.register_forward_hook(
-                discovery.post_hook(name or type(discovery.model).__name__), with_kwargs=True,
+                engine.post_hook(name or type(model).__name__), with_kwargs=True,
                 always_call=True))
-        stack.enter_context(_Mode(discovery))
-        yield discovery
-
-
-def describe_gains(found: Sequence[Found]) -> list[str | None]:
-    """A description of the branch gain of every found addition (one device sync for all).
-
-    A parameter gain reads ``alpha = 0`` (scalar) or ``gamma: mean |g| = 1e-06`` (per channel); a
-    layer's weight is reported only when all zero (``bn3.weight = 0``; ``conv3.weight (effective)
-    = 0`` when the layer used a weight computed from its parameters); a constant factor reads
-    ``constant 0.2``. Names are relative to the block when inside it. None: no gain seen.
-    """
-    tensors = [t.value for f in found for t in f.gains if isinstance(t.value, torch.Tensor)]
-    summary: list[list[float]] = []
-    if tensors:
-        with torch.no_grad():
-            rows = [torch.stack((v.detach().double().abs().mean(),
-                                 (v.detach() == 0).all().double(),
-                                 v.detach().double().reshape(-1)[0])).to(tensors[0].device)
-                    for v in tensors]
-            summary = torch.stack(rows).cpu().tolist()
-    it = iter(summary)
-    described: list[str | None] = []
-    for f in found:
-        parts = []
-        for term in f.gains:
-            if isinstance(term.value, float):
-                parts.append(f"constant {term.value:g}")
-                continue
-            mean_abs, zero, first = next(it)
-            name = term.name
-            if name.startswith(f.name + "."):
-                name = name[len(f.name) + 1:]
-            if zero:
-                parts.append(f"{name} (effective) = 0" if term.derived else f"{name} = 0")
-            elif term.kind == "param":
-                parts.append(f"{name} = {first:.3g}" if term.value.numel() == 1
-                             else f"{name}: mean |g| = {mean_abs:.3g}")
-        described.append(" * ".join(parts) if parts else None)
-    return described
+        stack.enter_context(_Mode(engine))
+        yield

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import difflib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
@@ -13,17 +11,17 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from sigprop._moments import BlockAccumulator, Operands, Reduced
+from sigprop._accumulators import Accumulator, FastAccumulator, SafeAccumulator
 from sigprop._validate import parse_choice
-from sigprop.blocks import Block, ResidualAdd, marked_additions
+from sigprop.blocks import MarkedAdditions
 from sigprop.config import ResNetConfig
-from sigprop.discovery import Discovery, Found, GainTerm, describe_gains, discovering
-from sigprop.trace import BatchNorms, BlockStats, InputKind, InputSpec, Run, Shortcut, Trace
+from sigprop.discovery import Discovery, NamedBlocks
+from sigprop.finding import BlockFinder, FoundBlocks, Recorder
+from sigprop.trace import BatchNorms, Block, BlockStats, InputKind, InputSpec, Run, Trace
 
 __all__ = [
     "BNMode",
     "ForwardError",
-    "NoResidualBlockError",
     "find_blocks",
     "gaussian_input",
     "measure",
@@ -35,10 +33,6 @@ class BNMode(StrEnum):
 
     TRAIN = "train"  # batch statistics: the paper's setting at initialization
     EVAL = "eval"  # running statistics (mean 0 / var 1 when fresh: BN is then the identity)
-
-
-class NoResidualBlockError(ValueError):
-    """The model executed no residual addition that sigprop can tap."""
 
 
 class ForwardError(RuntimeError):
@@ -59,45 +53,17 @@ def gaussian_input(
     return torch.randn(shape, generator=generator).to(device)
 
 
-class _Recorder:
-    """Describes every tapped addition and reduces its tensors to sums kept on the device."""
+class _NoStats:
+    """A recorder that measures nothing, for :func:`find_blocks`."""
 
-    def __init__(self, with_stats: bool, progress: Callable[[int], None] | None,
-                 safe: bool = False):
-        self.with_stats = with_stats
-        self.progress = progress
-        self.blocks: list[Block] = []
-        self.sums = BlockAccumulator(safe)
+    def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool) -> None:
+        """Nothing to reduce."""
 
-    def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool
-                 ) -> Operands | None:
-        """Reduce the operands of an addition, before it runs (it may overwrite one in place)."""
-        return self.sums.operands(skip, residual, channels_last) if self.with_stats else None
+    def output(self, operands: None, output: torch.Tensor) -> None:
+        """Nothing to reduce."""
 
-    def output(self, operands: Operands | None, output: torch.Tensor) -> Reduced | None:
-        """Reduce the sum of an addition right after it ran, before anything changes it."""
-        return None if operands is None else self.sums.output(operands, output)
-
-    def record(self, name: str, shortcut: Shortcut, channels_last: bool,
-               reduced: Reduced | None) -> None:
-        """Count an addition, reduced before, as the next residual block."""
-        index = len(self.blocks)
-        stage = self.blocks[-1].stage if self.blocks else 0
-        if shortcut is Shortcut.PROJECTION and index > 0:
-            stage += 1
-        self.blocks.append(Block(index, name, stage, shortcut, channels_last))
-        if reduced is not None:
-            self.sums.commit(reduced)
-        if self.progress is not None:
-            self.progress(index + 1)
-
-    def block_stats(self) -> tuple[BlockStats, ...]:
-        """Gather all statistics from the device at once and pair them with their blocks."""
-        return tuple(
-            BlockStats(block.index, block.name, block.stage, block.shortcut, *stats,
-                       gain=block.gain)
-            for block, stats in zip(self.blocks, self.sums.results(), strict=True)
-        )
+    def commit(self, reduced: None) -> None:
+        """Nothing to count."""
 
 
 @contextmanager
@@ -158,102 +124,36 @@ def _plain_batch_norm(module: nn.Module) -> bool:
     return isinstance(module, _BatchNorm) and type(module).forward is _BatchNorm.forward
 
 
-def _forward(model: nn.Module, inputs: torch.Tensor, recorder: _Recorder,
-             bn_mode: BNMode, blocks: Sequence[str] | None = None) -> None:
-    """Run the forward pass with the residual additions tapped.
+def _finder(model: nn.Module, blocks: Sequence[str] | None) -> BlockFinder:
+    """How to find ``model``'s blocks: the named ones, else its marked additions, else discovery.
 
-    ``blocks`` (names of block modules) overrides everything; otherwise :class:`ResidualAdd`
-    modules define the blocks if the model has any, and discovery finds them if not.
+    ``blocks`` (names of block modules) overrides everything; otherwise
+    :class:`sigprop.ResidualAdd` modules define the blocks if the model has any.
     """
-    names = _check_block_names(model, blocks)
-    additions = marked_additions(model) if names is None else []
-    discovery = None
-    marked: list[Found] = []
+    if blocks is not None:
+        return NamedBlocks(model, blocks)
+    marked = MarkedAdditions.of(model)
+    return marked if marked is not None else Discovery(model)
+
+
+def _forward(model: nn.Module, inputs: torch.Tensor, finder: BlockFinder, recorder: Recorder,
+             bn_mode: BNMode, progress: Callable[[int], None] | None = None) -> list[Block]:
+    """Run the forward pass with the residual additions tapped; returns the blocks found."""
+    found = FoundBlocks(recorder, progress)
     with ExitStack() as stack, torch.no_grad():
         stack.enter_context(_measurement_state(model, bn_mode))
-        if additions:
-            for name, owner, add in additions:
-                found = Found(name, add.shortcut, add.channels_last, _declared_gain(owner, add))
-                before, after = _hooks(recorder, found, marked)
-                stack.enter_context(add.register_forward_pre_hook(before))
-                stack.enter_context(add.register_forward_hook(after))
-        else:
-            discovery = stack.enter_context(discovering(Discovery(model, recorder, names)))
+        stack.enter_context(finder.tapping(found))
         try:
             model(inputs)
         except Exception as e:
-            done = recorder.blocks
-            where = f"after block {done[-1].index} ({done[-1].name})" if done else "before block 0"
+            last = found.last
+            where = f"after block {last.index} ({last.name})" if last else "before block 0"
             raise ForwardError(
                 f"the model's forward pass failed {where}: {type(e).__name__}: {e}"
             ) from e
-    gains = describe_gains(discovery.found if discovery is not None else marked)
-    recorder.blocks = [b if g is None else replace(b, gain=g)
-                       for b, g in zip(recorder.blocks, gains, strict=True)]
-    if names is not None:
-        missing = sorted(names - {b.name for b in recorder.blocks})
-        if missing:
-            raise NoResidualBlockError(
-                f"block {missing[0]!r} executed no addition of two tensors of the same shape: "
-                "name modules whose forward returns skip + residual"
-            )
-    if not recorder.blocks:
-        raise NoResidualBlockError(
-            f"no residual block found in {type(model).__name__}: no addition of a tensor and a "
-            "longer computation on it was executed (see docs/discovery.md); name the block "
-            "modules with blocks=[...] or mark the additions with sigprop.ResidualAdd"
-        )
-
-
-def _check_block_names(model: nn.Module, blocks: Sequence[str] | None) -> frozenset[str] | None:
-    if blocks is None:
-        return None
-    if isinstance(blocks, str) or not all(isinstance(b, str) for b in blocks):
-        raise TypeError(f"blocks must be a list of module names, got {blocks!r}")
-    known = {name for name, _ in model.named_modules()}
-    for name in blocks:
-        if name not in known:
-            close = difflib.get_close_matches(name, sorted(known), n=3)
-            hint = f"; did you mean {', '.join(map(repr, close))}?" if close else ""
-            raise ValueError(f"blocks: {type(model).__name__} has no submodule {name!r}{hint}")
-    if not blocks:
-        raise ValueError("blocks must name at least one module, got []")
-    return frozenset(blocks)
-
-
-def _declared_gain(owner: nn.Module, add: ResidualAdd) -> tuple[GainTerm, ...]:
-    """The gain a :class:`ResidualAdd` names, as a term for :func:`describe_gains`."""
-    if add.gain is None:
-        return ()
-    tensor: torch.Tensor
-    try:
-        tensor = owner.get_parameter(add.gain)
-    except AttributeError:
-        try:
-            tensor = owner.get_buffer(add.gain)
-        except AttributeError:
-            raise ValueError(
-                f"ResidualAdd(gain={add.gain!r}) names no parameter or buffer of its block "
-                f"{type(owner).__name__}: give the name relative to the block, e.g. 'gain.alpha'"
-            ) from None
-    return (GainTerm("param", add.gain, tensor),)
-
-
-def _hooks(recorder: _Recorder, found: Found, marked: list[Found]
-           ) -> tuple[Callable[..., None], Callable[..., None]]:
-    """Forward pre-hook and hook of a :class:`ResidualAdd`: the operands are reduced before the
-    addition, while it is about to read them anyway, and the sum right after it wrote it."""
-    running: list[Any] = []  # operands of the calls in progress (a stack, in case of nesting)
-
-    def before(add: nn.Module, args: tuple[Any, ...]) -> None:
-        running.append(recorder.operands(args[0], args[1], found.channels_last))
-
-    def after(add: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
-        marked.append(found)
-        recorder.record(found.name, found.shortcut, found.channels_last,
-                        recorder.output(running.pop(), output))
-
-    return before, after
+    blocks = found.blocks()
+    finder.check(blocks)
+    return blocks
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -328,16 +228,13 @@ def measure(
     """
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
     batch, spec = _resolve_input(inputs, model)
+    finder = _finder(model, blocks)
     batchnorms = _batchnorms(model)
-    recorder = _Recorder(with_stats=True, progress=progress)
-    _forward(model, batch, recorder, mode, blocks)
-    stats = recorder.block_stats()
+    stats = _measured(model, batch, finder, FastAccumulator(), mode, progress)
     if not all(b.finite for b in stats):
         # The fast statistics overflow long before float32 activations do: measure again with
         # every tensor scaled, so the first non-finite block is where the network overflows.
-        recorder = _Recorder(with_stats=True, progress=None, safe=True)
-        _forward(model, batch, recorder, mode, blocks)
-        stats = recorder.block_stats()
+        stats = _measured(model, batch, finder, SafeAccumulator(), mode, None)
     if isinstance(model_info, ResNetConfig):
         info = model_info.to_dict()
     elif model_info is not None:
@@ -348,6 +245,15 @@ def measure(
             {"name": type(model).__name__}
     run = Run(seed if seed is not None else spec.seed, stats)
     return Trace(model=info, input=spec, bn_mode=mode.value, runs=(run,), batchnorms=batchnorms)
+
+
+def _measured(model: nn.Module, batch: torch.Tensor, finder: BlockFinder,
+              accumulator: Accumulator, bn_mode: BNMode,
+              progress: Callable[[int], None] | None) -> tuple[BlockStats, ...]:
+    """One forward pass: every block found, with the statistics the accumulator gathered."""
+    blocks = _forward(model, batch, finder, accumulator, bn_mode, progress)
+    return tuple(BlockStats.of(block, *stats)
+                 for block, stats in zip(blocks, accumulator.results(), strict=True))
 
 
 def _batchnorms(model: nn.Module) -> BatchNorms:
@@ -389,7 +295,6 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec,
     [('blocks.0', 0, 'identity'), ('blocks.1', 0, 'identity'),
      ('blocks.2', 1, 'projection'), ('blocks.3', 1, 'identity')]
     """
+    mode = parse_choice(BNMode, bn_mode, "bn_mode")
     batch, _ = _resolve_input(example_input, model)
-    recorder = _Recorder(with_stats=False, progress=None)
-    _forward(model, batch, recorder, parse_choice(BNMode, bn_mode, "bn_mode"), blocks)
-    return recorder.blocks
+    return _forward(model, batch, _finder(model, blocks), _NoStats(), mode)

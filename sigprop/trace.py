@@ -17,6 +17,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "BatchNorms",
+    "Block",
     "BlockStats",
     "InputKind",
     "InputSpec",
@@ -80,32 +81,60 @@ class Moments:
 
 
 @dataclass(frozen=True, slots=True)
-class BlockStats:
-    """Statistics of one executed residual addition (one call of a block).
+class Block:
+    """One call of a residual block in a forward pass: where its addition is and how to read it.
+
+    Found once per pass (:func:`sigprop.find_blocks`) and carried, unchanged, into the trace:
+    :class:`BlockStats` is a block with its statistics.
 
     Attributes:
-        index: position of this call among the residual additions of the forward pass, from 0.
-        name: qualified name of the module that owns the addition, e.g. ``blocks.3``.
-        stage: index of the stage; a new stage starts at each projection shortcut.
-        shortcut: whether the skip operand is the block input or a projection of it.
-        skip, residual, output: moments of ``skip``, ``residual`` and ``skip + residual``.
-        cross: ``mean(skip * residual)`` over all elements; 0 in expectation when the branch is
-            independent of the skip path, as the theory assumes at initialization. It is derived
-            from ``m2(output) - m2(skip) - m2(residual)``, so its absolute precision is about
-            1e-7 times ``m2(output)`` (float32 sums).
-        gain: the gain seen on the residual branch just before the addition (e.g.
-            ``bn3.weight = 0``: the branch is ~0 at initialization because of it), or None.
+        index: position among the residual additions executed, in call order, from 0.
+        name: qualified name of the module owning the addition (``blocks.3``).
+        stage: stage index; a projection shortcut after the first block starts a new stage.
+        shortcut: ``identity`` if the skip operand is the block input, ``projection`` if it is
+            a transformation of it.
+        channels_last: whether channels are the last dimension of the activations, so that
+            statistics are per last dimension (transformer tokens ``(N, T, C)``) instead of per
+            dimension 1 (False when read from an older stats.json, which did not record it).
+        gain: the gain seen on the residual branch just before the addition, e.g.
+            ``bn3.weight = 0`` (the branch is ~0 at initialization because of it) or
+            ``gamma: mean |g| = 1e-06``; None when none was seen.
     """
 
     index: int
     name: str
     stage: int
     shortcut: Shortcut
+    channels_last: bool = field(default=False, kw_only=True)
+    gain: str | None = field(default=None, kw_only=True)
+
+
+@dataclass(frozen=True, slots=True)
+class BlockStats(Block):
+    """Statistics of one executed residual addition: a :class:`Block` and its moments.
+
+    Attributes:
+        skip, residual, output: moments of ``skip``, ``residual`` and ``skip + residual``.
+        cross: ``mean(skip * residual)`` over all elements; 0 in expectation when the branch is
+            independent of the skip path, as the theory assumes at initialization. It is derived
+            from ``m2(output) - m2(skip) - m2(residual)``, so its absolute precision is about
+            1e-7 times ``m2(output)`` (float32 sums).
+
+    The block's own attributes (``index``, ``name``, ``stage``, ``shortcut``,
+    ``channels_last``, ``gain``) are described in :class:`Block`.
+    """
+
     skip: Moments
     residual: Moments
     output: Moments
     cross: float
-    gain: str | None = None
+
+    @classmethod
+    def of(cls, block: Block, skip: Moments, residual: Moments, output: Moments,
+           cross: float) -> BlockStats:
+        """``block`` with its statistics."""
+        return cls(block.index, block.name, block.stage, block.shortcut, skip, residual, output,
+                   cross, channels_last=block.channels_last, gain=block.gain)
 
     @property
     def ratio(self) -> float:
@@ -375,6 +404,7 @@ def _block_to_dict(block: BlockStats) -> dict[str, Any]:
         "name": block.name,
         "stage": block.stage,
         "shortcut": block.shortcut.value,
+        "channels_last": block.channels_last,
     }
     for role in TensorRole:
         m = block.moments(role)
@@ -397,6 +427,7 @@ def _block_from_dict(doc: Mapping[str, Any]) -> BlockStats:
         residual=moments("residual"),
         output=moments("output"),
         cross=_decode(doc["cross"]),
+        channels_last=bool(doc.get("channels_last", False)),
         gain=None if doc.get("gain") is None else str(doc["gain"]),
     )
 

@@ -41,9 +41,10 @@ def test_analyze_writes_json_csv_and_plot(tmp_path: Path) -> None:
     (run,) = doc["runs"]
     assert run["seed"] == 3 and len(run["blocks"]) == 6
     block = run["blocks"][3]
-    assert set(block) == {"index", "name", "stage", "shortcut", "skip", "residual", "output",
-                          "cross", "gain"}
+    assert set(block) == {"index", "name", "stage", "shortcut", "channels_last", "skip",
+                          "residual", "output", "cross", "gain"}
     assert block["gain"] is None  # batch norm, no gain on the branch
+    assert block["channels_last"] is False  # (N, C, H, W) activations
     assert (block["index"], block["name"], block["stage"], block["shortcut"]) == (
         3, "blocks.3", 1, "projection")
     assert set(block["residual"]) == {"var", "sq_mean"}

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from dataclasses import fields
+
 import pytest
 import torch
 from torch import nn
@@ -356,3 +359,18 @@ def test_token_statistics_are_per_feature_over_batch_and_tokens() -> None:
     for moments, factor in ((block.skip, 1.0), (block.residual, 2.0), (block.output, 3.0)):
         assert moments.var == pytest.approx(factor**2 * base.var, rel=1e-12)
         assert moments.sq_mean == pytest.approx(factor**2 * base.sq_mean, rel=1e-12)
+
+
+@pytest.mark.parametrize(("model", "x", "named"), [
+    (Gained(), X, None),  # discovered, with gains
+    (nn.Sequential(nn.Conv2d(3, 4, 1), Bottleneckish(4, 4), Bottleneckish(4, 8, 2)), X, ["1", "2"]),
+    (Tokens(), torch.randn(1, 5, 3), None),  # channels-last
+])
+def test_the_trace_carries_the_blocks_as_found(model: nn.Module, x: torch.Tensor,
+                                               named: list[str] | None) -> None:
+    def described(blocks: Sequence[sigprop.Block]) -> list[tuple[object, ...]]:
+        return [tuple(getattr(b, f.name) for f in fields(sigprop.Block)) for b in blocks]
+
+    found = find_blocks(model, x, blocks=named)
+    measured = measure(model, x, blocks=named).runs[0].blocks
+    assert described(measured) == described(found) and len(found) >= 2

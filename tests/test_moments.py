@@ -91,16 +91,20 @@ def test_measure_is_within_1e_5_of_a_float64_reference_of_the_same_activations(n
 
 
 def test_skip_sums_are_reused_only_while_the_tensor_is_unchanged() -> None:
-    from sigprop._moments import BlockAccumulator
+    from sigprop._accumulators import FastAccumulator
 
     x = offset_input((2, 3, 4, 4), seed=4, dtype=torch.float32)
     r = torch.ones_like(x)
-    acc = BlockAccumulator()
+    acc = FastAccumulator()
+
+    def add(skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor) -> None:
+        acc.commit(acc.output(acc.operands(skip, residual, channels_last=False), output))
+
     out = x + r
-    acc.add(x, r, out, channels_last=False)
-    acc.add(out, r, out + r, channels_last=False)  # skip is the previous output: reused
+    add(x, r, out)
+    add(out, r, out + r)  # skip is the previous output: reused
     out.mul_(2.0)  # modified in place: its old sums no longer apply
-    acc.add(out, r, out + r, channels_last=False)
+    add(out, r, out + r)
     (_, _, first_out, _), (second_skip, _, _, _), (third_skip, _, _, _) = acc.results()
     assert second_skip == first_out
     assert third_skip.m2 == pytest.approx(4 * first_out.m2, rel=1e-6)

@@ -7,6 +7,7 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
 import sigprop
 from sigprop import InputSpec, Trace, TraceFormatError, measure
@@ -103,3 +104,25 @@ def test_merge_checks_the_input_and_traces_are_hashable() -> None:
     assert InputSpec("tensor", (1,), None).kind is sigprop.InputKind.TENSOR
     with pytest.raises(ValueError, match="unknown input kind 'uniform'"):
         InputSpec("uniform", (1,), 0)
+
+
+def test_blocks_carry_their_layout_into_stats_json_and_older_files_still_read() -> None:
+    class Tokens(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.mix = torch.nn.Linear(4, 4)
+            self.add = sigprop.ResidualAdd(channels_last=True)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = self.add(x, self.mix(x))
+            return out
+
+    trace = measure(Tokens(), sigprop.gaussian_input((2, 3, 4), seed=0))
+    (block,) = trace.runs[0].blocks
+    assert block.channels_last and isinstance(block, sigprop.Block)
+    assert block == sigprop.BlockStats.of(sigprop.find_blocks(Tokens(), torch.ones(2, 3, 4))[0],
+                                          block.skip, block.residual, block.output, block.cross)
+    doc = trace.to_dict()
+    assert doc["runs"][0]["blocks"][0]["channels_last"] is True
+    del doc["runs"][0]["blocks"][0]["channels_last"]  # written before sigprop recorded it
+    assert not Trace.from_dict(doc).runs[0].blocks[0].channels_last

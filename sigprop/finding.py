@@ -1,0 +1,114 @@
+"""Finding residual blocks: the interface every finder implements, and where blocks are numbered.
+
+A finder taps the residual additions of one forward pass (:meth:`BlockFinder.tapping`): it hands
+each addition's tensors to a :class:`Recorder` as the addition runs, and reports the addition to
+:class:`FoundBlocks`, which numbers it as the next :class:`~sigprop.trace.Block`. Implementations:
+:class:`sigprop.blocks.MarkedAdditions` (:class:`~sigprop.blocks.ResidualAdd` modules),
+:class:`sigprop.discovery.Discovery` (any model) and :class:`sigprop.discovery.NamedBlocks`
+(``blocks=[...]``).
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import replace
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from sigprop._gains import GainTerm, describe_gains
+from sigprop.trace import Block, Shortcut
+
+__all__ = ["BlockFinder", "FoundBlocks", "NoResidualBlockError", "Recorder"]
+
+
+class NoResidualBlockError(ValueError):
+    """The model executed no residual addition that sigprop can tap."""
+
+
+class Recorder(Protocol):
+    """The measuring side of a forward pass (an accumulator, or nothing for ``find_blocks``)."""
+
+    def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool) -> Any:
+        """Called just before an addition runs (it may overwrite an operand in place)."""
+
+    def output(self, operands: Any, output: torch.Tensor) -> Any:
+        """Called just after, with what :meth:`operands` returned; returns a handle."""
+
+    def commit(self, reduced: Any) -> None:
+        """Called once per residual block, in call order, with the handle of its addition."""
+
+
+class FoundBlocks:
+    """The residual blocks of one forward pass, numbered in call order as finders report them.
+
+    Args:
+        recorder: measures each addition; told of each block as it is numbered.
+        progress: called with the number of blocks found after each block.
+    """
+
+    def __init__(self, recorder: Recorder,
+                 progress: Callable[[int], None] | None = None) -> None:
+        self.recorder = recorder
+        self._progress = progress
+        self._blocks: list[Block] = []
+        self._gains: list[tuple[GainTerm, ...]] = []  # per block, read after the pass
+
+    @property
+    def last(self) -> Block | None:
+        """The last block found so far (its gain not described yet)."""
+        return self._blocks[-1] if self._blocks else None
+
+    def add(self, name: str, shortcut: Shortcut, channels_last: bool,
+            gains: tuple[GainTerm, ...], reduced: Any) -> None:
+        """Number an addition, whose tensors ``reduced`` holds, as the next block.
+
+        A projection shortcut after the first block starts a new stage.
+        """
+        last = self.last
+        stage = 0 if last is None else last.stage + (shortcut is Shortcut.PROJECTION)
+        self._blocks.append(Block(len(self._blocks), name, stage, shortcut,
+                                  channels_last=channels_last))
+        self._gains.append(gains)
+        self.recorder.commit(reduced)
+        if self._progress is not None:
+            self._progress(len(self._blocks))
+
+    def blocks(self) -> list[Block]:
+        """The blocks, each with the description of its gain (one device sync for all)."""
+        described = describe_gains([(b.name, g) for b, g in zip(self._blocks, self._gains,
+                                                                 strict=True)])
+        return [b if gain is None else replace(b, gain=gain)
+                for b, gain in zip(self._blocks, described, strict=True)]
+
+
+class BlockFinder(ABC):
+    """Finds the residual additions of a model while it runs one forward pass.
+
+    Args:
+        model: the model whose additions are found.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    @abstractmethod
+    def tapping(self, found: FoundBlocks) -> AbstractContextManager[None]:
+        """Hooks that report every residual addition of the next forward pass to ``found``.
+
+        Each addition's operands go to ``found.recorder`` just before it runs and its sum just
+        after. All hooks are removed on exit, also when the forward raises.
+        """
+
+    def check(self, blocks: Sequence[Block]) -> None:
+        """Raise :class:`NoResidualBlockError` unless ``blocks`` (of one pass) are plausible."""
+        if not blocks:
+            raise NoResidualBlockError(
+                f"no residual block found in {type(self.model).__name__}: no addition of a "
+                "tensor and a longer computation on it was executed (see docs/discovery.md); "
+                "name the block modules with blocks=[...] or mark the additions with "
+                "sigprop.ResidualAdd"
+            )
