@@ -1,0 +1,392 @@
+"""Fits of one stage: per-run estimates, a within-run jackknife, pooled over the runs.
+
+Every fit works within one stage (a projection shortcut resets the skip path). It is computed on
+each run (seed) and averaged over the runs.
+
+Why the intervals are built as they are (docs/theory.md has the calibration table): seeds are
+independent, blocks within one trace are not. Within a run, ``m2_l`` is a random walk and every
+figure computed from its levels (a line through ``1/ratio``, a power law of the ratio) has
+residuals correlated over spans that grow with ``l``, so an interval that treats blocks as
+independent is several times too narrow. What *is* close to independent is each block's own
+contribution: its fresh branch (its increment of the skip path and its branch second moment).
+The within-run uncertainty is therefore a delete-a-segment jackknife over contiguous segments of
+blocks, in which a deleted segment's increments are removed from the skip path and the remaining
+pieces are joined (the run as if those blocks did not exist). With several runs, the spread of
+the per-run estimates (``runs - 1`` degrees of freedom) and the runs' jackknife variances are
+pooled, weighted by their degrees of freedom. ``benchmarks/calibration.py`` measures the coverage
+of these intervals on real traces of the built-in networks.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import NamedTuple
+
+import numpy as np
+from scipy import stats as sps
+
+from sigprop.theory import Prediction, predict
+from sigprop.trace import Trace
+
+__all__ = ["Estimate", "FitId", "Growth", "fit", "fits", "projected_growth"]
+
+
+class FitId(StrEnum):
+    """What a fit estimates (one value per stage)."""
+
+    SKIP_M2_SLOPE = "skip_m2_slope"  # mean increment of the skip second moment per block
+    SKIP_VAR_SLOPE = "skip_var_slope"  # ... of its average channel variance
+    SKIP_SQ_MEAN_SLOPE = "skip_sq_mean_slope"  # ... of its average channel squared mean
+    INVERSE_RATIO_SLOPE = "inverse_ratio_slope"  # slope of skip/residual m2 against l
+    RATIO_EXPONENT = "ratio_exponent"  # power of the residual/skip ratio in the block position
+    GROWTH_RATE = "growth_rate"  # geometric factor g of m2_{l+1} = a + g m2_l
+
+
+@dataclass(frozen=True, slots=True)
+class Estimate:
+    """A fitted figure with its confidence interval and the theory's value for it.
+
+    Attributes:
+        id: what is estimated (:class:`FitId`).
+        stage: the stage it was fitted in.
+        estimate: the point estimate, the mean of the runs' estimates (NaN when no run has
+            enough finite blocks).
+        ci95: the interval ``(lo, hi)`` at the level of the fit (95% by default); NaN when
+            the data cannot give one (one run of fewer than four blocks).
+        n: blocks behind it, summed over the runs.
+        n_runs: runs (seeds) behind it.
+        df: degrees of freedom of the interval's t quantile (0 without an interval).
+        predicted: the same fit applied to the theory's per-block prediction for this model
+            (finite-depth and finite-image effects included); None where no theory applies.
+        intercept: the line's value at the stage's first block, where a line is fitted.
+    """
+
+    id: FitId
+    stage: int
+    estimate: float
+    ci95: tuple[float, float]
+    n: int
+    n_runs: int
+    df: int = 0
+    predicted: float | None = None
+    intercept: float = math.nan
+
+    def contains(self, value: float) -> bool:
+        """True when ``value`` lies inside the interval."""
+        return self.ci95[0] <= value <= self.ci95[1]
+
+    @property
+    def half_width(self) -> float:
+        """Half the width of the interval (NaN without one)."""
+        return (self.ci95[1] - self.ci95[0]) / 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Series:
+    """One run's blocks of one stage, up to its first non-finite block."""
+
+    skip_m2: np.ndarray
+    skip_var: np.ndarray
+    skip_sq_mean: np.ndarray
+    residual_m2: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.skip_m2.size)
+
+    def spliced(self, keep: np.ndarray) -> _Series:
+        """The run as if the blocks not in ``keep`` did not exist: their branches and increments go.
+
+        The skip path enters the stage at its first level and after a gap continues from the
+        level before it, so what remains is a shorter run of the same network, not a series with
+        a jump (nor one that starts from a deeper level when the first blocks go).
+        """
+        kept = np.flatnonzero(keep)
+
+        def splice(levels: np.ndarray) -> np.ndarray:
+            increments = np.diff(levels)[kept[:-1]]
+            joined: np.ndarray = levels[0] + np.concatenate([[0.0], np.cumsum(increments)])
+            return joined
+
+        return _Series(splice(self.skip_m2), splice(self.skip_var), splice(self.skip_sq_mean),
+                       self.residual_m2[kept])
+
+
+def _series(trace: Trace, stage: int) -> list[_Series]:
+    out = []
+    for run in trace.runs:
+        blocks = [b for b in run.blocks if b.stage == stage]
+        columns = np.array([[b.skip.m2, b.skip.var, b.skip.sq_mean, b.residual.m2]
+                            for b in blocks], dtype=float).reshape(-1, 4)
+        bad = np.flatnonzero(~np.isfinite(columns).all(axis=1))
+        columns = columns[: bad[0]] if bad.size else columns
+        out.append(_Series(*columns.T))
+    return out
+
+
+# A fit of one run on the blocks in a mask: its value and, for lines, the intercept at the
+# stage's first block.
+_Fitter = Callable[[_Series, np.ndarray], tuple[float, float]]
+
+
+def _on_spliced(fitter: Callable[[_Series], tuple[float, float]]) -> _Fitter:
+    return lambda s, keep: fitter(s if keep.all() else s.spliced(keep))
+
+
+def _mean_increment(levels: Callable[[_Series], np.ndarray]) -> _Fitter:
+    def fitter(s: _Series) -> tuple[float, float]:
+        y = levels(s)
+        if y.size < 2:
+            return math.nan, math.nan
+        slope = float(y[-1] - y[0]) / (y.size - 1)
+        return slope, float((y - slope * np.arange(y.size)).mean())
+    return _on_spliced(fitter)
+
+
+def _inverse_ratio_line(s: _Series) -> tuple[float, float]:
+    keep = s.residual_m2 > 0
+    if keep.sum() < 2:
+        return math.nan, math.nan
+    x = np.arange(s.size, dtype=float)[keep]
+    slope, intercept = np.polyfit(x, s.skip_m2[keep] / s.residual_m2[keep], 1)
+    return float(slope), float(intercept)
+
+
+def _ratio_power_law(s: _Series) -> tuple[float, float]:
+    keep = (s.residual_m2 > 0) & (s.skip_m2 > 0)
+    if keep.sum() < 3:
+        return math.nan, math.nan
+    x = np.log(np.arange(1, s.size + 1, dtype=float)[keep])
+    slope, intercept = np.polyfit(x, np.log(s.residual_m2[keep] / s.skip_m2[keep]), 1)
+    return float(slope), float(math.exp(intercept))
+
+
+def _growth(s: _Series, keep: np.ndarray) -> tuple[float, float]:
+    """``g`` of ``m2_{l+1} = a + g m2_l``, from ``m2_{l+1}/m2_l - 1 = (g - 1) + a / m2_l``.
+
+    A linear walk has ``g = 1`` whatever its increment ``a``; a geometric one ``a = 0``. A jump
+    at the start of a stage (a small ``m2_0``) lands in ``a``, not in ``g``. The units are the
+    pairs (block, next block), so the jackknife drops pairs rather than splicing the walk.
+    """
+    level, following = s.skip_m2[:-1], s.skip_m2[1:]
+    pairs = keep[:-1] & (level > 0) & np.isfinite(following)
+    if pairs.sum() < 3:
+        return math.nan, math.nan
+    level, following = level[pairs], following[pairs]
+    if np.ptp(level) <= 1e-9 * level.max():
+        # A flat walk (identity blocks): no spread of levels to separate a from g.
+        return float((following / level).mean()), 0.0
+    design = np.column_stack([np.ones(level.size), 1.0 / level])
+    (rate, increment), *_ = np.linalg.lstsq(design, following / level - 1.0, rcond=None)
+    return 1.0 + float(rate), float(increment)
+
+
+@dataclass(frozen=True, slots=True)
+class _Fit:
+    """A fitter and the segments its within-run jackknife deletes.
+
+    The layouts come from the calibration on real traces (benchmarks/calibration.py): the
+    growth factors of a run stay correlated over long spans (the skip path's channel means
+    persist), so its jackknife deletes a quarter of the run at a time; the power law of the
+    ratio spends its leverage on the first blocks, so its segments are equal in ``log n``.
+    """
+
+    fitter: _Fitter
+    segments: int = 8
+    log_spaced: bool = False
+
+    def edges(self, size: int) -> np.ndarray:
+        """Segment boundaries over ``size`` blocks (segments of at least 2 blocks)."""
+        count = min(self.segments, size // 2)
+        if count < 2:
+            return np.array([0, size])
+        if self.log_spaced:
+            return np.unique(np.geomspace(1, size + 1, count + 1).round().astype(int) - 1)
+        return np.linspace(0, size, count + 1).round().astype(int)
+
+
+_FITS: dict[FitId, _Fit] = {
+    FitId.SKIP_M2_SLOPE: _Fit(_mean_increment(lambda s: s.skip_m2)),
+    FitId.SKIP_VAR_SLOPE: _Fit(_mean_increment(lambda s: s.skip_var)),
+    FitId.SKIP_SQ_MEAN_SLOPE: _Fit(_mean_increment(lambda s: s.skip_sq_mean)),
+    FitId.INVERSE_RATIO_SLOPE: _Fit(_on_spliced(_inverse_ratio_line)),
+    FitId.RATIO_EXPONENT: _Fit(_on_spliced(_ratio_power_law), segments=6, log_spaced=True),
+    FitId.GROWTH_RATE: _Fit(_growth, segments=4),
+}
+
+
+class _RunFit(NamedTuple):
+    """One run's fit: its value, intercept, within-run jackknife variance and that variance's
+    degrees of freedom (0 without one)."""
+
+    value: float
+    intercept: float
+    variance: float
+    df: int
+
+
+def _run_fit(fit: _Fit, s: _Series) -> _RunFit:
+    """Fit one run and delete each of its segments in turn (the jackknife)."""
+    everything = np.ones(s.size, dtype=bool)
+    value, intercept = fit.fitter(s, everything)
+    edges = fit.edges(s.size)
+    segments = edges.size - 1
+    if not math.isfinite(value) or segments < 2:
+        return _RunFit(value, intercept, math.nan, 0)
+    left_out = []
+    for start, stop in itertools.pairwise(edges):
+        keep = everything.copy()
+        keep[start:stop] = False
+        left_out.append(fit.fitter(s, keep)[0])
+    values = np.array(left_out)
+    if not np.isfinite(values).all():
+        return _RunFit(value, intercept, math.nan, 0)
+    variance = (segments - 1) / segments * float(((values - values.mean()) ** 2).sum())
+    return _RunFit(value, intercept, variance, segments - 1)
+
+
+def _pooled(per_run: list[_RunFit], level: float
+            ) -> tuple[float, tuple[float, float], float, int, int]:
+    """Mean over runs, its interval, the mean intercept, the runs used and the interval's df.
+
+    The variance of one run's estimate is the spread of the runs' estimates (``runs - 1``
+    degrees of freedom) pooled with the runs' jackknife variances, weighted by degrees of freedom.
+    """
+    finite = [r for r in per_run if math.isfinite(r.value)]
+    if not finite:
+        return math.nan, (math.nan, math.nan), math.nan, 0, 0
+    values = np.array([r.value for r in finite])
+    estimate = float(values.mean())
+    intercept = float(np.mean([r.intercept for r in finite]))
+    df_between = values.size - 1
+    between = float(values.var(ddof=1)) if df_between else 0.0
+    within = [(r.variance, r.df) for r in finite if r.df > 0]
+    df_within = sum(df for _, df in within)
+    df = df_between + df_within
+    if df == 0:
+        return estimate, (math.nan, math.nan), intercept, values.size, 0
+    variance = (df_between * between + sum(v * d for v, d in within)) / df
+    half = float(sps.t.ppf(0.5 + level / 2, df)) * math.sqrt(variance / values.size)
+    return estimate, (estimate - half, estimate + half), intercept, values.size, df
+
+
+def _predicted_series(prediction: Prediction, stage: int, size: int) -> _Series:
+    blocks = [b for b in prediction.blocks if b.stage == stage][:size]
+    columns = np.array([[b.skip_m2, b.skip_var, b.skip_sq_mean, b.residual_m2]
+                        for b in blocks], dtype=float).reshape(-1, 4)
+    return _Series(*columns.T)
+
+
+def fit(trace: Trace, fit_id: FitId | str, stage: int = 0, level: float = 0.95,
+        prediction: Prediction | None = None) -> Estimate:
+    """One fit of one stage: the runs' mean estimate, its interval and the theory's value.
+
+    Args:
+        trace: the measurement (one or more runs).
+        fit_id: what to estimate (:class:`FitId`):
+
+            * ``skip_m2_slope`` / ``skip_var_slope`` / ``skip_sq_mean_slope``: the mean
+              increment per block of the skip path's statistic (linear growth: BN v2 ~1);
+            * ``inverse_ratio_slope``: least-squares slope of ``skip m2 / residual m2`` against
+              the block's position in the stage: the straight-line form of the sqrt(depth) law
+              (skip increment per block / branch second moment: 1 in theory);
+            * ``ratio_exponent``: power of ``residual/skip`` in the position ``n = 1, 2, ...``
+              (-1 only at infinite depth: ``1/(m2_0 + l)`` fits -0.90 at 64 blocks);
+            * ``growth_rate``: ``g`` of ``m2_{l+1} = a + g m2_l`` (1 for linear growth).
+        stage: the stage to fit.
+        level: confidence level of the interval.
+        prediction: the theory's prediction (default: :func:`sigprop.theory.predict`).
+
+    Returns:
+        An :class:`Estimate`; its ``predicted`` is the same fit of the predicted blocks.
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(32, seed=0),
+    ...                         sigprop.InputSpec("gaussian", (8, 3, 16, 16), 0))
+    >>> slope = fit(trace, "skip_m2_slope")
+    >>> slope.ci95[0] < slope.estimate < slope.ci95[1], round(slope.predicted, 3)
+    (True, 0.943)
+    """
+    fit_id = FitId(fit_id)
+    chosen = _FITS[fit_id]
+    series = _series(trace, stage)
+    estimate, ci, intercept, runs, df = _pooled([_run_fit(chosen, s) for s in series], level)
+    prediction = prediction if prediction is not None else predict(trace)
+    predicted = None
+    longest = max((s.size for s in series), default=0)
+    if prediction is not None and longest:
+        predicted_series = _predicted_series(prediction, stage, longest)
+        value = chosen.fitter(predicted_series, np.ones(longest, bool))[0]
+        predicted = value if math.isfinite(value) else None
+    blocks = sum(s.size for s in series)
+    return Estimate(fit_id, stage, estimate, ci, blocks, runs, df, predicted, intercept)
+
+
+def fits(trace: Trace, level: float = 0.95) -> list[Estimate]:
+    """Every fit of every stage, in :class:`FitId` order within each stage."""
+    prediction = predict(trace)
+    return [fit(trace, fit_id, stage, level, prediction)
+            for stage in sorted(trace.by_stage()) for fit_id in FitId]
+
+
+@dataclass(frozen=True, slots=True)
+class Growth:
+    """The geometric part of the skip path's growth, projected over a run of blocks.
+
+    Attributes:
+        factor: projected growth ``prod_s g_s^(n_s)`` over the judged stages (1: linear or
+            no growth), with ``ci95`` its interval.
+        per_block: ``factor ** (1 / blocks)``, the equivalent factor per block.
+        blocks: blocks of the stages that could be judged; ``unjudged``: blocks of stages
+            too short (or too noisy) to estimate a growth rate.
+        overflow: index of the first block that overflowed in any run, or None.
+    """
+
+    factor: float
+    ci95: tuple[float, float]
+    per_block: float
+    blocks: int
+    unjudged: int
+    overflow: int | None
+
+
+def projected_growth(trace: Trace, stages: Sequence[int] | None = None,
+                     level: float = 0.95) -> Growth:
+    """Geometric growth of the skip second moment over ``stages`` (default: the network).
+
+    Each stage contributes ``g ** n`` with ``g`` its :data:`FitId.GROWTH_RATE` and ``n`` its
+    blocks; the interval combines the stages' intervals on the log scale (delta method).
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(48, norm="none", seed=0),
+    ...                         sigprop.InputSpec("gaussian", (8, 3, 16, 16), 0))
+    >>> projected_growth(trace).factor > 1e6
+    True
+    """
+    by_stage = trace.by_stage()
+    chosen = sorted(by_stage) if stages is None else list(stages)
+    log_factor, log_variance, df, blocks, unjudged = 0.0, 0.0, math.inf, 0, 0
+    for stage in chosen:
+        n = len(by_stage[stage])
+        rate = fit(trace, FitId.GROWTH_RATE, stage, level)
+        if not (rate.estimate > 0 and math.isfinite(rate.half_width) and rate.ci95[0] > 0):
+            unjudged += n
+            continue
+        se = rate.half_width / float(sps.t.ppf(0.5 + level / 2, rate.df))
+        log_factor += n * math.log(rate.estimate)
+        log_variance += (n * se / rate.estimate) ** 2
+        df = min(df, rate.df)
+        blocks += n
+    first = trace.first_overflow
+    # A stage after the one that overflowed is non-finite from its first block.
+    overflow = None if first is None else next(
+        (b.index for b in trace.runs[0].blocks if b.index >= first and b.stage in chosen), None)
+    if not blocks:
+        return Growth(math.nan, (math.nan, math.nan), math.nan, 0, unjudged, overflow)
+    half = float(sps.t.ppf(0.5 + level / 2, df)) * math.sqrt(log_variance)
+    return Growth(math.exp(log_factor), (math.exp(log_factor - half), math.exp(log_factor + half)),
+                  math.exp(log_factor / blocks), blocks, unjudged, overflow)
