@@ -198,13 +198,11 @@ class NFBlock(nn.Module):
         return f"beta={self.beta:.6g}"
 
 
-class FixupPreActBlock(nn.Module):
-    """Fixup on the v2 layout: ``x + scale * Conv(ReLU(Conv(ReLU(x + b) + b) + b) + b)``.
+class _FixupBlock(nn.Module):
+    """The layers of a Fixup block: two 3x3 convolutions, four scalar biases, a multiplier.
 
-    No normalization; a scalar bias before every convolution and activation (0 at
-    initialization) and a scalar multiplier (``gain.alpha``, 1). The builder zero-initializes
-    ``conv2`` (Fixup's rule; optional) and scales ``conv1`` by ``depth^(-1/2)``. A projection
-    shortcut acts on the activated input, as in :class:`PreActBlock`.
+    The gain named on the addition is the zero last layer when the builder zeroes it, else the
+    multiplier.
     """
 
     def __init__(self, c_in: int, c_out: int, stride: int, zero_last: bool):
@@ -218,6 +216,16 @@ class FixupPreActBlock(nn.Module):
         self.shortcut = _conv(c_in, c_out, 1, stride) if projection else None
         self.add = ResidualAdd(Shortcut.PROJECTION if projection else Shortcut.IDENTITY,
                                gain="conv2.weight" if zero_last else "gain.alpha")
+
+
+class FixupPreActBlock(_FixupBlock):
+    """Fixup on the v2 layout: ``x + scale * Conv(ReLU(Conv(ReLU(x + b) + b) + b) + b)``.
+
+    No normalization; a scalar bias before every convolution and activation (0 at
+    initialization) and a scalar multiplier (``gain.alpha``, 1). The builder zero-initializes
+    ``conv2`` (Fixup's rule; optional) and scales ``conv1`` by ``depth^(-1/2)``. A projection
+    shortcut acts on the activated input, as in :class:`PreActBlock`.
+    """
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pre = self.relu(self.bias1a(x))
@@ -227,7 +235,7 @@ class FixupPreActBlock(nn.Module):
         return out
 
 
-class FixupBasicBlock(nn.Module):
+class FixupBasicBlock(_FixupBlock):
     """Fixup on the v1 layout (Zhang, Dauphin & Ma 2019), a ReLU after the addition.
 
     ``ReLU(x + scale * Conv(ReLU(Conv(x + b) + b) + b) + b)``: no normalization, scalar biases
@@ -235,18 +243,6 @@ class FixupBasicBlock(nn.Module):
     scales ``conv1`` by ``depth^(-1/2)``. A projection shortcut is a 1x1 convolution of
     ``x + b``.
     """
-
-    def __init__(self, c_in: int, c_out: int, stride: int, zero_last: bool):
-        super().__init__()
-        self.bias1a, self.bias1b, self.bias2a, self.bias2b = Bias(), Bias(), Bias(), Bias()
-        self.relu = nn.ReLU()
-        self.conv1 = _conv(c_in, c_out, 3, stride)
-        self.conv2 = _conv(c_out, c_out, 3)
-        self.gain = Gain(1.0, learnable=True)
-        projection = stride != 1 or c_in != c_out
-        self.shortcut = _conv(c_in, c_out, 1, stride) if projection else None
-        self.add = ResidualAdd(Shortcut.PROJECTION if projection else Shortcut.IDENTITY,
-                               gain="conv2.weight" if zero_last else "gain.alpha")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shifted = self.bias1a(x)
