@@ -212,3 +212,10 @@ def test_normalizer_free_networks_pass_the_cli_audit(depth: str, args: list[str]
     else:
         assert found["zero_branches"]["measured"] == int(depth)
         assert f"{zero} ({depth})" in str(found["zero_branches"]["message"])
+
+
+def test_a_trace_without_batch_norm_counts_is_information_not_a_pass() -> None:
+    # Traces written before sigprop 0.2 (and hand-built ones) do not record BN layers.
+    found = {f.id: f for f in audit(synthetic_trace([[1.0, 2.0, 3.0, 4.0]], [[1.0] * 4]))}
+    assert found["bn_eval_mode"].status is Status.INFO
+    assert "does not record" in found["bn_eval_mode"].message
