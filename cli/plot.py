@@ -66,6 +66,9 @@ def plot_command(
         raise UsageError(f"got {len(label)} --label for {len(files)} files: give one per file, "
                          "in order, or none")
     traces = [load(path) for path in files]
+    if out.parent.exists() and not out.parent.is_dir():
+        raise UsageError(f"cannot write --out {str(out)!r}: {str(out.parent)!r} is a file, not a "
+                         "folder")
     if not out.parent.is_dir():
         raise UsageError(f"cannot write --out {str(out)!r}: folder {str(out.parent)!r} does not "
                          "exist")

@@ -145,7 +145,8 @@ def _callable_builder(spec: str, kwargs: Mapping[str, Any]) -> Builder:
         try:
             model = seeded(seed, lambda: make(**kwargs))
         except Exception as e:
-            raise ValueError(f"{spec} raised {type(e).__name__}: {e}") from e
+            message = str(e) or "(no message; sigprop --debug shows the traceback)"
+            raise ValueError(f"{spec} raised {type(e).__name__}: {message}") from e
         if not isinstance(model, nn.Module):
             raise ValueError(
                 f"{spec} returned a value of type {type(model).__name__}, not a torch.nn.Module"

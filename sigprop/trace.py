@@ -357,7 +357,11 @@ class Trace:
                 batchnorms=_batchnorms_from_dict(doc.get("batchnorms")),
                 sigprop_version=str(doc["sigprop_version"]),
             )
-        except (KeyError, TypeError, ValueError) as e:
+        except KeyError as e:
+            raise TraceFormatError(f"not a sigprop stats document: it has no {e} entry (a "
+                                   "stats.json holds 'model', 'input', 'bn_mode' and 'runs')"
+                                   ) from e
+        except (TypeError, ValueError) as e:
             raise TraceFormatError(f"not a sigprop stats document: {type(e).__name__}: {e}") from e
 
     def to_json(self, path: str | Path) -> None:

@@ -112,6 +112,8 @@ def test_bad_input_exits_2_with_one_error_line(args: list[str], message: str,
      "no residual block found in Sequential"),
     ("def build(:\n", "raised SyntaxError"),
     ("build = 3\n", "'build' is not callable"),
+    ("def build():\n    assert False\n",
+     "build raised AssertionError: (no message; sigprop --debug shows the traceback)"),
 ])
 def test_bad_user_files_exit_2_with_one_error_line(body: str, message: str,
                                                    tmp_path: Path) -> None:

@@ -89,7 +89,7 @@ def _write(path: Path, content: str | bytes) -> Path:
     (lambda d: _write(d / "bad.json", "{not json"), "is not valid JSON"),
     (lambda d: _write(d / "list.json", "[1, 2]"), "holds a JSON list, not an object"),
     (lambda d: _write(d / "schema.json", json.dumps({"model": {}})),
-     "not a sigprop stats document"),
+     "not a sigprop stats document: it has no 'input' entry"),
     (lambda d: _write(d / "binary.json", b"\xff\xfe\x00\x81"), "cannot read it"),
     (lambda d: _write(d / "empty.json", json.dumps({
         "sigprop_version": "0", "model": {}, "input": {"kind": "gaussian", "shape": [1],
@@ -118,6 +118,7 @@ def test_mismatched_runs_and_arguments_exit_2(saved: dict[str, Path], tmp_path: 
          "got 2 --label for 1 files"),
         ([str(saved["bn"]), "--out", str(tmp_path / "x.gif")], "no image suffix"),
         ([str(saved["bn"]), "--out", str(tmp_path / "no" / "x.png")], "does not exist"),
+        ([str(saved["bn"]), "--out", str(saved["bn"] / "x.png")], "is a file, not a folder"),
     ]
     for args, message in cases:
         result = runner.invoke(app, ["plot", *args])

@@ -71,7 +71,7 @@ def test_merge_requires_the_same_model(trace: Trace) -> None:
 @pytest.mark.parametrize(("content", "message"), [
     ("{not json", "is not valid JSON"),
     ("[1, 2]", "holds a JSON list, not an object"),
-    ('{"model": {}}', "not a sigprop stats document: KeyError"),
+    ('{"model": {}}', "not a sigprop stats document: it has no 'input' entry"),
 ])
 def test_malformed_files_raise_a_clear_error(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.json"
