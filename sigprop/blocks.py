@@ -127,6 +127,7 @@ def _hooks(found: FoundBlocks, mark: _Mark) -> tuple[Callable[..., None], Callab
 
     def after(add: nn.Module, args: tuple[Any, ...], output: torch.Tensor) -> None:
         reduced = found.recorder.output(running.pop(), output)
-        found.add(mark.name, mark.add.shortcut, mark.add.channels_last, mark.gains, reduced)
+        found.add(mark.name, mark.add.shortcut, mark.add.channels_last, mark.gains, reduced,
+                  tuple(output.shape[1:]))
 
     return before, after

@@ -251,7 +251,8 @@ class _Discovering(_Engine):
             # The sum is the input of the next addition of the same call (a transformer block
             # adds attention, then an MLP): make it a root, so that one is an identity too.
             self._provenance.mark_root(call, out)
-        self._found.add(call.name, shortcut, channels_last, gains, reduced)
+        self._found.add(call.name, shortcut, channels_last, gains, reduced,
+                        tuple(out.shape[1:]))
         return (out,)
 
     def _finished(self, call: Call) -> None:
@@ -268,7 +269,8 @@ class _Naming(_Engine):
         super().__init__(model, found)
         self._names = names
         # Per running named call: its last addition so far, reduced, as FoundBlocks.add's args.
-        self._pending: dict[Call, tuple[str, Shortcut, bool, tuple[GainTerm, ...], Any]] = {}
+        self._pending: dict[Call, tuple[str, Shortcut, bool, tuple[GainTerm, ...], Any,
+                                       tuple[int, ...]]] = {}
 
     def _residual(self, func: Callable[..., Any], args: Sequence[Any],
                   kwargs: dict[str, Any]) -> tuple[Any] | None:
@@ -283,7 +285,8 @@ class _Naming(_Engine):
         shortcut = Shortcut.IDENTITY if min(dist_a, dist_b) == 0 else Shortcut.PROJECTION
         gains = self._gains.of(residual)
         out, channels_last, reduced = self._run(call.name, func, args, kwargs, skip, residual)
-        self._pending[call] = (call.name, shortcut, channels_last, gains, reduced)
+        self._pending[call] = (call.name, shortcut, channels_last, gains, reduced,
+                               tuple(out.shape[1:]))
         return (out,)
 
     def _finished(self, call: Call) -> None:

@@ -56,6 +56,7 @@ class FoundBlocks:
         self._progress = progress
         self._blocks: list[Block] = []
         self._gains: list[tuple[GainTerm, ...]] = []  # per block, read after the pass
+        self._shape: tuple[int, ...] | None = None  # of the last block's sum, batch left out
 
     @property
     def last(self) -> Block | None:
@@ -63,13 +64,17 @@ class FoundBlocks:
         return self._blocks[-1] if self._blocks else None
 
     def add(self, name: str, shortcut: Shortcut, channels_last: bool,
-            gains: tuple[GainTerm, ...], reduced: Any) -> None:
+            gains: tuple[GainTerm, ...], reduced: Any, shape: tuple[int, ...]) -> None:
         """Number an addition, whose tensors ``reduced`` holds, as the next block.
 
-        A projection shortcut after the first block starts a new stage.
+        A new stage starts at a projection shortcut after the first block, and where the sum's
+        shape (``shape``, without the batch) differs from the last block's: resolution or width
+        changed between the blocks (ConvNeXt, Swin and MobileNet downsample outside them).
         """
         last = self.last
-        stage = 0 if last is None else last.stage + (shortcut is Shortcut.PROJECTION)
+        new_stage = shortcut is Shortcut.PROJECTION or shape != self._shape
+        stage = 0 if last is None else last.stage + new_stage
+        self._shape = shape
         self._blocks.append(Block(len(self._blocks), name, stage, shortcut,
                                   channels_last=channels_last))
         self._gains.append(gains)

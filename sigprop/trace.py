@@ -90,7 +90,8 @@ class Block:
     Attributes:
         index: position among the residual additions executed, in call order, from 0.
         name: qualified name of the module owning the addition (``blocks.3``).
-        stage: stage index; a projection shortcut after the first block starts a new stage.
+        stage: stage index; a projection shortcut after the first block starts a new stage, and
+            so does a change of shape (width or resolution) from the previous block.
         shortcut: ``identity`` if the skip operand is the block input, ``projection`` if it is
             a transformation of it.
         channels_last: whether channels are the last dimension of the activations, so that

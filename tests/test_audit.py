@@ -143,7 +143,8 @@ def _zoo(name: str) -> nn.Module:
 
 @pytest.mark.parametrize("name", [
     "torchvision:resnet18", "torchvision:resnet50", "torchvision:wide_resnet50_2",
-    "torchvision:resnext50_32x4d", "timm:resnet50", "timm:resnetv2_50", "timm:nf_resnet50",
+    "torchvision:resnext50_32x4d", "torchvision:mobilenet_v2", "torchvision:regnet_y_400mf",
+    "timm:resnet50", "timm:resnetv2_50", "timm:nf_resnet50",
     "timm:convnext_atto", "timm:vit_tiny_patch16_224",
 ])
 def test_stock_architectures_pass(name: str) -> None:

@@ -72,3 +72,20 @@ def test_timm_preactivation_and_normalizer_free(name: str, first: str, gain: str
         assert all(0.1 < b.residual.m2 < 10 for b in blocks)
     else:
         assert all(b.residual.m2 == 0.0 and b.skip.m2 > 0 for b in blocks)
+
+
+def test_a_shape_change_between_blocks_starts_a_stage() -> None:
+    # MobileNetV2's inverted residuals: each group's first block (features.2, 4, 7, 11, 14)
+    # changes width or resolution and has no residual, so the residual blocks that follow
+    # run at a new shape: they start a new stage without any projection shortcut.
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v2(weights=None)
+    blocks = sigprop.measure(net, sigprop.InputSpec("gaussian", (2, 3, 64, 64), 0)).runs[0].blocks
+    stages: dict[int, list[str]] = {}
+    for block in blocks:
+        assert block.shortcut is sigprop.Shortcut.IDENTITY
+        stages.setdefault(block.stage, []).append(block.name)
+    assert list(stages.values()) == [["features.3"], ["features.5", "features.6"],
+                                     ["features.8", "features.9", "features.10"],
+                                     ["features.12", "features.13"],
+                                     ["features.15", "features.16"]]
