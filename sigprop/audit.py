@@ -107,7 +107,7 @@ def audit(trace: Trace, tol: AuditTolerances | None = None,
 
 def _explosion(trace: Trace, result: Report) -> Finding:
     verdict = result.verdict(VerdictId.GEOMETRIC_EXPLOSION)
-    growth = projected_growth(trace)
+    growth = projected_growth(trace, estimates=result.fits)
     figure = (f"x{growth.factor:.3g} [{growth.ci95[0]:.3g}, {growth.ci95[1]:.3g}] projected over "
               f"{growth.blocks} blocks (x{verdict.measured:.4g} per block)") if growth.blocks \
         else ""

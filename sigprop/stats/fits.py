@@ -355,11 +355,13 @@ class Growth:
 
 
 def projected_growth(trace: Trace, stages: Sequence[int] | None = None,
-                     level: float = 0.95) -> Growth:
+                     level: float = 0.95, estimates: Sequence[Estimate] = ()) -> Growth:
     """Geometric growth of the skip second moment over ``stages`` (default: the network).
 
     Each stage contributes ``g ** n`` with ``g`` its :data:`FitId.GROWTH_RATE` and ``n`` its
     blocks; the interval combines the stages' intervals on the log scale (delta method).
+    ``estimates`` may hold the stages' growth rates already fitted at ``level`` (e.g. a
+    report's fits), which are then not fitted again.
 
     >>> import sigprop
     >>> trace = sigprop.measure(sigprop.models.resnet(48, norm="none", seed=0),
@@ -369,10 +371,11 @@ def projected_growth(trace: Trace, stages: Sequence[int] | None = None,
     """
     by_stage = trace.by_stage()
     chosen = sorted(by_stage) if stages is None else list(stages)
+    known = {e.stage: e for e in estimates if e.id is FitId.GROWTH_RATE}
     log_factor, log_variance, df, blocks, unjudged = 0.0, 0.0, math.inf, 0, 0
     for stage in chosen:
         n = len(by_stage[stage])
-        rate = fit(trace, FitId.GROWTH_RATE, stage, level)
+        rate = known.get(stage) or fit(trace, FitId.GROWTH_RATE, stage, level)
         if not (rate.estimate > 0 and math.isfinite(rate.half_width) and rate.ci95[0] > 0):
             unjudged += n
             continue

@@ -248,7 +248,7 @@ def verdicts(trace: Trace, tol: Tolerances | None = None,
     linear = prediction is not None and prediction.growth in (None, 1.0)
     out = []
     for stage in stages:
-        growth = projected_growth(trace, [stage])
+        growth = projected_growth(trace, [stage], estimates=estimates)
         zero_branch = all(b.residual.m2 == 0 for run in trace.runs for b in run.blocks
                           if b.stage == stage)
         out += [
@@ -258,7 +258,8 @@ def verdicts(trace: Trace, tol: Tolerances | None = None,
             _explosion_verdict(stage, growth, len(trace.runs), tol),
         ]
     if len(stages) > 1:
-        out.append(_explosion_verdict(None, projected_growth(trace), len(trace.runs), tol))
+        out.append(_explosion_verdict(None, projected_growth(trace, estimates=estimates),
+                                      len(trace.runs), tol))
     out.append(_identity_verdict(trace, tol))
     return out
 
