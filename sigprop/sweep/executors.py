@@ -1,0 +1,150 @@
+"""Who measures the points: this machine's cores (a process pool) or a Ray cluster.
+
+An executor maps points to outcomes and yields each outcome as soon as it is ready, in any
+order; the sweep writes it at once. Whatever runs a point, :func:`run_point` measures it from
+its own seed, so every executor gives the same numbers.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from sigprop._validate import check_int
+from sigprop.sweep.grid import Point
+from sigprop.sweep.point import Outcome, run_point
+
+__all__ = ["Executor", "LocalExecutor", "RayExecutor", "usable_cores"]
+
+
+class Executor(Protocol):
+    """Measures points; yields their outcomes as they finish."""
+
+    def map(self, points: Sequence[Point]) -> Iterator[Outcome]:
+        """One outcome per point, in the order they finish."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """What ran the sweep, for sweep.json."""
+        ...
+
+
+def usable_cores() -> int:
+    """The cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+@dataclass(frozen=True, slots=True)
+class LocalExecutor:
+    """A pool of ``workers`` processes on this machine, each with ``threads`` torch threads.
+
+    One worker measures in this process (no pool to start). The default is one worker per
+    usable core, and threads such that workers x threads <= cores.
+
+    >>> LocalExecutor(workers=2, cores=8).threads
+    4
+    """
+
+    workers: int | None = None
+    cores: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.workers is not None:
+            check_int("workers", self.workers, 1, "process")
+
+    @property
+    def threads(self) -> int:
+        """Torch threads per worker."""
+        cores = self.cores or usable_cores()
+        return max(1, cores // (self.workers or cores))
+
+    def map(self, points: Sequence[Point]) -> Iterator[Outcome]:
+        """Measure in this process (one worker) or in a pool of fresh processes."""
+        workers = min(self.workers or usable_cores(), max(len(points), 1))
+        if workers == 1:
+            for point in points:
+                yield run_point(point, self.threads)
+            return
+        # Fresh interpreters, not forks: torch's thread pools do not survive a fork.
+        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        try:
+            futures: dict[Future[Outcome], Point] = {
+                pool.submit(run_point, point, self.threads): point for point in points}
+            for future in as_completed(futures):
+                try:
+                    yield future.result()
+                except BrokenProcessPool as e:
+                    yield Outcome.failed(futures[future].key, f"the worker process died ({e})")
+        finally:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def describe(self) -> dict[str, Any]:
+        """``{"executor": "local", "workers", "threads"}``."""
+        return {"executor": "local", "workers": self.workers or usable_cores(),
+                "threads": self.threads}
+
+
+@dataclass(frozen=True, slots=True)
+class RayExecutor:
+    """Each point a Ray task asking for ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs.
+
+    Connects to the cluster at ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or
+    starts a local Ray instance when ``address`` is None; a Ray already initialized in this
+    process is used as it is. Ray is an optional extra: ``pip install 'sigprop[ray]'``.
+    """
+
+    address: str | None = None
+    cpus_per_task: float = 1.0
+    gpus_per_task: float = 0.0
+
+    def __post_init__(self) -> None:
+        if not self.cpus_per_task > 0:
+            raise ValueError(f"cpus_per_task must be > 0, got {self.cpus_per_task}")
+        if not self.gpus_per_task >= 0:
+            raise ValueError(f"gpus_per_task must be >= 0, got {self.gpus_per_task}")
+        ray_module()  # installed?
+
+    def map(self, points: Sequence[Point]) -> Iterator[Outcome]:
+        """Submit every point, yield each outcome as its task finishes."""
+        ray = ray_module()
+        started = not ray.is_initialized()
+        if started:
+            ray.init(address=self.address, include_dashboard=False)
+        task = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task)(run_point)
+        threads = max(1, int(self.cpus_per_task))
+        pending = {task.remote(point, threads): point for point in points}
+        try:
+            while pending:
+                (ready,), _ = ray.wait(list(pending), num_returns=1)
+                point = pending.pop(ready)
+                try:
+                    yield ray.get(ready)
+                except ray.exceptions.RayError as e:
+                    yield Outcome.failed(point.key, f"the Ray task failed: {e}")
+        finally:
+            for ref in pending:
+                ray.cancel(ref)
+            if started:
+                ray.shutdown()
+
+    def describe(self) -> dict[str, Any]:
+        """``{"executor": "ray", "address", "cpus_per_task", "gpus_per_task"}``."""
+        return {"executor": "ray", "address": self.address, "cpus_per_task": self.cpus_per_task,
+                "gpus_per_task": self.gpus_per_task}
+
+
+def ray_module() -> Any:
+    """The ``ray`` module, or a ValueError saying how to install it."""
+    try:
+        import ray
+    except ImportError as e:
+        raise ValueError("the ray executor needs Ray: pip install 'sigprop[ray]'") from e
+    return ray
