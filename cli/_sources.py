@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-__all__ = ["parse_kwargs", "parse_shape"]
+__all__ = ["parse_kwargs", "parse_literal", "parse_shape"]
 
 
 def parse_kwargs(pairs: list[str]) -> dict[str, Any]:
@@ -20,11 +20,16 @@ def parse_kwargs(pairs: list[str]) -> dict[str, Any]:
         key, sep, text = pair.partition("=")
         if not sep or not key.isidentifier():
             raise ValueError(f"--arg {pair!r} must be key=value with a Python name as key")
-        try:
-            kwargs[key] = ast.literal_eval(text)
-        except (ValueError, SyntaxError):
-            kwargs[key] = text
+        kwargs[key] = parse_literal(text)
     return kwargs
+
+
+def parse_literal(text: str) -> Any:
+    """A Python literal (``3``, ``0.5``, ``None``, ``True``), else the text itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
 
 
 def parse_shape(text: str) -> tuple[int, ...]:

@@ -12,6 +12,7 @@ from .analyze import app as analyze_app
 from .audit import app as audit_app
 from .figures import figures_command
 from .plot import plot_command
+from .sweep import sweep_command
 
 app = typer.Typer(
     name="sigprop",
@@ -26,6 +27,7 @@ app.add_typer(analyze_app, name="analyze")
 app.add_typer(audit_app, name="audit")
 app.command("figures")(figures_command)
 app.command("plot")(plot_command)
+app.command("sweep")(sweep_command)
 
 
 def _version(value: bool) -> None:

@@ -26,12 +26,14 @@ from sigprop.plotting.quantities import (
 )
 from sigprop.plotting.spp import plot_spp, plot_spp_trio
 from sigprop.plotting.style import DOUBLE_COLUMN, SINGLE_COLUMN, palette, style
+from sigprop.plotting.sweep import SWEEP_FITS, plot_sweep
 
 __all__ = [
     "DOUBLE_COLUMN",
     "MEASURED",
     "PREDICTED",
     "SINGLE_COLUMN",
+    "SWEEP_FITS",
     "Quantity",
     "SweepPoint",
     "TheoryQuantity",
@@ -45,6 +47,7 @@ __all__ = [
     "plot_spp",
     "plot_spp_trio",
     "plot_sqrt_depth_law",
+    "plot_sweep",
     "plot_zoo",
     "style",
     "sweep_points",

@@ -46,24 +46,28 @@ def usable_cores() -> int:
 class LocalExecutor:
     """A pool of ``workers`` processes on this machine, each with ``threads`` torch threads.
 
-    One worker measures in this process (no pool to start). The default is one worker per
-    usable core, and threads such that workers x threads <= cores.
+    One worker measures in this process (no pool to start). The defaults: one worker per
+    usable core, and ``cores // workers`` threads each, so that workers x threads <= cores.
 
-    >>> LocalExecutor(workers=2, cores=8).threads
-    4
+    >>> LocalExecutor(workers=2, threads=3).describe()
+    {'executor': 'local', 'workers': 2, 'threads': 3}
     """
 
     workers: int | None = None
-    cores: int | None = None
+    threads: int | None = None
 
     def __post_init__(self) -> None:
         if self.workers is not None:
             check_int("workers", self.workers, 1, "process")
+        if self.threads is not None:
+            check_int("threads", self.threads, 1, "thread")
 
     @property
-    def threads(self) -> int:
+    def worker_threads(self) -> int:
         """Torch threads per worker."""
-        cores = self.cores or usable_cores()
+        if self.threads is not None:
+            return self.threads
+        cores = usable_cores()
         return max(1, cores // (self.workers or cores))
 
     def map(self, points: Sequence[Point]) -> Iterator[Outcome]:
@@ -71,13 +75,13 @@ class LocalExecutor:
         workers = min(self.workers or usable_cores(), max(len(points), 1))
         if workers == 1:
             for point in points:
-                yield run_point(point, self.threads)
+                yield run_point(point, self.worker_threads)
             return
         # Fresh interpreters, not forks: torch's thread pools do not survive a fork.
         pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
         try:
             futures: dict[Future[Outcome], Point] = {
-                pool.submit(run_point, point, self.threads): point for point in points}
+                pool.submit(run_point, point, self.worker_threads): point for point in points}
             for future in as_completed(futures):
                 try:
                     yield future.result()
@@ -89,7 +93,7 @@ class LocalExecutor:
     def describe(self) -> dict[str, Any]:
         """``{"executor": "local", "workers", "threads"}``."""
         return {"executor": "local", "workers": self.workers or usable_cores(),
-                "threads": self.threads}
+                "threads": self.worker_threads}
 
 
 @dataclass(frozen=True, slots=True)

@@ -78,8 +78,10 @@ def point_table(points: Sequence[Point], outcomes: Mapping[str, Outcome]) -> pd.
         if outcome is None or outcome.status is not Status.DONE or outcome.trace is None:
             continue
         frame = Trace.from_dict(outcome.trace).to_frame()
-        for position, name in enumerate(["point", *columns, "replicate"]):
-            frame.insert(position, name, _cell(point, name))
+        cells = [point.key, *(_cell(point, name) for name in columns), point.replicate]
+        for position, (name, cell) in enumerate(zip(["point", *columns, "replicate"], cells,
+                                                     strict=True)):
+            frame.insert(position, name, cell)
         frames.append(frame)
     if not frames:
         return pd.DataFrame(columns=["point", *columns, "replicate", "seed", "block", "name",

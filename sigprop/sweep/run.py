@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import json
 import platform
@@ -31,7 +32,8 @@ __all__ = ["FITS_PARQUET", "SWEEP_JSON", "SWEEP_PARQUET", "Sweep", "check_parque
 
 SWEEP_PARQUET, FITS_PARQUET, SWEEP_JSON = "sweep.parquet", "fits.parquet", "sweep.json"
 
-Progress = Callable[[Point, Outcome], None]
+Progress = Callable[[Outcome | None, int, int], None]
+"""Called with ``(None, done, total)`` before any work, then ``(outcome, done, total)``."""
 
 
 @dataclass(frozen=True)
@@ -84,7 +86,8 @@ def run_sweep(grid: Grid, out: str | Path, executor: Executor | None = None,
         grid: the grid (checked before any work).
         out: the output folder (created).
         executor: who measures (default: :class:`LocalExecutor` with one worker per core).
-        progress: called with each point and its outcome as it is written.
+        progress: called with ``(None, done, total)`` once the done points are found, then
+            with ``(outcome, done, total)`` as each outcome is written.
 
     Returns:
         The :class:`Sweep`.
@@ -111,7 +114,9 @@ def run_sweep(grid: Grid, out: str | Path, executor: Executor | None = None,
             outcomes[point.key] = stored
     todo = [p for p in points if p.key not in outcomes]
     by_key = {p.key: p for p in todo}
-    computed = []
+    computed: list[str] = []
+    if progress is not None:
+        progress(None, len(outcomes), len(points))
     stream = executor.map(todo)
     try:
         for outcome in stream:
@@ -120,7 +125,7 @@ def run_sweep(grid: Grid, out: str | Path, executor: Executor | None = None,
             outcomes[point.key] = outcome
             computed.append(point.key)
             if progress is not None:
-                progress(point, outcome)
+                progress(outcome, len(outcomes), len(points))
     finally:
         # Interrupted: stop the executor's pending work now, not when the stream is collected.
         close = getattr(stream, "close", None)
@@ -158,8 +163,6 @@ def _versions(executor: Executor) -> dict[str, str]:
         names.append("ray")
     found = {"python": platform.python_version(), "sigprop": __version__}
     for name in names:
-        try:
+        with contextlib.suppress(importlib.metadata.PackageNotFoundError):
             found[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            pass
     return found
