@@ -106,8 +106,7 @@ def sweep_command(
     axes: dict[str, list[Any]] = {}
     for name, text in (("model", model), ("depth", depth), ("variant", variant),
                        ("norm", norm), ("width", width), ("stages", stages), ("alpha", alpha),
-                       ("order", order), ("padding", padding), ("batch_size", batch_size),
-                       ("image_size", image_size), ("bn_mode", bn_mode)):
+                       ("order", order), ("padding", padding)):
         if text is not None:
             axes[name] = _values(text)
     for pair in arg or []:
@@ -115,6 +114,10 @@ def sweep_command(
         if not sep or not key.isidentifier():
             raise UsageError(f"--arg {pair!r} must be KEY=V1,V2 with a Python name as key")
         axes[key] = _values(text)
+    for name, text in (("batch_size", batch_size), ("image_size", image_size),
+                       ("bn_mode", bn_mode)):
+        if text is not None:
+            axes[name] = _values(text)
     settings = {k: v for k, v in (("seeds", seeds), ("seed", seed), ("input_shape", input_shape),
                                   ("device", device)) if v is not None}
     grid = _grid(config, axes, settings)

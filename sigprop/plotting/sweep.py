@@ -18,9 +18,9 @@ if TYPE_CHECKING:
 __all__ = ["SWEEP_FITS", "plot_sweep"]
 
 #: The fits drawn by default, with the label of their axis.
-SWEEP_FITS = {"skip_m2_slope": "skip $m_2$ increment per block",
-              "ratio_exponent": "exponent of residual/skip ratio",
-              "growth_rate": "growth factor per block"}
+SWEEP_FITS = {"skip_m2_slope": "skip $m_2$ increment / block",
+              "ratio_exponent": "residual/skip ratio exponent",
+              "growth_rate": "growth factor / block"}
 
 _FIT_COLUMNS = ("runs", "fit", "stage", "estimate", "lo", "hi", "predicted")
 
@@ -60,7 +60,7 @@ def plot_sweep(fits: pd.DataFrame, x: str, *, fit_ids: Sequence[str] = tuple(SWE
         for ax, fit_id in zip(panels, fit_ids, strict=True):
             _panel(ax, chosen[chosen["fit"] == fit_id], x, varying)
             ax.set_xlabel(x.replace("_", " "))
-            ax.set_title(SWEEP_FITS.get(fit_id, fit_id) + f" (stage {stage})")
+            ax.set_ylabel(SWEEP_FITS.get(fit_id, fit_id) + f", stage {stage}")
             if fit_id == "skip_m2_slope":
                 ax.set_yscale("symlog", linthresh=1.0)
             values = chosen[x].dropna()
