@@ -31,7 +31,8 @@ def plot_sweep(fits: pd.DataFrame, x: str, *, fit_ids: Sequence[str] = tuple(SWE
 
     A variant is a combination of the other grid columns that vary in ``fits``; the theory's
     value of the same fit is drawn dashed in the variant's colour. The increment panel is on a
-    symmetric log scale: unnormalized networks grow by orders of magnitude per block.
+    log scale (unnormalized networks add orders of magnitude per block; an increment of 0, the
+    identity, is not drawn there: the growth factor of 1 shows it).
 
     Args:
         fits: a sweep's pooled fits (:attr:`sigprop.sweep.Sweep.fits`, fits.parquet).
@@ -62,7 +63,7 @@ def plot_sweep(fits: pd.DataFrame, x: str, *, fit_ids: Sequence[str] = tuple(SWE
             ax.set_xlabel(x.replace("_", " "))
             ax.set_ylabel(SWEEP_FITS.get(fit_id, fit_id) + f", stage {stage}")
             if fit_id == "skip_m2_slope":
-                ax.set_yscale("symlog", linthresh=1.0)
+                ax.set_yscale("log", nonpositive="clip")
             values = chosen[x].dropna()
             if len(values) and values.min() > 0 and values.max() >= 8 * values.min():
                 ax.set_xscale("log")
