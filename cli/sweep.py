@@ -32,8 +32,7 @@ class ExecutorKind(StrEnum):
 
 
 def _axis(help_text: str) -> Any:
-    return typer.Option(help=f"{help_text} Comma-separated values: one axis of the grid.",
-                        show_default=False)
+    return typer.Option(help=help_text, show_default=False)
 
 
 @reports_usage_errors
@@ -97,7 +96,8 @@ def sweep_command(
 ) -> None:
     """Measure every point of a grid: depth x variant x size x seed.
 
-    Each point is one measurement (weights and input from a seed derived from --seed and the
+    Options with comma-separated values (--depth 16,64 --norm batchnorm,none) are the axes of
+    the grid: it holds their product, times --seeds replicates. Each point is one measurement (weights and input from a seed derived from --seed and the
     point's configuration), written to OUT/points/ as it finishes: an interrupted sweep
     resumes where it stopped. Exit code 1 when a point failed (the others complete).
 
