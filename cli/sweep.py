@@ -97,9 +97,10 @@ def sweep_command(
     """Measure every point of a grid: depth x variant x size x seed.
 
     Options with comma-separated values (--depth 16,64 --norm batchnorm,none) are the axes of
-    the grid: it holds their product, times --seeds replicates. Each point is one measurement (weights and input from a seed derived from --seed and the
-    point's configuration), written to OUT/points/ as it finishes: an interrupted sweep
-    resumes where it stopped. Exit code 1 when a point failed (the others complete).
+    the grid: it holds their product, times --seeds replicates. Each point is one measurement
+    (weights and input from a seed derived from --seed and the point's configuration), written
+    to OUT/points/ as it finishes: an interrupted sweep resumes where it stopped. Exit code 1
+    when a point failed (the others complete).
 
     Example: sigprop sweep --depth 16,64,256,1024 --norm batchnorm,none,skipinit --seeds 3
     """

@@ -178,6 +178,7 @@ class Grid:
         check_int("seed", self.seed, 0, "(the sweep seed)")
         _check_device(self.device)
         seen: dict[str, Point] = {}
+        checked: set[str] = set()  # model names and files already checked (loaded once)
         for axes in self.products:
             names = [name for name, _ in axes]
             for name, values in axes:
@@ -186,7 +187,7 @@ class Grid:
             if len(set(names)) != len(names):
                 raise ValueError(f"grid axis {_first_repeat(names)!r} is given twice")
             for values in itertools.product(*(v for _, v in axes)):
-                config = self._complete(dict(zip(names, values, strict=True)))
+                config = self._complete(dict(zip(names, values, strict=True)), checked)
                 shape = self._input_shape(config)
                 for replicate in range(self.seeds):
                     point = self._point(config, shape, replicate)
@@ -203,7 +204,7 @@ class Grid:
                 "input_shape": None if self.input_shape is None else list(self.input_shape),
                 "device": self.device}
 
-    def _complete(self, config: dict[str, Any]) -> dict[str, Any]:
+    def _complete(self, config: dict[str, Any], checked: set[str]) -> dict[str, Any]:
         """Defaults filled in, values checked: a one-line ValueError naming the first bad one."""
         defaults = dict(_DEFAULTS)
         if self.input_shape is not None:
@@ -218,7 +219,7 @@ class Grid:
         check_int("batch_size", config["batch_size"], 1, "image")
         if "image_size" in config:
             check_int("image_size", config["image_size"], 1, "pixel")
-        _check_source(config)
+        _check_source(config, checked)
         return config
 
     def _input_shape(self, config: Mapping[str, Any]) -> tuple[int, ...]:
@@ -246,11 +247,7 @@ def _source(config: Mapping[str, Any]) -> ModelSource:
     return ModelSource.parse(model, **kwargs)
 
 
-# Builders already checked in this process: loading a user's file or listing timm's models once.
-_checked: set[str] = set()
-
-
-def _check_source(config: Mapping[str, Any]) -> None:
+def _check_source(config: Mapping[str, Any], checked: set[str]) -> None:
     source = _source(config)
     kwargs = dict(source.kwargs)
     if source.source is Source.RESNET:
@@ -270,9 +267,9 @@ def _check_source(config: Mapping[str, Any]) -> None:
     if kwargs and source.source is not Source.MODEL:
         raise ValueError(f"{source} takes no builder arguments, got {', '.join(kwargs)}: "
                          f"sweep them with model = resnet or model:FILE.py:CALLABLE")
-    if str(source) not in _checked:
-        ModelSource(source.source, source.name).builder()  # names and files, checked once
-        _checked.add(str(source))
+    if str(source) not in checked:
+        ModelSource(source.source, source.name).builder()  # the name exists, the file loads
+        checked.add(str(source))
 
 
 def _check_device(device: str) -> None:
