@@ -77,8 +77,11 @@ class LocalExecutor:
             for point in points:
                 yield run_point(point, self.worker_threads)
             return
-        # Fresh interpreters, not forks: torch's thread pools do not survive a fork.
-        pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+        # Workers fork from a server process that imported sigprop and torch once but never ran
+        # an operation: a fork of a process whose torch thread pools ran can hang.
+        context = multiprocessing.get_context("forkserver")
+        context.set_forkserver_preload([run_point.__module__])
+        pool = ProcessPoolExecutor(workers, mp_context=context)
         try:
             futures: dict[Future[Outcome], Point] = {
                 pool.submit(run_point, point, self.worker_threads): point for point in points}
