@@ -15,12 +15,13 @@ from typing import Annotated
 import typer
 
 from sigprop import BNMode
+from sigprop._validate import parse_shape
 from sigprop.models import Norm, Order, Padding, Variant
 from sigprop.sources import ModelSource, Source
 
 from ._errors import UsageError, reports_usage_errors
 from ._run import Analysis, RunOptions, check_positive
-from ._sources import parse_kwargs, parse_shape
+from ._sources import parse_kwargs
 
 Action = Callable[[Analysis, RunOptions], None]
 

@@ -1,4 +1,4 @@
-"""Parsing the command line's model options: ``--arg key=value`` and ``--input-shape``.
+"""Parsing the command line's model options: ``--arg key=value`` and literal values.
 
 Models are built by the library's one registry, :class:`sigprop.sources.ModelSource`. Every
 failure a user can fix becomes a ``ValueError`` with one readable line, which the command turns
@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 from typing import Any
 
-__all__ = ["parse_kwargs", "parse_literal", "parse_shape"]
+__all__ = ["parse_kwargs", "parse_literal"]
 
 
 def parse_kwargs(pairs: list[str]) -> dict[str, Any]:
@@ -31,15 +31,3 @@ def parse_literal(text: str) -> Any:
     except (ValueError, SyntaxError):
         return text
 
-
-def parse_shape(text: str) -> tuple[int, ...]:
-    """``"3,32,32"`` -> ``(3, 32, 32)``: the shape of one input, without the batch."""
-    try:
-        shape = tuple(int(part) for part in text.split(","))
-    except ValueError:
-        shape = ()
-    if not shape or any(n < 1 for n in shape):
-        raise ValueError(
-            f"--input-shape {text!r} must be positive integers separated by commas, e.g. 3,32,32"
-        )
-    return shape

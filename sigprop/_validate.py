@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import TypeVar
 
@@ -53,3 +54,22 @@ def resolve_device(device: str) -> torch.device:
     elif resolved.type != "cpu":
         raise ValueError(f"unsupported device {device!r}: use 'cpu', 'cuda' or 'cuda:N'")
     return resolved
+
+
+def parse_shape(value: str | Sequence[int], name: str = "--input-shape") -> tuple[int, ...]:
+    """``"3,32,32"`` (or ``[3, 32, 32]``) -> ``(3, 32, 32)``: the shape of one input, without
+    the batch; a ValueError naming ``name`` unless it is positive integers.
+
+    >>> parse_shape("3,32,32")
+    (3, 32, 32)
+    """
+    parts = value.split(",") if isinstance(value, str) else value
+    try:
+        shape = tuple(int(part) for part in parts)
+    except (TypeError, ValueError):
+        shape = ()
+    if not shape or any(n < 1 for n in shape):
+        raise ValueError(
+            f"{name} {value!r} must be positive integers separated by commas, e.g. 3,32,32"
+        )
+    return shape

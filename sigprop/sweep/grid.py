@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from sigprop._validate import check_int, parse_choice
+from sigprop._validate import check_int, parse_choice, parse_shape
 from sigprop._version import __version__
 from sigprop.config import ResNetConfig
 from sigprop.recording import BNMode
@@ -143,7 +143,7 @@ class Grid:
             products.append(tuple(axes.items()))
         shape = doc.get("input_shape")
         grid = cls(tuple(products), seeds=doc.get("seeds", 1), seed=doc.get("seed", 0),
-                   input_shape=_shape(shape) if shape is not None else None,
+                   input_shape=None if shape is None else parse_shape(shape, "input_shape"),
                    device=doc.get("device", "cpu"))
         grid.points()  # validate now
         return grid
@@ -192,8 +192,6 @@ class Grid:
                 for replicate in range(self.seeds):
                     point = self._point(config, shape, replicate)
                     seen.setdefault(point.key, point)
-        if not seen:
-            raise ValueError("the grid has no points")
         return tuple(seen.values())
 
     def to_dict(self) -> dict[str, Any]:
@@ -284,18 +282,6 @@ def _check_device(device: str) -> None:
 
 def _describe(config: Mapping[str, Any]) -> str:
     return "grid point " + ", ".join(f"{k}={v}" for k, v in config.items())
-
-
-def _shape(value: Any) -> tuple[int, ...]:
-    parts = value.split(",") if isinstance(value, str) else value
-    try:
-        shape = tuple(int(p) for p in parts)
-    except (TypeError, ValueError):
-        shape = ()
-    if not shape or any(n < 1 for n in shape):
-        raise ValueError(f"input_shape {value!r} must be positive integers separated by "
-                         "commas, e.g. 3,32,32")
-    return shape
 
 
 def _override(doc: Mapping[str, Any], overrides: Mapping[str, Any]) -> dict[str, Any]:
