@@ -124,7 +124,9 @@ class RayExecutor:
         ray = ray_module()
         started = not ray.is_initialized()
         if started:
-            ray.init(address=self.address, include_dashboard=False)
+            # A cluster keeps its own settings; a local instance for one sweep needs no dashboard.
+            ray.init(**({"address": self.address} if self.address else
+                        {"include_dashboard": False}))
         task = ray.remote(num_cpus=self.cpus_per_task, num_gpus=self.gpus_per_task)(run_point)
         threads = max(1, int(self.cpus_per_task))
         pending = {task.remote(point, threads): point for point in points}
