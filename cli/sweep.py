@@ -84,8 +84,9 @@ def sweep_command(
         help="Torch threads of each local worker [cores / workers].",
         show_default=False)] = None,
     ray_address: Annotated[str | None, typer.Option(
-        help="Ray cluster to use: auto, HOST:PORT or ray://HOST:PORT [a new local "
-        "instance].", show_default=False)] = None,
+        help="Ray cluster to use: auto, HOST:PORT or ray://HOST:PORT [$RAY_ADDRESS, else a "
+        "cluster started here by `ray start`, else a new local instance for this sweep].",
+        show_default=False)] = None,
     cpus_per_task: Annotated[float, typer.Option(
         help="CPUs each Ray task asks for (and its torch threads).")] = 1.0,
     gpus_per_task: Annotated[float, typer.Option(

@@ -67,7 +67,8 @@ def test_two_local_workers_and_ray_give_identical_tables(inline: pd.DataFrame,
     grid = Grid.from_mapping(TINY)
     pooled = run_sweep(grid, tmp_path / "pool", LocalExecutor(workers=2, threads=1))
     assert_frame_equal(pooled.table, inline)
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # A local instance of its own, whatever cluster this machine may know of.
+    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
         on_ray = run_sweep(grid, tmp_path / "ray", RayExecutor())
     finally:

@@ -103,9 +103,11 @@ class LocalExecutor:
 class RayExecutor:
     """Each point a Ray task asking for ``cpus_per_task`` CPUs and ``gpus_per_task`` GPUs.
 
-    Connects to the cluster at ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``), or
-    starts a local Ray instance when ``address`` is None; a Ray already initialized in this
-    process is used as it is. Ray is an optional extra: ``pip install 'sigprop[ray]'``.
+    Connects to the cluster at ``address`` (``auto``, ``HOST:PORT`` or ``ray://HOST:PORT``);
+    when ``address`` is None, Ray's default: ``$RAY_ADDRESS``, else a cluster started on this
+    machine by ``ray start``, else a new local instance, stopped after the sweep. A Ray already
+    initialized in this process is used as it is. Ray is an optional extra:
+    ``pip install 'sigprop[ray]'``.
     """
 
     address: str | None = None
