@@ -5,6 +5,7 @@ torch, pandas and Ray are imported inside the command, so ``sigprop --help`` sta
 
 from __future__ import annotations
 
+import signal
 import time
 from enum import StrEnum
 from pathlib import Path
@@ -128,16 +129,24 @@ def sweep_command(
 
     prepare_out(out)
     started = time.perf_counter()
+    # `kill` stops a sweep as Ctrl-C does: the executor stops its workers on the way out.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         sweep = _run(grid, out, runner)
     except KeyboardInterrupt:
         typer.echo(f"interrupted: the points done are kept in {out}/points; run the same "
                    "command again to resume", err=True)
         raise typer.Exit(130) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     figures = _figures(sweep, out)
     _summarize(sweep, out, figures, time.perf_counter() - started)
     if sweep.failed:
         raise typer.Exit(1)
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def _values(text: str) -> list[Any]:

@@ -82,6 +82,7 @@ class LocalExecutor:
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([run_point.__module__])
         pool = ProcessPoolExecutor(workers, mp_context=context)
+        finished = False
         try:
             futures: dict[Future[Outcome], Point] = {
                 pool.submit(run_point, point, self.worker_threads): point for point in points}
@@ -90,8 +91,16 @@ class LocalExecutor:
                     yield future.result()
                 except BrokenProcessPool as e:
                     yield Outcome.failed(futures[future].key, f"the worker process died ({e})")
+            finished = True
         finally:
-            pool.shutdown(wait=False, cancel_futures=True)
+            workers_alive = list((pool._processes or {}).values())
+            pool.shutdown(wait=finished, cancel_futures=True)
+            if not finished:
+                # Interrupted: stop the running points now instead of waiting for them (their
+                # results could not be written), and leave no idle worker behind (Python 3.14
+                # names this terminate_workers()).
+                for process in workers_alive:
+                    process.terminate()
 
     def describe(self) -> dict[str, Any]:
         """``{"executor": "local", "workers", "threads"}``."""
