@@ -1,13 +1,14 @@
 """Sweeps: grids of depth x variant x size x seed, measured locally or on a Ray cluster.
 
->>> import tempfile
->>> from sigprop.sweep import Grid, LocalExecutor, run_sweep
->>> grid = Grid.from_mapping({"grid": {"depth": [2, 4], "norm": ["batchnorm", "none"],
-...                                    "width": 4, "image_size": 8, "batch_size": 4}})
->>> with tempfile.TemporaryDirectory() as out:
-...     sweep = run_sweep(grid, out, LocalExecutor(workers=1))
->>> sorted(set(sweep.table["norm"])), len(sweep.points)
-(['batchnorm', 'none'], 4)
+:class:`Grid` holds the points (checked before any work, each with a seed derived from the
+sweep seed and its configuration), :func:`run_sweep` measures those not yet done with an
+executor (:class:`LocalExecutor`, :class:`RayExecutor`) and writes the tables (docs/sweeps.md).
+
+>>> from sigprop.sweep import Grid
+>>> grid = Grid.from_mapping({"grid": {"depth": [16, 64], "norm": ["batchnorm", "none"]},
+...                           "seeds": 3})
+>>> len(grid.points())
+12
 """
 
 from sigprop.sweep.executors import Executor, LocalExecutor, RayExecutor, usable_cores
