@@ -103,6 +103,16 @@ def test_fits_pool_runs_and_stop_at_the_first_overflow() -> None:
     assert growth.estimate == pytest.approx(2.0) and growth.n == 5 + 7
 
 
+def test_growth_beyond_the_largest_float_is_infinite_not_an_error() -> None:
+    # x16 per block over 300 blocks: 16^300 = 1e361; float64 itself overflows at block 256.
+    with np.errstate(over="ignore"):
+        runs = [16.0 ** np.arange(300.0)] * 2
+    report = stats.report(synthetic_trace(runs, runs))
+    growth = stats.projected_growth(synthetic_trace(runs, runs), estimates=report.fits)
+    assert growth.factor == math.inf and growth.per_block == pytest.approx(16.0)
+    assert report.verdict(VerdictId.GEOMETRIC_EXPLOSION).outcome is Outcome.CONSISTENT
+
+
 def test_fits_are_per_stage() -> None:
     skips = [[2.0, 3.0, 4.0, 1.0, 1.5, 2.0, 2.5]]
     trace = synthetic_trace(skips, [[1.0] * 7], stage_starts=(0, 3))

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
@@ -444,5 +445,14 @@ def projected_growth(trace: Trace, stages: Sequence[int] | None = None,
     if not blocks:
         return Growth(math.nan, (math.nan, math.nan), math.nan, 0, unjudged, overflow)
     half = float(sps.t.ppf(0.5 + level / 2, df)) * math.sqrt(log_variance)
-    return Growth(math.exp(log_factor), (math.exp(log_factor - half), math.exp(log_factor + half)),
-                  math.exp(log_factor / blocks), blocks, unjudged, overflow)
+    return Growth(_exp(log_factor), (_exp(log_factor - half), _exp(log_factor + half)),
+                  _exp(log_factor / blocks), blocks, unjudged, overflow)
+
+
+def _exp(log_value: float) -> float:
+    """``e ** log_value``, infinite beyond the largest float (a network that grows by more
+    than 1e308 over its depth) instead of an OverflowError."""
+    return math.exp(log_value) if log_value < _LOG_MAX_FLOAT else math.inf
+
+
+_LOG_MAX_FLOAT = math.log(sys.float_info.max)
