@@ -75,7 +75,7 @@ def _normalizations(config: FigureConfig) -> dict[str, RunSpec]:
 
 
 def trio_figure(config: FigureConfig) -> FigureSpec:
-    """Four normalizations on log axes: linear, geometric and no growth."""
+    """Four normalizations: the explosion on a log axis, the rest on linear axes."""
     runs = _normalizations(config)
 
     def render(traces: Traces) -> Rendering:
@@ -84,23 +84,23 @@ def trio_figure(config: FigureConfig) -> FigureSpec:
         bn, none = named["BN v2"], named["unnormalized"]
         overflow = none.first_overflow
         caption = (
-            f"Signal-propagation plot of four {config.spp_depth}-block ResNets (v2, one stage): "
-            "skip-path second moment E[x_l^2], its average channel variance and squared mean, "
-            "and the residual branch's average channel variance, against the block index, on "
-            "log axes. BN v2 grows linearly (slope of E[x_l^2] "
-            f"{fit_text(bn, stats.FitId.SKIP_M2_SLOPE)} per block); the unnormalized "
-            f"network grows geometrically, by "
+            f"Signal-propagation plot of four {config.spp_depth}-block ResNets (v2, one stage) "
+            "against the block index. Top left, on a log axis: the skip path's second moment "
+            "E[x_l^2] of all four; the unnormalized network grows geometrically, by "
             f"{fit_text(none, stats.FitId.GROWTH_RATE)} per block (2 on an infinite image; "
-            "the theory includes zero padding, the rest of the gap is finite width)"
-            + (f" and overflows float32 at block {overflow} (vertical line)" if overflow
+            "the theory includes zero padding; the rest of the gap, compounded over the "
+            "blocks, is finite width)"
+            + (f", and overflows float32 at block {overflow} (vertical line)" if overflow
                is not None else "")
-            + "; SkipInit with alpha = 0 is the identity (its residual is exactly 0, so it "
-            "has no point on the log axis) and with alpha = 0.1 grows by "
+            + ". The other panels, on linear axes, leave the explosion out: the skip path's "
+            "average channel variance and squared mean and the residual branch's average "
+            "channel variance. BN v2 grows linearly (slope of E[x_l^2] "
+            f"{fit_text(bn, stats.FitId.SKIP_M2_SLOPE)} per block) with a branch variance "
+            "near 1 - 1/pi less the zero padding's share; SkipInit with alpha = 0 is the "
+            "identity (its branch is exactly 0) and with alpha = 0.1 grows by "
             f"{fit_text(named[skipinit_label(0.1)], stats.FitId.GROWTH_RATE, digits=3)} "
-            "per block. On "
-            "axes that span the unnormalized explosion, the linear growth of BN v2 lies near "
-            "the bottom; the single-network SPP and the orderings figure show it on linear "
-            f"axes. Theory dashed. {config.describe()}")
+            "per block. Theory dashed in each network's colour. "
+            f"{config.describe()}")
         return fig, data, caption
 
     return FigureSpec("spp-trio", "SPP of BN, unnormalized and SkipInit", tuple(runs.values()),
