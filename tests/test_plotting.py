@@ -219,3 +219,19 @@ def test_trio_gives_the_explosion_its_own_panel_and_the_rest_linear_axes() -> No
     decades = np.diff(np.log10(log_axis.yaxis.get_majorticklocs()))
     assert len(set(np.round(decades, 9))) == 1
     plt.close(fig)
+
+
+def test_legends_under_the_panels_keep_to_the_canvas() -> None:
+    # Five long entries asked for in five columns: fewer columns, inside the figure's width.
+    trace = traced(6)
+    labels = [f"a network with a rather long name, number {k}" for k in range(5)]
+    fig = plot_identity_bias([trace] * 5, labels)
+    fig.canvas.draw()
+    (below,) = fig.legends
+    box = below.get_window_extent()
+    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y0 >= fig.bbox.y0
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+    assert fig.axes[0].get_yscale() == "log"
+    gap = np.asarray(fig.axes[0].get_lines()[0].get_ydata())
+    assert gap == pytest.approx([1 - b.cosine for b in trace.runs[0].blocks])
+    plt.close(fig)

@@ -108,25 +108,28 @@ def trio_figure(config: FigureConfig) -> FigureSpec:
 
 
 def identity_figure(config: FigureConfig) -> FigureSpec:
-    """Cosine and norm ratio between each block's output and its skip path."""
+    """Identity bias (1 - cos) and norm ratio between each block's output and its skip path."""
     runs = _normalizations(config)
 
     def render(traces: Traces) -> Rendering:
         named, fig, data = overlay(plot_identity_bias, traces, runs,
-                                   ("cosine", "branch_norm_ratio"))
-        bn = stats.band(named["BN v2"], MEASURED["cosine"]).mean
-        none = stats.band(named["unnormalized"], MEASURED["cosine"]).mean
+                                   ("one_minus_cosine", "branch_norm_ratio"))
+        bn = stats.band(named["BN v2"], MEASURED["one_minus_cosine"]).mean
+        none = stats.band(named["unnormalized"], MEASURED["one_minus_cosine"]).mean
         finite = [v for v in none if math.isfinite(v)]
+        small = stats.band(named[skipinit_label(0.1)], MEASURED["branch_norm_ratio"]).mean
         caption = (
-            f"Identity bias of {config.spp_depth}-block ResNets (v2, one stage): cosine between "
-            "the skip operand x_l and the block output x_l + f_l(x_l) (1: the block is the "
-            "identity), and the branch/skip norm ratio ||f_l(x_l)|| / ||x_l|| (log axis), "
-            "against the block index; theory 1/sqrt(1 + ratio) and sqrt(ratio) dashed. In BN "
-            f"v2 the cosine rises from {bn[0]:.3f} to {bn[-1]:.4f}; the unnormalized network "
-            f"stays near 1/sqrt(2) = 0.707 (mean {np.mean(finite):.3f} before overflow); "
-            "SkipInit is the identity at alpha = 0 (cosine 1, norm ratio exactly 0, not drawn "
-            "on the log axis) and close to it at alpha = 0.1 (norm ratio 0.1). "
-            f"{config.describe()}")
+            f"Identity bias of {config.spp_depth}-block ResNets (v2, one stage): 1 - cos "
+            "between the skip operand x_l and the block output x_l + f_l(x_l) (0: the block is "
+            "the identity), and the branch/skip norm ratio ||f_l(x_l)|| / ||x_l||, both on log "
+            "axes against the block index; theory 1 - 1/sqrt(1 + ratio) and sqrt(ratio) "
+            f"dashed. In BN v2, 1 - cos falls from {bn[0]:.3f} to {bn[-1]:.2e}; the "
+            "unnormalized network stays near 1 - 1/sqrt(2) = 0.293 (mean "
+            f"{np.mean(finite):.3f}"
+            + (" before overflow" if named["unnormalized"].first_overflow is not None else "")
+            + "); SkipInit is the identity at alpha = 0 (both exactly 0, not drawn on the log "
+            "axes) and close to it at alpha = 0.1 (norm ratio "
+            f"{np.mean([v for v in small if math.isfinite(v)]):.3f}). {config.describe()}")
         return fig, data, caption
 
     return FigureSpec("identity-bias", "Identity bias", tuple(runs.values()), render)

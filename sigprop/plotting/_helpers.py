@@ -260,14 +260,25 @@ def legend(ax: Axes, **kwargs: Any) -> None:
     ax.legend(frameon=False, handlelength=2.2, **kwargs)
 
 
-def outside_legend(fig: Figure, ax: Axes, own_figure: bool, **kwargs: Any) -> None:
-    """The legend of ``ax`` under the figure (when the figure is ours), else inside ``ax``."""
-    if own_figure:
-        handles, labels = ax.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", frameon=False,
-                   handlelength=2.2, **kwargs)
-    else:
-        legend(ax, **{k: v for k, v in kwargs.items() if k != "ncol"})
+def outside_legend(fig: Figure, ax: Axes, own_figure: bool, ncol: int = 1, **kwargs: Any
+                   ) -> None:
+    """The legend of ``ax`` under the figure (when the figure is ours), else inside ``ax``.
+
+    Under the figure it takes at most ``ncol`` columns, fewer when a row would be wider than the
+    figure (measured after layout), so that it never leaves the canvas.
+    """
+    if not own_figure:
+        legend(ax, **kwargs)
+        return
+    handles, labels = ax.get_legend_handles_labels()
+    for columns in range(max(ncol, 1), 0, -1):
+        below = fig.legend(handles, labels, loc="outside lower center", frameon=False,
+                           handlelength=2.2, ncols=columns, **kwargs)
+        fig.draw_without_rendering()
+        box = below.get_window_extent()
+        if columns == 1 or (box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1):
+            return
+        below.remove()
 
 
 def legend_panel(ax: Axes, entries: Sequence[tuple[Artist, str]]) -> Legend:
