@@ -19,7 +19,7 @@ __all__ = ["SWEEP_FITS", "plot_sweep"]
 
 #: The fits drawn by default, with the label of their axis.
 SWEEP_FITS = {"skip_m2_slope": "skip $m_2$ increment / block",
-              "ratio_exponent": "residual/skip ratio exponent",
+              "ratio_exponent": "exponent of residual/skip",
               "growth_rate": "growth factor / block"}
 
 _FIT_COLUMNS = ("runs", "fit", "stage", "estimate", "lo", "hi", "predicted")
@@ -61,7 +61,8 @@ def plot_sweep(fits: pd.DataFrame, x: str, *, fit_ids: Sequence[str] = tuple(SWE
         for ax, fit_id in zip(panels, fit_ids, strict=True):
             _panel(ax, chosen[chosen["fit"] == fit_id], x, varying)
             ax.set_xlabel(x.replace("_", " "))
-            ax.set_ylabel(SWEEP_FITS.get(fit_id, fit_id) + f", stage {stage}")
+            ax.set_ylabel(SWEEP_FITS.get(fit_id, fit_id))
+            ax.set_title(f"stage {stage}", fontsize="medium")
             if fit_id == "skip_m2_slope":
                 ax.set_yscale("log", nonpositive="clip")
             values = chosen[x].dropna()
