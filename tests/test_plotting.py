@@ -239,3 +239,19 @@ def test_legends_under_the_panels_keep_to_the_canvas() -> None:
     gap = np.asarray(fig.axes[0].get_lines()[0].get_ydata())
     assert gap == pytest.approx([1 - b.cosine for b in trace.runs[0].blocks])
     plt.close(fig)
+
+
+def test_lines_and_bands_stop_where_the_first_seed_overflows() -> None:
+    # Seeds 0 and 3 of this network overflow at blocks 26 and 28: past block 25 a mean would
+    # average the surviving seed only, so line, band and theory end there.
+    trace = traced(40, seeds=4, norm="skipinit", alpha=30.0)
+    ends = sorted(r.first_overflow or 0 for r in trace.runs)
+    assert trace.first_overflow == ends[0] < ends[-1]
+    fig = plot_spp(trace)
+    for ax in fig.axes[:-1]:
+        drawn = [line for line in ax.get_lines() if len(np.asarray(line.get_xdata())) > 2]
+        assert drawn and all(np.asarray(line.get_xdata()).max() == ends[0] - 1
+                             for line in drawn), ax.get_title()
+        for band in ax.collections:
+            assert band.get_paths()[0].vertices[:, 0].max() == ends[0] - 1
+    plt.close(fig)
