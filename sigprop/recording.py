@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from enum import StrEnum
 from typing import Any
 
 import torch
@@ -12,31 +11,31 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from sigprop._accumulators import Accumulator, FastAccumulator, SafeAccumulator
+from sigprop._blame import sigprop_raised
 from sigprop._validate import parse_choice
 from sigprop.blocks import MarkedAdditions
 from sigprop.config import ResNetConfig
 from sigprop.discovery import Discovery, NamedBlocks
 from sigprop.finding import BlockFinder, FoundBlocks, Recorder
-from sigprop.trace import BatchNorms, Block, BlockStats, InputKind, InputSpec, Run, Trace
+from sigprop.trace import BatchNorms, Block, BlockStats, BNMode, InputKind, InputSpec, Run, Trace
 
 __all__ = [
     "BNMode",
     "ForwardError",
+    "MeasurementError",
     "find_blocks",
     "gaussian_input",
     "measure",
 ]
 
 
-class BNMode(StrEnum):
-    """Which statistics batch-norm layers normalize with while measuring."""
-
-    TRAIN = "train"  # batch statistics: the paper's setting at initialization
-    EVAL = "eval"  # running statistics (mean 0 / var 1 when fresh: BN is then the identity)
-
-
 class ForwardError(RuntimeError):
     """The model's own forward pass raised; the message says after which block."""
+
+
+class MeasurementError(RuntimeError):
+    """sigprop's own code (hooks, reducers, discovery) or the progress callback raised during
+    the forward pass: not the model's fault; the message says after which block."""
 
 
 def gaussian_input(
@@ -148,6 +147,10 @@ def _forward(model: nn.Module, inputs: torch.Tensor, finder: BlockFinder, record
         except Exception as e:
             last = found.last
             where = f"after block {last.index} ({last.name})" if last else "before block 0"
+            if sigprop_raised(e.__traceback__.tb_next if e.__traceback__ else None):
+                raise MeasurementError(
+                    f"sigprop failed while measuring, {where}, in its own code or the progress "
+                    f"callback, not in the model: {type(e).__name__}: {e}") from e
             raise ForwardError(
                 f"the model's forward pass failed {where}: {type(e).__name__}: {e}"
             ) from e
