@@ -81,8 +81,13 @@ def _measurement_state(model: nn.Module, bn_mode: BNMode) -> Iterator[None]:
     # the buffers of other modules, and of batch norms with their own forward, are saved.
     saved = [(b, b.detach().clone()) for m in modules if not _plain_batch_norm(m)
              for b in m._buffers.values() if b is not None]
+    overridden = any(_overrides_train(m) for m in modules)
+    # An override of train() may do more than set flags (freeze parameters, set attributes):
+    # every module's attributes and every requires_grad are put back as they were.
+    attributes = [(m, dict(m.__dict__)) for m in modules] if overridden else []
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()] if overridden else []
     try:
-        if any(_overrides_train(m) for m in modules):
+        if overridden:
             model.eval()  # let the overrides run
         else:
             for module in modules:
@@ -96,6 +101,11 @@ def _measurement_state(model: nn.Module, bn_mode: BNMode) -> Iterator[None]:
                 _set_flag(bn, "track_running_stats", False)
         yield
     finally:
+        for module, saved_attributes in attributes:
+            module.__dict__.clear()
+            module.__dict__.update(saved_attributes)
+        for parameter, required in requires_grad:
+            parameter.requires_grad_(required)
         for module, training in zip(modules, modes, strict=True):
             _set_flag(module, "training", training)
         for bn, tracked in zip(batch_norms, tracking, strict=True):
