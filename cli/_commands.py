@@ -19,7 +19,14 @@ from sigprop.trace import BNMode
 
 from ._errors import UsageError, reports_usage_errors
 from ._files import check_writable
-from ._options import Analysis, RunOptions, check_positive, parse_blocks
+from ._options import (
+    Analysis,
+    RunOptions,
+    check_positive,
+    check_seeds,
+    check_threads,
+    parse_blocks,
+)
 from ._sources import parse_kwargs, parse_shape
 
 if TYPE_CHECKING:
@@ -73,8 +80,8 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
 
     def options(seed: int, seeds: int, device: str, bn_mode: BNMode, out: Path | None,
                 json_output: bool, threads: int) -> RunOptions:
-        check_positive("--seeds", seeds, "run")
-        check_positive("--threads", threads, "thread")
+        check_seeds(seed, seeds)
+        check_threads(threads)
         if out is not None:
             check_writable(out)
         return RunOptions(seed, seeds, device, bn_mode, out, json_output, threads)

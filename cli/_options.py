@@ -5,6 +5,7 @@ Light on purpose (no torch): every command's ``--help`` imports it.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,6 +55,29 @@ def check_positive(option: str, value: int, unit: str) -> None:
         check_int(option, value, 1, unit)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from e
+
+
+SEED_RANGE = (-2**63, 2**64 - 1)
+"""The seeds torch's generators accept."""
+
+
+def check_seeds(seed: int, seeds: int) -> None:
+    """A usage error unless ``seeds >= 1`` and every seed ``seed .. seed + seeds - 1`` is one
+    torch accepts."""
+    check_positive("--seeds", seeds, "run")
+    low, high = SEED_RANGE
+    if not low <= seed <= high - (seeds - 1):
+        raise UsageError(f"--seed {seed} with --seeds {seeds}: every seed must lie in "
+                         f"[{low}, {high}] (torch's range), e.g. --seed 0")
+
+
+def check_threads(threads: int) -> None:
+    """A usage error unless ``1 <= threads <=`` this machine's cores."""
+    cores = os.cpu_count() or 1
+    check_positive("--threads", threads, "thread")
+    if threads > cores:
+        raise UsageError(f"--threads {threads} is more than this machine's {cores} cores: "
+                         f"use 1 to {cores} (more threads than cores only wait on each other)")
 
 
 def parse_blocks(text: str | None) -> tuple[str, ...] | None:

@@ -82,6 +82,12 @@ def _measure(analysis: Analysis, options: RunOptions, model: nn.Module, spec: si
             str(e).replace("blocks=[...]", "--blocks NAME[,NAME...]")) from e
     except (ValueError, TypeError) as e:  # the library's checks of the model and its input
         raise UsageError(str(e)) from e
+    except (RuntimeError, MemoryError) as e:
+        if _too_big(e) and not isinstance(e, sigprop.MeasurementError):
+            raise UsageError(f"the input batch of shape {tuple(spec.shape)} does not fit in "
+                             f"memory ({_first_line(e)}): use a smaller --batch-size or input "
+                             "size") from e
+        raise
 
 
 @contextmanager
@@ -101,7 +107,23 @@ def _build(analysis: Analysis, seed: int, device: torch.device) -> tuple[nn.Modu
         model.to(device)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from e
+    except (RuntimeError, MemoryError) as e:
+        if _too_big(e):
+            raise UsageError(f"the model does not fit in memory ({_first_line(e)}): build a "
+                             "smaller one") from e
+        raise
     return model, model_info
+
+
+def _too_big(e: BaseException) -> bool:
+    """An allocation that cannot succeed: out of memory, or sizes beyond what torch indexes."""
+    return isinstance(e, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
+                                         or "size calculation overflowed" in str(e)))
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def print_json(doc: Any) -> None:

@@ -10,7 +10,7 @@ import typer
 
 from ._errors import UsageError, reports_usage_errors
 from ._files import Writer, check_writable, write_files
-from ._options import check_positive
+from ._options import check_threads
 
 if TYPE_CHECKING:
     from sigprop import paper
@@ -50,7 +50,7 @@ def figures_command(
     Example: sigprop figures --out figures --format png,pdf
     """
     formats = parse_formats(fmt)
-    check_positive("--threads", threads, "thread")
+    check_threads(threads)
     check_writable(out)
     from rich.console import Console
     from rich.progress import (
