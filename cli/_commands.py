@@ -48,9 +48,9 @@ Blocks = Annotated[str | None, typer.Option(
     show_default=False)]
 DEFAULT_THREADS = 1
 Threads = Annotated[int, typer.Option(
-    help="Torch CPU threads while measuring. One is the fastest for these per-block "
-    "measurements on a shared machine; more help large images on idle cores (see "
-    "docs/performance.md).")]
+    help="Torch CPU threads while measuring (1 to the machine's cores). The default, one, was "
+    "the fastest measured; on cores other jobs use, more threads wait on each other and ran "
+    "up to 10x slower (docs/performance.md).")]
 BN = Annotated[BNMode, typer.Option(
     help="train: BN normalizes with batch statistics (the paper's setting; running statistics "
     "are not updated). eval: BN uses its running statistics.")]

@@ -33,11 +33,13 @@ class UsageError(Exception):
 
 INTERNAL_ERROR = 3
 """Exit code of sigprop's own failures."""
+INTERRUPTED = 130
+"""Exit code after Ctrl-C (128 + SIGINT), as shells report it."""
 
 
 def reports_usage_errors(command: Callable[P, R]) -> Callable[P, R]:
     """Run a command; a :class:`UsageError` becomes ``error: MESSAGE`` on stderr and exit 2,
-    any other exception ``internal error: ...`` and exit 3.
+    any other exception ``internal error: ...`` and exit 3, Ctrl-C exit 130.
 
     The command takes its context as ``ctx: typer.Context`` (Typer passes it by name); with
     ``sigprop --debug`` the traceback of the exception behind the error is printed first.
@@ -56,6 +58,9 @@ def reports_usage_errors(command: Callable[P, R]) -> Callable[P, R]:
         except (typer.Exit, typer.Abort, click.exceptions.Exit, click.ClickException,
                 click.exceptions.Abort):
             raise
+        except KeyboardInterrupt as e:  # Click would exit 1, which `audit` keeps for a failure
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(INTERRUPTED) from e
         except Exception as e:
             if debug:
                 typer.echo("".join(traceback.format_exception(e)), err=True, nl=False)

@@ -55,13 +55,25 @@ def _hooks(holder: Any) -> dict[str, Any]:
     return found
 
 
+def global_state() -> dict[str, Any]:
+    """torch's global state that sigprop must leave unchanged: global module hooks, the RNG
+    states (torch, random, numpy), grad mode, the function-mode stack, the thread count."""
+    from torch.nn.modules import module as torch_module
+    from torch.overrides import _get_current_function_mode_stack
+
+    return {
+        "global_hooks": _hooks(torch_module),
+        "rng": (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()),
+        "grad_mode": (torch.is_grad_enabled(), torch.is_inference_mode_enabled()),
+        "function_modes": list(_get_current_function_mode_stack()),
+        "threads": torch.get_num_threads(),
+    }
+
+
 def snapshot(model: nn.Module) -> dict[str, Any]:
     """Everything measuring must leave unchanged: parameters and buffers (bitwise), gradients,
     every module's ``training`` and plain flags, ``requires_grad``, hooks of every kind (module,
     global and tensor hooks), the global RNG states, grad mode and the function-mode stack."""
-    from torch.nn.modules import module as torch_module
-    from torch.overrides import _get_current_function_mode_stack
-
     parameters = dict(model.named_parameters(remove_duplicate=False))
     return {
         "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
@@ -73,16 +85,14 @@ def snapshot(model: nn.Module) -> dict[str, Any]:
         "flags": [{k: v for k, v in vars(m).items() if isinstance(v, bool | int | float | str)
                    or v is None} for m in model.modules()],
         "hooks": [_hooks(m) for m in model.modules()],
-        "global_hooks": _hooks(torch_module),
-        "rng": (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()),
-        "grad_mode": (torch.is_grad_enabled(), torch.is_inference_mode_enabled()),
-        "function_modes": list(_get_current_function_mode_stack()),
+        **global_state(),
     }
 
 
-def assert_unchanged(model: nn.Module, before: dict[str, Any]) -> None:
-    """Fails naming the first part of :func:`snapshot` that changed."""
-    after = snapshot(model)
+def assert_unchanged(model: nn.Module | None, before: dict[str, Any]) -> None:
+    """Fails naming the first part of :func:`snapshot` (or :func:`global_state`, without a
+    model) that changed."""
+    after = global_state() if model is None else snapshot(model)
     assert after.keys() == before.keys()
     for part in before:
         if part in ("state", "grads"):

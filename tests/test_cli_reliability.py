@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import pickle
@@ -266,3 +267,21 @@ def test_files_with_the_same_stem_are_two_modules(tmp_path: Path) -> None:
 def test_help_says_a_model_file_runs() -> None:
     code, stdout, _ = invoke("analyze", "model", "--help")
     assert code == 0 and "only run code you trust" in " ".join(stdout.split())
+
+
+def test_ctrl_c_exits_130_not_audits_failure(models: str, tmp_path: Path) -> None:
+    (tmp_path / "stop.py").write_text("def build():\n    raise KeyboardInterrupt\n")
+    code, _, stderr = invoke("audit", "model", f"{tmp_path}/stop.py:build", "--input-shape", "3")
+    assert code == 130 and stderr.strip() == "interrupted"
+
+
+def test_files_are_loaded_without_running_code() -> None:
+    # torch.load unpickles (runs code) unless weights_only=True: every call must say it.
+    root = Path(__file__).resolve().parent.parent
+    for path in [*root.glob("sigprop/**/*.py"), *root.glob("cli/*.py")]:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Call) and ast.unparse(node.func) in (
+                    "torch.load", "pickle.load", "pickle.loads"):
+                safe = any(k.arg == "weights_only" and isinstance(k.value, ast.Constant)
+                           and k.value.value is True for k in node.keywords)
+                assert safe, f"{path}:{node.lineno}: {ast.unparse(node)}"
