@@ -104,7 +104,6 @@ def use_threads(threads: int) -> Iterator[None]:
 def _build(analysis: Analysis, seed: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     try:
         model, model_info = analysis.build(seed)
-        model.to(device)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from e
     except (RuntimeError, MemoryError) as e:
@@ -112,6 +111,11 @@ def _build(analysis: Analysis, seed: int, device: torch.device) -> tuple[nn.Modu
             raise UsageError(f"the model does not fit in memory ({_first_line(e)}): build a "
                              "smaller one") from e
         raise
+    try:
+        model.to(device)
+    except Exception as e:  # e.g. a model on the meta device: the model's, not sigprop's
+        raise UsageError(f"cannot move the model to {device}: {type(e).__name__}: "
+                         f"{_first_line(e)}") from e
     return model, model_info
 
 

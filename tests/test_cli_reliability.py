@@ -79,6 +79,10 @@ MODELS = textwrap.dedent('''
 
     def bare_assert():
         assert False
+
+
+    def on_meta():
+        return Net().to("meta")
 ''')
 
 
@@ -151,7 +155,8 @@ def test_an_operation_of_the_model_that_fails_under_discovery_is_the_models() ->
         sigprop.measure(Mismatch(), torch.randn(2, 3, 4, 4))
 
 
-@pytest.mark.parametrize("case", ["builder raises", "forward fails", "no block", "depth 0"])
+@pytest.mark.parametrize("case", ["builder raises", "forward fails", "no block", "depth 0",
+                                  "meta device"])
 def test_a_failing_run_leaves_no_folder(case: str, models: str, tmp_path: Path,
                                         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
@@ -161,6 +166,7 @@ def test_a_failing_run_leaves_no_folder(case: str, models: str, tmp_path: Path,
                           "3,8,8"],
         "no block": ["model", f"{models}:plain", "--input-shape", "3,8,8"],
         "depth 0": ["resnet", *SMALL, "--depth", "0"],
+        "meta device": ["model", f"{models}:on_meta", "--input-shape", "3,8,8"],
     }[case]
     for out in ([], ["--out", "new/sub"]):
         code, _, stderr = invoke("analyze", *source, *out)
