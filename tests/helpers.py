@@ -63,9 +63,11 @@ def global_state() -> dict[str, Any]:
 
     return {
         "global_hooks": _hooks(torch_module),
-        "rng": (torch.get_rng_state(), random.getstate(), np.random.get_state()[1].copy()),
+        "rng": (torch.get_rng_state(), random.getstate(),
+                np.random.get_state(legacy=True)[1].copy()),
         "grad_mode": (torch.is_grad_enabled(), torch.is_inference_mode_enabled()),
-        "function_modes": list(_get_current_function_mode_stack()),
+        "function_modes": list(
+            _get_current_function_mode_stack()),  # type: ignore[no-untyped-call]
         "threads": torch.get_num_threads(),
     }
 

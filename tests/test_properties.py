@@ -70,7 +70,7 @@ class Block(nn.Module):
         return x + self.branch(x)
 
 
-def build(spec: Spec) -> nn.Module:
+def build(spec: Spec) -> nn.Sequential:
     torch.manual_seed(spec.seed)
     net = nn.Sequential(*(Block(norm, spec.width, fails=k == spec.raise_in)
                           for k, norm in enumerate(spec.norms)))
@@ -111,7 +111,8 @@ def specs(draw: st.DrawFn) -> Spec:
                 draw(st.integers(0, 2**16)))
 
 
-def expected_moments(net: nn.Module, x: torch.Tensor, bn_mode: str) -> list[tuple[float, float]]:
+def expected_moments(net: nn.Sequential, x: torch.Tensor, bn_mode: str
+                     ) -> list[tuple[float, float]]:
     """Skip and residual second moments of each block, by running the blocks one by one on a
     float64 copy in the state sigprop measures in (BN batch statistics in train mode)."""
     twin = copy.deepcopy(net).double().eval()
