@@ -125,7 +125,8 @@ def options(draw: st.DrawFn, pools: dict[str, list[str]]) -> list[str]:
     """One or two options of the command, each with a value from its pool: one odd value at a
     time reaches the check of that option (the first bad one stops a command)."""
     pairs: list[tuple[str, str | None]] = [
-        (option, value) for option in sorted(pools) for value in pools[option] or [None]]
+        (option, value) for option in sorted(pools)
+        for value in ([*pools[option]] if pools[option] else [None])]
     argv: list[str] = []
     for option, value in draw(st.lists(st.sampled_from(pairs), min_size=1, max_size=2)):
         argv += [option] if value is None else [option, value]
