@@ -11,7 +11,14 @@ from sigprop.paper.config import FigureConfig, RunSpec
 from sigprop.paper.networks import overlay, skipinit_label
 from sigprop.paper.spec import FigureSpec, Rendering, Traces
 from sigprop.paper.tables import measured, tidy
-from sigprop.plotting import MEASURED, fit_text, plot_identity_bias, plot_spp, plot_spp_trio
+from sigprop.plotting import (
+    MEASURED,
+    PREDICTED,
+    fit_text,
+    plot_identity_bias,
+    plot_spp,
+    plot_spp_trio,
+)
 from sigprop.theory import predict
 
 __all__ = ["headline_figure", "identity_figure", "trio_figure"]
@@ -25,23 +32,32 @@ def headline_figure(config: FigureConfig) -> FigureSpec:
     def render(traces: Traces) -> Rendering:
         trace = traces[spec]
         fig = plot_spp(trace)
-        data = tidy([trace], ["BN v2"], measured("skip_sq_mean", "skip_var", "residual_var",
-                                                 "ratio", "cosine"))
+        data = tidy([trace], ["BN v2"], measured("output_sq_mean", "output_var", "residual_var",
+                                                 "ratio", "one_minus_cosine"))
         b = stats.band(trace, MEASURED["ratio"])
         prediction = predict(trace)
         theory = prediction.blocks[-1].ratio if prediction else math.nan
+        gap = stats.band(trace, MEASURED["one_minus_cosine"]).mean
+        gap_theory = PREDICTED["one_minus_cosine"](prediction.blocks[-1]) if prediction \
+            else math.nan
+        branch = float(np.mean(stats.band(trace, MEASURED["residual_var"]).mean))
+        branch_theory = float(np.mean([p.residual_var for p in prediction.blocks])) \
+            if prediction else math.nan
         caption = (
             f"Signal propagation of a {spec.depth}-block BN ResNet-v2 (one stage), as drawn by "
             f"`sigprop analyze resnet --depth {spec.depth} --width {spec.width or config.width} "
-            f"--batch-size {spec.batch} --image-size {spec.image}`. The skip path's "
-            "average channel squared mean and variance grow linearly, by "
+            f"--batch-size {spec.batch} --image-size {spec.image}`, in the panels of Brock, De "
+            "& Smith (2021). At the end of each block the average channel squared mean and "
+            "variance grow linearly, by "
             f"{fit_text(trace, stats.FitId.SKIP_SQ_MEAN_SLOPE, digits=3)} and "
             f"{fit_text(trace, stats.FitId.SKIP_VAR_SLOPE, digits=3)} per block (1/pi and "
-            "1 - 1/pi on an infinite image; zero padding lowers both); the residual/skip ratio "
-            "of second moments falls as "
+            "1 - 1/pi on an infinite image; zero padding lowers both); the residual branch's "
+            f"variance averages {branch:.3f} (theory {branch_theory:.3f}); the residual/skip "
+            "ratio of second moments falls as "
             f"1/(m2_0 + l): {b.mean[0]:.2f} at block 0, {b.mean[-1]:.4f} at block "
-            f"{trace.n_blocks - 1} (theory {theory:.4f}); the cosine between skip and output "
-            f"approaches 1. Theory dashed. {config.describe(spec, [config.seeds[0]])}")
+            f"{trace.n_blocks - 1} (theory {theory:.4f}); the identity bias 1 - cos(x_l, x_l+1) "
+            f"falls from {gap[0]:.3f} to {gap[-1]:.2e} (theory {gap_theory:.2e}). Theory dashed. "
+            f"{config.describe(spec, [config.seeds[0]])}")
         return fig, data, caption
 
     return FigureSpec("spp-resnet-v2-batchnorm", "SPP of a BN ResNet-v2", (spec,), render)
