@@ -7,6 +7,7 @@ import ast
 import json
 import os
 import pickle
+import signal
 import subprocess
 import sys
 import textwrap
@@ -20,6 +21,7 @@ import sigprop
 from sigprop.sources import ModelSource, Source
 from sigprop_cli._errors import UsageError
 from sigprop_cli._files import write_files
+from sigprop_cli import main
 from sigprop_cli.main import app
 
 runner = CliRunner()
@@ -231,11 +233,45 @@ def test_write_files_leaves_the_previous_set_or_the_new_one(tmp_path: Path) -> N
     assert not (tmp_path / "x").exists()
 
 
+def test_sigterm_while_writing_leaves_the_previous_set(tmp_path: Path) -> None:
+    write_files(tmp_path, {"a.txt": lambda p: p.write_text("old")})
+
+    def terminated(path: Path) -> None:
+        path.write_text("half")
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    previous = signal.signal(signal.SIGTERM, main._terminated)  # as the console script does
+    try:
+        with pytest.raises(SystemExit) as exited:
+            write_files(tmp_path, {"a.txt": terminated})
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert exited.value.code == 128 + signal.SIGTERM
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+    assert (tmp_path / "a.txt").read_text() == "old"
+
+
+@pytest.mark.parametrize(("option", "value", "message"), [
+    ("--seed", str(10**30), "every seed must lie in"),
+    ("--batch-size", str(10**15), "the input batch of shape (1000000000000000, 3, 8, 8) does "
+     "not fit in memory"),
+    ("--image-size", str(10**15), "does not fit in memory"),
+    ("--width", str(10**15), "the model does not fit in memory"),
+])
+def test_huge_values_are_usage_errors(option: str, value: str, message: str,
+                                      tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    code, _, stderr = invoke("analyze", "resnet", *SMALL, option, value, "--out", str(out))
+    assert code == 2 and message in one_line(stderr)
+    assert not out.exists()
+
+
 def test_help_and_version_do_not_import_torch() -> None:
     script = textwrap.dedent('''
         import sys
         from typer.testing import CliRunner
-        from sigprop_cli.main import app
+        from sigprop_cli import main
+from sigprop_cli.main import app
         runner = CliRunner()
         for args in (["--help"], ["--version"], ["analyze", "--help"], ["audit", "--help"],
                      ["analyze", "model", "--help"], ["audit", "timm", "--help"],
