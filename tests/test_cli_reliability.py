@@ -19,9 +19,9 @@ from typer.testing import CliRunner
 
 import sigprop
 from sigprop.sources import ModelSource, Source
+from sigprop_cli import main
 from sigprop_cli._errors import UsageError
 from sigprop_cli._files import write_files
-from sigprop_cli import main
 from sigprop_cli.main import app
 
 runner = CliRunner()
