@@ -3,8 +3,9 @@
 
 Each generated model is a chain of residual blocks ``x + branch(x)`` whose branches vary (norm,
 BN momentum None, frozen BN, a branch in eval mode inside a train-mode model), with user hooks of
-several kinds, and optionally a forward that raises in block k or a hook that raises
-KeyboardInterrupt. The examples are bounded and derandomized: CI runs the same ones every time.
+several kinds, a block whose ``train()`` override has side effects, and optionally a forward that
+raises in block k or a hook that raises KeyboardInterrupt. The examples are bounded and
+derandomized: CI runs the same ones every time.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ class Spec:
     raise_in: int | None  # the forward raises in this block
     interrupt_in: int | None  # a user hook raises KeyboardInterrupt in this block
     seed: int
+    freezer_in: int | None = None  # this block's train() override freezes its branch
 
 
 class Branch(nn.Module):
@@ -64,19 +66,27 @@ class Block(nn.Module):
         self.branch = Branch(norm, width)
         self.fails = fails
 
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.fails:
             raise RuntimeError("block fails")
         return x + self.branch(x)
 
 
+class FreezingBlock(Block):
+    """A train() override with side effects: in eval mode its branch is frozen."""
+
+    def train(self, mode: bool = True) -> FreezingBlock:
+        super().train(mode)
+        self.branch.requires_grad_(mode)
+        self.frozen = not mode
+        return self
+
+
 def build(spec: Spec) -> nn.Sequential:
     torch.manual_seed(spec.seed)
-    net = nn.Sequential(*(Block(norm, spec.width, fails=k == spec.raise_in)
-                          for k, norm in enumerate(spec.norms)))
-    net.train(spec.train_mode)
-    if spec.eval_block is not None:
-        net[spec.eval_block].branch.eval()
+    net = nn.Sequential(*((FreezingBlock if k == spec.freezer_in else Block)(
+        norm, spec.width, fails=k == spec.raise_in) for k, norm in enumerate(spec.norms)))
     for kind in spec.hooks:
         conv = net[0].branch.conv
         if kind == "forward":
@@ -92,6 +102,9 @@ def build(spec: Spec) -> nn.Sequential:
             raise KeyboardInterrupt
 
         net[spec.interrupt_in].register_forward_pre_hook(interrupt)
+    net.train(spec.train_mode)  # after the hooks: a frozen branch takes no tensor hook
+    if spec.eval_block is not None:
+        net[spec.eval_block].branch.eval()
     return net
 
 
@@ -108,7 +121,7 @@ def specs(draw: st.DrawFn) -> Spec:
                                     max_size=2))),
                 draw(st.integers(0, depth - 1)) if failure == "raise" else None,
                 draw(st.integers(0, depth - 1)) if failure == "interrupt" else None,
-                draw(st.integers(0, 2**16)))
+                draw(st.integers(0, 2**16)), draw(maybe_block))
 
 
 def expected_moments(net: nn.Sequential, x: torch.Tensor, bn_mode: str
