@@ -195,3 +195,43 @@ def test_comparison_draws_theory_and_names_a_zero_branch() -> None:
     assert len(theory) == 2  # a closed form for each network
     assert np.asarray(cosine.get_lines()[-2].get_ydata()) == pytest.approx(np.ones(8))
     plt.close(fig)
+
+
+def test_trio_gives_the_explosion_its_own_panel_and_the_rest_linear_axes() -> None:
+    bn, skipinit = traced(24), traced(24, norm="skipinit")
+    exploding = traced(24, norm="none")
+    assert exploding.runs[0].blocks[-1].skip.m2 / exploding.runs[0].blocks[0].skip.m2 > 1e3
+    fig = plot_spp_trio([bn, exploding, skipinit], ["BN", "none", "SkipInit 0"])
+    log_axis, variance, sq_mean, branch = fig.axes
+    assert log_axis.get_yscale() == "log"
+    assert [ax.get_yscale() for ax in (variance, sq_mean, branch)] == ["linear"] * 3
+    assert {line.get_label() for line in log_axis.get_lines()} >= {"BN", "none", "SkipInit 0"}
+    # The exploding network is not on the linear panels; SkipInit's zero branch is drawn as 0.
+    assert [line.get_label() for line in branch.get_lines()
+            if not str(line.get_label()).startswith("_")] == ["BN", "SkipInit 0"]
+    zero = next(line for line in branch.get_lines() if line.get_label() == "SkipInit 0")
+    assert np.asarray(zero.get_ydata()) == pytest.approx(np.zeros(24))
+    # Theory in each network's colour; decade ticks evenly spaced on the log axis.
+    theory = [line.get_color() for line in log_axis.get_lines() if line.get_label() == "_theory"]
+    measured = [line.get_color() for line in log_axis.get_lines()
+                if line.get_label() in ("BN", "none", "SkipInit 0")]
+    assert theory == measured
+    decades = np.diff(np.log10(log_axis.yaxis.get_majorticklocs()))
+    assert len(set(np.round(decades, 9))) == 1
+    plt.close(fig)
+
+
+def test_legends_under_the_panels_keep_to_the_canvas() -> None:
+    # Five long entries asked for in five columns: fewer columns, inside the figure's width.
+    trace = traced(6)
+    labels = [f"a network with a rather long name, number {k}" for k in range(5)]
+    fig = plot_identity_bias([trace] * 5, labels)
+    fig.canvas.draw()
+    (below,) = fig.legends
+    box = below.get_window_extent()
+    assert fig.bbox.x0 <= box.x0 and box.x1 <= fig.bbox.x1 and box.y0 >= fig.bbox.y0
+    assert not any(box.overlaps(ax.get_window_extent()) for ax in fig.axes)
+    assert fig.axes[0].get_yscale() == "log"
+    gap = np.asarray(fig.axes[0].get_lines()[0].get_ydata())
+    assert gap == pytest.approx([1 - b.cosine for b in trace.runs[0].blocks])
+    plt.close(fig)

@@ -212,6 +212,7 @@ def scale_y(ax: Axes, log_from: float) -> None:
         ax.set_yscale("log")
         lo, hi = positive.min() / 2, positive.max() * 2
         ax.set_ylim(lo, hi)
+        _decade_ticks(ax, lo, hi)
         if math.floor(math.log10(hi)) > math.ceil(math.log10(lo)):
             # Two powers of ten are labelled: the minor ticks (2x10^0, 3x10^0, ...) stay bare.
             from matplotlib.ticker import NullFormatter
@@ -225,6 +226,22 @@ def scale_y(ax: Axes, log_from: float) -> None:
         formatter = ax.yaxis.get_major_formatter()
         if isinstance(formatter, ScalarFormatter):
             formatter.set_useOffset(False)
+
+
+def _decade_ticks(ax: Axes, lo: float, hi: float, most: int = 6) -> None:
+    """Major ticks every 1, 2, 5, 10, 20, ... decades: at most ``most`` of them, evenly spaced."""
+    from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, NullLocator
+
+    first, last = math.ceil(math.log10(lo)), math.floor(math.log10(hi))
+    span = last - first
+    if span < most:
+        return  # matplotlib's own decades are regular here
+    step = next(k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if span / k <= most - 1
+                ) if span <= 500 * (most - 1) else math.ceil(span / (most - 1))
+    start = math.ceil(first / step) * step
+    ax.yaxis.set_major_locator(FixedLocator([10.0**e for e in range(start, last + 1, step)]))
+    ax.yaxis.set_major_formatter(LogFormatterSciNotation())
+    ax.yaxis.set_minor_locator(NullLocator())
 
 
 def all_zero(trace: Trace, quantity: Quantity) -> bool:
@@ -243,14 +260,25 @@ def legend(ax: Axes, **kwargs: Any) -> None:
     ax.legend(frameon=False, handlelength=2.2, **kwargs)
 
 
-def outside_legend(fig: Figure, ax: Axes, own_figure: bool, **kwargs: Any) -> None:
-    """The legend of ``ax`` under the figure (when the figure is ours), else inside ``ax``."""
-    if own_figure:
-        handles, labels = ax.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", frameon=False,
-                   handlelength=2.2, **kwargs)
-    else:
-        legend(ax, **{k: v for k, v in kwargs.items() if k != "ncol"})
+def outside_legend(fig: Figure, ax: Axes, own_figure: bool, ncol: int = 1, **kwargs: Any
+                   ) -> None:
+    """The legend of ``ax`` under the figure (when the figure is ours), else inside ``ax``.
+
+    Under the figure it takes at most ``ncol`` columns, fewer when a row would be wider than the
+    figure (measured after layout), so that it never leaves the canvas.
+    """
+    if not own_figure:
+        legend(ax, **kwargs)
+        return
+    handles, labels = ax.get_legend_handles_labels()
+    for columns in range(max(ncol, 1), 0, -1):
+        below = fig.legend(handles, labels, loc="outside lower center", frameon=False,
+                           handlelength=2.2, ncols=columns, **kwargs)
+        fig.draw_without_rendering()
+        box = below.get_window_extent()
+        if columns == 1 or (box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1):
+            return
+        below.remove()
 
 
 def legend_panel(ax: Axes, entries: Sequence[tuple[Artist, str]]) -> Legend:

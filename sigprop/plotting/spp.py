@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from sigprop.config import ResNetConfig
 from sigprop.plotting._helpers import (
+    LINEAR,
     LOG,
     STAGE,
     THEORY,
@@ -15,11 +16,10 @@ from sigprop.plotting._helpers import (
     band_line,
     canvas,
     integer_blocks,
-    legend,
     legend_panel,
-    log_label,
     mark_overflow,
     mark_stages,
+    outside_legend,
     scale_y,
     series,
     theory_legend_entry,
@@ -168,8 +168,19 @@ def _subject(lines: Sequence[Series]) -> str:
     return f"Signal propagation: {what}; {trace.input.kind} input {shape}; {seed_text}"
 
 
+_EXPLODING_DECADES = 3.0
+"""A trace whose skip second moment grows by more than this many decades (or overflows) is
+drawn in the explosion panel only: on shared axes it would squash the others."""
+
+
+def _explodes(trace: Trace) -> bool:
+    if trace.first_overflow is not None:
+        return True
+    levels = [b.skip.m2 for _, b in trace.blocks() if b.skip.m2 > 0]
+    return bool(levels) and max(levels) / min(levels) > 10**_EXPLODING_DECADES
+
+
 _TRIO = (
-    ("Skip path: second moment", r"$E[x_l^2]$", "skip_m2"),
     ("Skip path: average channel variance", r"$\mathrm{mean}_c\,\sigma_c^2(x_l)$", "skip_var"),
     ("Skip path: average channel squared mean", r"$\mathrm{mean}_c\,\mu_c^2(x_l)$",
      "skip_sq_mean"),
@@ -181,13 +192,15 @@ _TRIO = (
 def plot_spp_trio(traces: Sequence[Trace], labels: Sequence[str] | None = None, *,
                   colors: Sequence[str] | None = None, axes: Sequence[Axes] | None = None
                   ) -> Figure:
-    """Signal-propagation plot of several networks, four panels on log axes.
+    """Signal-propagation plot of several networks: the explosion apart, the rest on linear axes.
 
-    Skip second moment, skip average channel variance and squared mean, and the residual
-    branch's average channel variance against the block index, one colour per trace (mean over
-    runs with a 95% band), theory dashed in black, the first non-finite block of an overflowing
-    network marked. A statistic that is exactly 0 (a SkipInit branch at alpha = 0) cannot be
-    drawn on a log axis and is said so in the legend.
+    The first panel is the skip second moment of every trace on a log axis (regular decade
+    ticks), where a geometric explosion is a straight line. The other three, on linear axes,
+    hold the traces that do not explode (growth under 10^3 and no overflow): the skip path's
+    average channel variance and squared mean and the residual branch's average channel
+    variance, where linear growth and exact zeros (SkipInit at alpha = 0) can be seen. One
+    colour per trace (mean over runs with a 95% band); the padding-corrected theory dashed in
+    the trace's colour; the first non-finite block of an overflowing network marked.
 
     Args:
         traces: the traces to overlay.
@@ -197,30 +210,39 @@ def plot_spp_trio(traces: Sequence[Trace], labels: Sequence[str] | None = None, 
         axes: the four panels, in the order above (default: a new 2x2 figure, 7 in wide).
 
     Returns:
-        The figure, with the legend in its first and last panels.
+        The figure, with the legend under the panels (in the first panel when ``axes`` are
+        given).
 
     >>> import sigprop
     >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
     ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
     >>> [ax.get_yscale() for ax in plot_spp_trio([trace], ["BN v2"]).axes]
-    ['log', 'log', 'log', 'log']
+    ['log', 'linear', 'linear', 'linear']
     """
     lines = series(traces, labels, colors)
-    with canvas(axes, len(_TRIO), 2, (DOUBLE_COLUMN, 5.0)) as (fig, axs):
+    with canvas(axes, len(_TRIO) + 1, 2, (DOUBLE_COLUMN, 5.0)) as (fig, axs):
+        explosion, linear = axs[0], axs[1:]
         for trace, label, color in lines:
-            for ax, (_, _, name) in zip(axs, _TRIO, strict=True):
-                band_line(ax, trace, MEASURED[name], color,
-                          log_label(trace, MEASURED[name], label), log=True)
+            band_line(explosion, trace, MEASURED["skip_m2"], color, label, log=True)
+            theory_line(explosion, trace, PREDICTED["skip_m2"], color=color)
+            mark_overflow([explosion], trace, label)
+            if _explodes(trace):
+                continue
+            for ax, (_, _, name) in zip(linear, _TRIO, strict=True):
+                band_line(ax, trace, MEASURED[name], color, label)
                 if name in PREDICTED:
-                    theory_line(ax, trace, PREDICTED[name])
-            mark_overflow(axs, trace, label)
-        for ax, (title, ylabel, _) in zip(axs, _TRIO, strict=True):
-            ax.set_title(title)
-            ax.set_xlabel("block index $l$")
+                    theory_line(ax, trace, PREDICTED[name], color=color)
+        explosion.set_title("Skip path: second moment (log axis)")
+        explosion.set_ylabel(r"$E[x_l^2]$")
+        scale_y(explosion, LOG)
+        for ax, (title, ylabel, _) in zip(linear, _TRIO, strict=True):
+            ax.set_title(title + ("" if any(not _explodes(t.trace) for t in lines) else
+                                  " (every network explodes)"))
             ax.set_ylabel(ylabel)
-            scale_y(ax, LOG)
-        theory_legend_entry(axs[0])
-        legend(axs[0], loc="upper left")
-        legend(axs[3], loc="upper left")
+            scale_y(ax, LINEAR)
+        for ax in axs:
+            ax.set_xlabel("block index $l$")
+            integer_blocks(ax)
+        theory_legend_entry(explosion, "theory (dashed, in its network's colour)")
+        outside_legend(fig, explosion, axes is None, ncol=3)
     return fig
-
