@@ -270,8 +270,7 @@ def test_help_and_version_do_not_import_torch() -> None:
     script = textwrap.dedent('''
         import sys
         from typer.testing import CliRunner
-        from sigprop_cli import main
-from sigprop_cli.main import app
+        from sigprop_cli.main import app
         runner = CliRunner()
         for args in (["--help"], ["--version"], ["analyze", "--help"], ["audit", "--help"],
                      ["analyze", "model", "--help"], ["audit", "timm", "--help"],
