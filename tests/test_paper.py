@@ -96,7 +96,14 @@ def test_sqrt_depth_law_ratio_falls_as_one_over_l(quick: Path) -> None:
         position = np.log(np.arange(1, ratio.shape[1] + 1))
         exponent = np.polyfit(np.tile(position, len(ratio)), np.log(ratio).ravel(), 1)[0]
         assert -1.3 < exponent < -0.6, (depth, exponent)
-    assert "exponent" in (quick / "sqrt-depth-law.txt").read_text()
+        # The drawn straight-line form: skip/residual grows by ~1 per block.
+        inverse = measured(frame, f"d = {depth}", "inverse_ratio").to_numpy()
+        assert inverse == pytest.approx(1 / ratio, rel=1e-5)
+        blocks = np.arange(inverse.shape[1])
+        slope = np.polyfit(np.tile(blocks, len(inverse)), inverse.ravel(), 1)[0]
+        assert 0.6 < slope < 1.4, (depth, slope)
+    caption = (quick / "sqrt-depth-law.txt").read_text()
+    assert "slope 1" in caption and "exponent" in caption
 
 
 def test_depth_sweep_bn_linear_unnormalized_explodes_skipinit_flat(quick: Path) -> None:
@@ -136,10 +143,11 @@ def test_orderings_and_stage_resets(quick: Path) -> None:
 
 def test_identity_bias_and_zoo(quick: Path) -> None:
     frame = table(quick, "identity-bias")
-    assert (measured(frame, "SkipInit, alpha = 0", "cosine").to_numpy() == 1).all()
-    assert 0.55 < np.nanmean(measured(frame, "unnormalized", "cosine").to_numpy()) < 0.85
-    bn = measured(frame, "BN v2", "cosine").mean().to_numpy()
-    assert bn[-5:].mean() > bn[:5].mean() and bn[-1] > 0.97
+    assert (measured(frame, "SkipInit, alpha = 0", "one_minus_cosine").to_numpy() == 0).all()
+    gap = np.nanmean(measured(frame, "unnormalized", "one_minus_cosine").to_numpy())
+    assert 0.15 < gap < 0.45  # 1 - 1/sqrt(2) = 0.29 in theory
+    bn = measured(frame, "BN v2", "one_minus_cosine").mean().to_numpy()
+    assert bn[-5:].mean() < bn[:5].mean() / 3 and bn[-1] < 0.03
     norm = measured(frame, "SkipInit, alpha = 0.1", "branch_norm_ratio").to_numpy()
     assert 0.08 < norm.mean() < 0.12 and norm.max() < 0.2  # alpha = 0.1 (per block: width 8)
     zoo = table(quick, "zoo")

@@ -15,25 +15,28 @@ __all__ = ["law_figure", "sweep_figure"]
 
 
 def law_figure(config: FigureConfig) -> FigureSpec:
-    """The residual/skip ratio against block position for BN networks of several depths."""
+    """Skip/residual second moments against the block for BN networks of several depths."""
     runs = [RunSpec(d) for d in config.law_depths]
 
     def render(traces: Traces) -> Rendering:
         ordered = [traces[r] for r in runs]
         labels = [f"d = {r.depth}" for r in runs]
         fig = plot_sqrt_depth_law(ordered, labels)
-        data = tidy(ordered, labels, measured("ratio"))
-        fits = "; ".join(f"d = {r.depth}: {fit_text(t, stats.FitId.RATIO_EXPONENT)}"
+        data = tidy(ordered, labels, measured("inverse_ratio", "ratio"))
+        fits = "; ".join(f"d = {r.depth}: {fit_text(t, stats.FitId.INVERSE_RATIO_SLOPE)}"
                          for r, t in zip(runs, ordered, strict=True))
+        exponents = "; ".join(f"d = {r.depth}: {fit_text(t, stats.FitId.RATIO_EXPONENT)}"
+                              for r, t in zip(runs, ordered, strict=True))
         caption = (
-            "The sqrt(depth) law: residual/skip ratio of second moments E[f_l(x_l)^2] / "
-            "E[x_l^2] against the block position l + 1, log-log, for BN ResNet-v2 networks of "
-            "several depths (one stage). The curves coincide: the ratio depends on the block's "
-            "position, not on the network's depth, and follows 1/(m2_0 + l) (dashed), a power "
-            "law with exponent -1 at infinite depth (the branch is downscaled by sqrt(l) in "
-            "standard deviation). Fitted exponents with 95% intervals, beside the same fit of "
-            f"the theory at that depth (the m2_0 offset bends the first blocks): {fits}. "
-            f"{config.describe()}")
+            "The sqrt(depth) law as a straight line: the skip path's second moment over the "
+            "residual branch's, E[x_l^2] / E[f_l(x_l)^2] = 1/ratio, against the block index l, "
+            "for BN ResNet-v2 networks of several depths (one stage). In theory it is "
+            "(m2_0 + f l)/f, a line of slope 1 whatever the depth (dashed, in each network's "
+            "colour): the branch is downscaled by sqrt(l) in standard deviation. Fitted "
+            f"slopes with calibrated 95% intervals, beside the same fit of the theory: {fits}. "
+            "As a power law of the ratio in l + 1 the same data give exponents "
+            f"{exponents} (-1 only at infinite depth: the m2_0 offset bends the first "
+            f"blocks). {config.describe()}")
         return fig, data, caption
 
     return FigureSpec("sqrt-depth-law", "The sqrt(depth) law", tuple(runs), render)

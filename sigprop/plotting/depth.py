@@ -11,11 +11,16 @@ import numpy as np
 
 from sigprop import stats
 from sigprop.plotting._helpers import (
+    LINEAR,
     band_line,
     canvas,
+    integer_blocks,
     legend,
     log_or_nan,
+    outside_legend,
+    scale_y,
     series,
+    theory_legend_entry,
     theory_line,
 )
 from sigprop.plotting.quantities import MEASURED, PREDICTED, fit_text, network_depth
@@ -35,17 +40,19 @@ _SWEEP_THEORY: dict[str, Any] = {"linestyle": (0, (2, 2)), "linewidth": 0.9}
 
 def plot_sqrt_depth_law(traces: Sequence[Trace], labels: Sequence[str] | None = None, *,
                         ax: Axes | None = None) -> Figure:
-    """The residual/skip ratio of second moments against block position, log-log.
+    """The sqrt(depth) law as a straight line: skip/residual second moments against the block.
 
-    One colour per trace (e.g. BN v2 at several depths; mean over runs with a 95% band), the
-    theory ``1/(m2_0 + l)`` dashed, and the exponent fitted by :func:`sigprop.stats.fit`
-    (``ratio_exponent``) with its 95% interval in the legend, beside the same fit of the
-    theory at that depth (-1 only at infinite depth).
+    ``1/ratio = E[x_l^2] / E[f_l(x_l)^2]`` is ``(m2_0 + f l) / f`` in theory: a line of slope 1
+    whatever the network's depth (the branch is downscaled by sqrt(l) in standard deviation).
+    One colour per trace (e.g. BN v2 at several depths; mean over runs with a 95% band), each
+    trace's theory dashed in its colour, and the slope fitted by :func:`sigprop.stats.fit`
+    (``inverse_ratio_slope``) with its calibrated 95% interval in the legend, beside the same
+    fit of the theory.
 
     Args:
         traces: the traces (one stage each is assumed; the first stage is fitted).
         labels: legend entry per trace (default: ``d = depth``).
-        ax: axes to draw into (default: a new single-column figure).
+        ax: axes to draw into (default: a new single-column figure, legend under it).
 
     Returns:
         The figure.
@@ -54,24 +61,22 @@ def plot_sqrt_depth_law(traces: Sequence[Trace], labels: Sequence[str] | None = 
     >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
     ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
     >>> plot_sqrt_depth_law([trace]).axes[0].get_xscale()
-    'log'
+    'linear'
     """
     lines = series(traces, labels or [f"d = {network_depth(t)}" for t in traces])
     deepest_first = sorted(lines, key=lambda line: -network_depth(line.trace))
-    position = lambda i: i + 1.0  # noqa: E731 -- log axis: block l is the (l+1)-th
-    with canvas(None if ax is None else [ax], 1, 1, (SINGLE_COLUMN, 2.9)) as (fig, (axis,)):
-        for n, (trace, label, color) in enumerate(deepest_first):
-            text = f"{label}: {fit_text(trace, stats.FitId.RATIO_EXPONENT)}"
-            band_line(axis, trace, MEASURED["ratio"], color, text, x=position, log=True)
-            last = n == len(deepest_first) - 1  # one legend entry for the theory, at the end
-            theory_line(axis, trace, PREDICTED["ratio"],
-                        "theory $1/(m_{2,0} + l)$" if last else None, x=position)
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_xlabel("block position $l + 1$")
-        axis.set_ylabel(r"$E[f_l(x_l)^2]\,/\,E[x_l^2]$")
+    with canvas(None if ax is None else [ax], 1, 1, (SINGLE_COLUMN, 3.3)) as (fig, (axis,)):
+        for trace, label, color in deepest_first:
+            text = f"{label}: slope {fit_text(trace, stats.FitId.INVERSE_RATIO_SLOPE)}"
+            band_line(axis, trace, MEASURED["inverse_ratio"], color, text)
+            theory_line(axis, trace, PREDICTED["inverse_ratio"], color=color)
+        theory_legend_entry(axis, "theory $(m_{2,0} + f\\,l)/f$, slope 1 (dashed)")
+        axis.set_xlabel("block index $l$")
+        axis.set_ylabel(r"$E[x_l^2]\,/\,E[f_l(x_l)^2]$")
         axis.set_title("The sqrt(depth) law")
-        legend(axis, loc="lower left", title="fitted exponent [95% CI] (theory)")
+        integer_blocks(axis)
+        scale_y(axis, LINEAR)
+        outside_legend(fig, axis, ax is None, title="fitted slope [95% CI] (theory)")
     return fig
 
 
