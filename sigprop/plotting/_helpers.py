@@ -260,17 +260,23 @@ def legend(ax: Axes, **kwargs: Any) -> None:
     ax.legend(frameon=False, handlelength=2.2, **kwargs)
 
 
-def outside_legend(fig: Figure, ax: Axes, own_figure: bool, ncol: int = 1, **kwargs: Any
-                   ) -> None:
-    """The legend of ``ax`` under the figure (when the figure is ours), else inside ``ax``.
+def outside_legend(fig: Figure, ax: Axes, own_figure: bool, ncol: int = 1,
+                   more: Sequence[Axes] = (), **kwargs: Any) -> None:
+    """The legend of ``ax`` (and of the ``more`` axes) under the figure when the figure is
+    ours, else inside ``ax``.
 
     Under the figure it takes at most ``ncol`` columns, fewer when a row would be wider than the
-    figure (measured after layout), so that it never leaves the canvas.
+    figure (measured after layout), so that it never leaves the canvas; an entry repeated on
+    several axes is listed once.
     """
     if not own_figure:
         legend(ax, **kwargs)
         return
-    handles, labels = ax.get_legend_handles_labels()
+    entries: dict[str, Any] = {}
+    for source in (ax, *more):
+        for handle, label in zip(*source.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    handles, labels = list(entries.values()), list(entries)
     for columns in range(max(ncol, 1), 0, -1):
         below = fig.legend(handles, labels, loc="outside lower center", frameon=False,
                            handlelength=2.2, ncols=columns, **kwargs)

@@ -15,7 +15,6 @@ from sigprop.plotting._helpers import (
     band_line,
     canvas,
     integer_blocks,
-    legend,
     log_or_nan,
     outside_legend,
     scale_y,
@@ -82,7 +81,11 @@ def plot_sqrt_depth_law(traces: Sequence[Trace], labels: Sequence[str] | None = 
 
 @dataclass(frozen=True, slots=True)
 class SweepPoint:
-    """The end of one network of a depth sweep: geometric mean over runs, theory where known."""
+    """The growth of one network of a depth sweep: geometric mean over runs, theory where known.
+
+    ``value`` is ``E[x_d^2] / E[x_0^2]``, the skip path's second moment after the last block
+    over the one entering the first; ``lo, hi`` its 95% interval; ``theory`` the closed form's.
+    """
 
     depth: int
     value: float
@@ -91,15 +94,21 @@ class SweepPoint:
     theory: float
     overflow: bool
 
+    def per_block(self) -> SweepPoint:
+        """The same point as a factor per block, ``value ** (1/d)`` (interval and theory too)."""
+        root = 1 / self.depth
+        return SweepPoint(self.depth, self.value**root, self.lo**root, self.hi**root,
+                          self.theory**root, self.overflow)
+
 
 def sweep_points(traces: Sequence[Trace]) -> list[SweepPoint]:
-    """For each trace: the second moment of the skip path after its last block, ``E[x_d^2]``.
+    """For each trace: the skip path's growth over the network, ``E[x_d^2] / E[x_0^2]``.
 
-    That is the last block's output (the skip path's next value), whose closed forms are
-    ``m2_0 + d`` (BN v2), ``2^d m2_0`` (unnormalized), ``m2_0`` (SkipInit, alpha = 0) and
-    ``(1 + 1/d)^d m2_0 ~ e m2_0`` (branch / sqrt(d)). Seeds of a geometric quantity differ by
-    factors, so ``value`` is the geometric mean over runs and ``lo, hi`` the 95% interval of the
-    mean log value.
+    ``E[x_d^2]`` is the last block's output (the skip path's next value), ``E[x_0^2]`` the skip
+    path entering the first block; their closed forms are ``1 + f d / m2_0`` (BN v2), ``(1 +
+    f)^d`` (unnormalized), 1 (SkipInit, alpha = 0) and ``(1 + f/d)^d ~ e^f`` (branch /
+    sqrt(d)). Seeds differ by factors, so ``value`` is the geometric mean over runs and ``lo,
+    hi`` the 95% interval of the mean log value.
 
     Args:
         traces: one trace per depth.
@@ -110,15 +119,17 @@ def sweep_points(traces: Sequence[Trace]) -> list[SweepPoint]:
     >>> import sigprop
     >>> trace = sigprop.measure(sigprop.models.resnet(3, width=4, seed=0),
     ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
-    >>> [(p.depth, p.overflow) for p in sweep_points([trace])]
-    [(3, False)]
+    >>> [(p.depth, p.overflow, p.value > 1) for p in sweep_points([trace])]
+    [(3, False, True)]
     """
     points = []
     for trace in traces:
-        last = [log_or_nan(run.blocks[-1].output.m2) for run in trace.runs]
-        mean, (lo, hi) = _mean_interval(np.array([v for v in last if math.isfinite(v)]))
+        growth = [log_or_nan(run.blocks[-1].output.m2) - log_or_nan(run.blocks[0].skip.m2)
+                  for run in trace.runs]
+        mean, (lo, hi) = _mean_interval(np.array([v for v in growth if math.isfinite(v)]))
         prediction = predict(trace)
-        theory = prediction.blocks[-1].output_m2 if prediction is not None else math.nan
+        theory = (prediction.blocks[-1].output_m2 / prediction.blocks[0].skip_m2
+                  if prediction is not None else math.nan)
         points.append(SweepPoint(network_depth(trace), math.exp(mean), math.exp(lo),
                                  math.exp(hi), theory, trace.first_overflow is not None))
     return sorted(points, key=lambda p: p.depth)
@@ -135,12 +146,14 @@ def _mean_interval(samples: np.ndarray) -> tuple[float, tuple[float, float]]:
 def plot_depth_sweep(sweeps: Mapping[str, Sequence[Trace]], *,
                      explosive: Sequence[str] = (), axes: Sequence[Axes] | None = None
                      ) -> Figure:
-    """``E[x_d^2]`` after the last block against the number of blocks ``d``.
+    """The skip path's growth over the network, ``E[x_d^2] / E[x_0^2]``, against ``d`` blocks.
 
     One line per variant (geometric mean over runs with 95% error bars), its theory dashed in
     the same colour; depths at which a variant overflows are left out and said in the legend.
-    Variants named in ``explosive`` get a second panel with a linear ``d`` axis, where geometric
-    growth is a straight line and cannot squash the others.
+    Variants named in ``explosive`` get a second panel showing their growth *per block*,
+    ``(E[x_d^2] / E[x_0^2])^(1/d)``, on linear axes: a geometric explosion is a constant there,
+    and its finite-width gap to the theory is read off directly instead of compounding over
+    ``d`` blocks.
 
     Args:
         sweeps: legend label -> the traces of that variant at several depths.
@@ -163,12 +176,14 @@ def plot_depth_sweep(sweeps: Mapping[str, Sequence[Trace]], *,
         raise ValueError(f"explosive names {unknown} that are not in sweeps: {list(sweeps)}")
     colors = palette()
     markers = "osD^v<>"
+    depths = sorted({network_depth(t) for traces in sweeps.values() for t in traces})
     with canvas(axes, 2 if explosive else 1, 1,
-                (DOUBLE_COLUMN if explosive else SINGLE_COLUMN, 3.0)) as (fig, axs):
+                (DOUBLE_COLUMN if explosive else SINGLE_COLUMN, 3.2)) as (fig, axs):
         for k, (label, traces) in enumerate(sweeps.items()):
-            axis = axs[1] if label in explosive else axs[0]
+            per_block = label in explosive
+            axis = axs[1] if per_block else axs[0]
             color = colors[k % len(colors)]
-            points = sweep_points(traces)
+            points = [p.per_block() if per_block else p for p in sweep_points(traces)]
             finite = [p for p in points if not p.overflow]
             overflowed = [p.depth for p in points if p.overflow]
             text = label + (f" (non-finite at d = {overflowed[0]})" if overflowed else "")
@@ -179,18 +194,21 @@ def plot_depth_sweep(sweeps: Mapping[str, Sequence[Trace]], *,
             theory = [p for p in finite if math.isfinite(p.theory)]
             axis.plot([p.depth for p in theory], [p.theory for p in theory], color=color,
                       **_SWEEP_THEORY)
-        depths = sorted({network_depth(t) for traces in sweeps.values() for t in traces})
         for n, axis in enumerate(axs):
             axis.plot([], [], color="0.3", label="theory (same colour)", **_SWEEP_THEORY)
-            axis.set_yscale("log")
-            axis.set_ylabel(r"$E[x_d^2]$ after the last block")
             axis.set_xlabel("number of residual blocks $d$")
-            legend(axis, loc="upper left")
+            axis.set_xscale("log", base=2)
+            shown = [d for d in depths if any(x == d for line in axis.get_lines()
+                                              for x in np.asarray(line.get_xdata()))]
+            axis.set_xticks(shown, [str(d) for d in shown])
+            axis.minorticks_off()
             if n == 0:
-                axis.set_xscale("log", base=2)
-                axis.set_xticks(depths, [str(d) for d in depths])
-                axis.minorticks_off()
-                axis.set_title("Skip path at the end of the network")
+                axis.set_yscale("log")
+                axis.set_ylabel(r"$E[x_d^2]\,/\,E[x_0^2]$ over the network")
+                axis.set_title("Growth of the skip path over the network")
             else:
-                axis.set_title("Geometric growth (linear $d$ axis)")
+                axis.set_ylabel(r"$(E[x_d^2]\,/\,E[x_0^2])^{1/d}$")
+                axis.set_title("Geometric growth: factor per block")
+                scale_y(axis, LINEAR)
+        outside_legend(fig, axs[0], axes is None, ncol=3, more=axs[1:])
     return fig
