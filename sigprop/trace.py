@@ -16,6 +16,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "BNMode",
     "BatchNorms",
     "Block",
     "BlockStats",
@@ -29,6 +30,13 @@ __all__ = [
     "Trace",
     "TraceFormatError",
 ]
+
+
+class BNMode(StrEnum):
+    """Which statistics batch-norm layers normalize with while measuring."""
+
+    TRAIN = "train"  # batch statistics: the paper's setting at initialization
+    EVAL = "eval"  # running statistics (mean 0 / var 1 when fresh: BN is then the identity)
 
 
 class Shortcut(StrEnum):
