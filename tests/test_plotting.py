@@ -253,5 +253,5 @@ def test_lines_and_bands_stop_where_the_first_seed_overflows() -> None:
         assert drawn and all(np.asarray(line.get_xdata()).max() == ends[0] - 1
                              for line in drawn), ax.get_title()
         for band in ax.collections:
-            assert band.get_paths()[0].vertices[:, 0].max() == ends[0] - 1
+            assert np.asarray(band.get_paths()[0].vertices)[:, 0].max() == ends[0] - 1
     plt.close(fig)
