@@ -255,3 +255,25 @@ def test_lines_and_bands_stop_where_the_first_seed_overflows() -> None:
         for band in ax.collections:
             assert np.asarray(band.get_paths()[0].vertices)[:, 0].max() == ends[0] - 1
     plt.close(fig)
+
+
+def test_notebook_display_trace_plot_report_and_audit_tables() -> None:
+    from sigprop.audit import audit
+    from sigprop.stats import report
+
+    trace = traced(8)
+    fig = trace.plot(theory=False)
+    assert len(fig.axes) == 6 and not any(line.get_label() == "_theory"
+                                          for line in fig.axes[3].get_lines())
+    plt.close(fig)
+    result = report(trace)
+    table = result._repr_html_()
+    assert table.startswith("<table><caption>theory vs measurement")
+    assert table.count("<tr>") == 1 + len(result.verdicts)  # header + one row per verdict
+    for verdict in result.verdicts:
+        assert f"<td>{verdict.outcome.value}</td>" in table
+    findings = audit(trace, result=result)
+    assert isinstance(findings, list) and findings == list(findings)
+    rows = findings._repr_html_()
+    assert rows.count("<tr>") == 1 + len(findings)
+    assert all(f"<td>{f.id}</td><td>{f.status.value}</td>" in rows for f in findings)
