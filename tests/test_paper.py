@@ -177,7 +177,7 @@ def test_normalizer_free_family_beside_batch_norm(quick: Path) -> None:
     assert set(frame.depth) == {depth}
     # Fixup with its zero last layers: every block exactly the identity, in theory too.
     assert (measured(frame, fixup, "residual_m2").to_numpy() == 0).all()
-    assert (measured(frame, fixup, "cosine").to_numpy() == 1).all()
+    assert (measured(frame, fixup, "one_minus_cosine").to_numpy() == 0).all()
     skip = measured(frame, fixup, "skip_m2").to_numpy()
     assert np.allclose(skip, skip[:, :1], rtol=0, atol=0)
     theory = frame[frame.source == "theory"]
