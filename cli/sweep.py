@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from ._errors import UsageError, reports_usage_errors
+from ._errors import INTERRUPTED, UsageError, reports_usage_errors
 from ._sources import parse_literal
 
 if TYPE_CHECKING:
@@ -125,9 +125,9 @@ def sweep_command(
                                   ("device", device)) if v is not None}
     grid = _grid(config, axes, settings)
     runner = _executor(executor, workers, threads, ray_address, cpus_per_task, gpus_per_task, grid)
-    from ._run import prepare_out
+    from ._files import check_writable
 
-    prepare_out(out)
+    check_writable(out)
     started = time.perf_counter()
     # `kill` stops a sweep as Ctrl-C does: the executor stops its workers on the way out.
     previous = signal.signal(signal.SIGTERM, _interrupt)
@@ -136,7 +136,7 @@ def sweep_command(
     except KeyboardInterrupt:
         typer.echo(f"interrupted: the points done are kept in {out}/points; run the same "
                    "command again to resume", err=True)
-        raise typer.Exit(130) from None
+        raise typer.Exit(INTERRUPTED) from None
     finally:
         signal.signal(signal.SIGTERM, previous)
     figures = _figures(sweep, out)
@@ -215,11 +215,13 @@ def _figures(sweep: Sweep, out: Path) -> list[str]:
 
     from sigprop.plotting import plot_sweep
 
+    from ._files import write_files
+
     written = []
     for axis in _SIZE_AXES:
         if axis in sweep.fits.columns and sweep.fits[axis].nunique() > 1:
             fig = plot_sweep(sweep.fits, axis)
-            fig.savefig(out / f"sweep-{axis}.png")
+            write_files(out, {f"sweep-{axis}.png": fig.savefig})
             plt.close(fig)
             written.append(f"sweep-{axis}.png")
     return written

@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -30,16 +29,15 @@ __all__ = ["POINTS_DIR", "fit_table", "load_outcome", "point_table", "save_outco
 POINTS_DIR = "points"
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file in the same folder, then rename it:
-    a reader sees the old file or the new one, never a part."""
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
+    """Have ``write`` write a temporary file beside ``path``, then rename it to ``path``: a
+    reader sees the old file or the new one, never a part."""
+    temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
     try:
-        with os.fdopen(handle, "w") as file:
-            file.write(text)
+        write(temporary)
         os.replace(temporary, path)
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 
@@ -53,7 +51,8 @@ def save_outcome(out: Path, point: Point, outcome: Outcome) -> None:
            "seed": point.seed, "input_shape": list(point.input_shape), "device": point.device,
            "status": outcome.status.value, "error": outcome.error,
            "elapsed_s": outcome.elapsed_s, "trace": outcome.trace, "report": outcome.report}
-    write_atomic(_point_path(out, point.key), json.dumps(doc, allow_nan=False) + "\n")
+    text = json.dumps(doc, allow_nan=False) + "\n"
+    write_atomic(_point_path(out, point.key), lambda path: path.write_text(text))
 
 
 def load_outcome(out: Path, key: str) -> Outcome | None:

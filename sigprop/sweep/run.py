@@ -132,10 +132,11 @@ def run_sweep(grid: Grid, out: str | Path, executor: Executor | None = None,
         if close is not None:
             close()
     table, fits = point_table(points, outcomes), fit_table(points, outcomes)
-    table.to_parquet(out / SWEEP_PARQUET, index=False)
-    fits.to_parquet(out / FITS_PARQUET, index=False)
+    write_atomic(out / SWEEP_PARQUET, lambda path: table.to_parquet(path, index=False))
+    write_atomic(out / FITS_PARQUET, lambda path: fits.to_parquet(path, index=False))
     index = _index(grid, points, outcomes, computed, executor, time.perf_counter() - started)
-    write_atomic(out / SWEEP_JSON, json.dumps(index, indent=1, allow_nan=False) + "\n")
+    text = json.dumps(index, indent=1, allow_nan=False) + "\n"
+    write_atomic(out / SWEEP_JSON, lambda path: path.write_text(text))
     return Sweep(points, outcomes, tuple(computed), table, fits, index)
 
 
