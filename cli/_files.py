@@ -9,17 +9,12 @@ runs, and no folder it created for nothing.
 from __future__ import annotations
 
 import os
-import signal
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from pathlib import Path
 
+from sigprop._files import Writer, write_together
+
 from ._errors import UsageError
-
-Writer = Callable[[Path], object]
-"""Writes one file at the path it is given (a temporary name with the final suffix)."""
-
-_HELD = {signal.SIGINT, signal.SIGTERM}
 
 
 def check_writable(out: Path, option: str = "--out") -> None:
@@ -41,29 +36,18 @@ def check_writable(out: Path, option: str = "--out") -> None:
 
 
 def write_files(out: Path, writers: Mapping[str, Writer]) -> None:
-    """Write the files ``{name: writer}`` into the folder ``out``, all of them or none.
-
-    Each file is written to a temporary name, then all are renamed into place together.
-    """
+    """Write the files ``{name: writer}`` into the folder ``out``, all of them or none
+    (:func:`sigprop._files.write_together`), creating ``out`` only now; a folder this run
+    created is removed again if the writing fails."""
     created = _make_folder(out)
-    staged: list[tuple[Path, Path]] = []
     done = False
     try:
-        for name, write in writers.items():
-            final = out / name
-            temporary = out / f".{final.stem}.partial-{os.getpid()}{final.suffix}"
-            staged.append((temporary, final))
-            write(temporary)
-        with _signals_held():
-            for temporary, final in staged:
-                os.replace(temporary, final)
+        write_together(out, writers)
         done = True
     except OSError as e:
         raise UsageError(f"cannot write to {str(out)!r} ({e.strerror or e})") from e
     finally:
         if not done:
-            for temporary, _ in staged:
-                temporary.unlink(missing_ok=True)
             for folder in created:  # innermost first; only those this run made, if still empty
                 try:
                     folder.rmdir()
@@ -80,16 +64,3 @@ def _make_folder(out: Path) -> list[Path]:
         raise UsageError(f"cannot write to --out {str(out)!r} ({e.strerror or e}): choose a "
                          "writable folder") from e
     return missing
-
-
-@contextmanager
-def _signals_held() -> Iterator[None]:
-    """Hold Ctrl-C and SIGTERM back (delivered on exit) where the platform can."""
-    if not hasattr(signal, "pthread_sigmask"):  # Windows: renames stay unguarded
-        yield
-        return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, _HELD)
-    try:
-        yield
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)

@@ -8,8 +8,10 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
+from sigprop._files import Writer
+
 from ._errors import UsageError, reports_usage_errors
-from ._files import Writer, check_writable, write_files
+from ._files import check_writable, write_files
 from ._options import check_threads
 
 if TYPE_CHECKING:

@@ -9,13 +9,13 @@ not depend on who computed the points or in which order they finished.
 from __future__ import annotations
 
 import json
-import os
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from functools import reduce
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sigprop import stats
+from sigprop._files import write_atomic
 from sigprop.sweep.grid import Point
 from sigprop.sweep.point import Outcome, Status
 from sigprop.trace import Trace
@@ -23,22 +23,9 @@ from sigprop.trace import Trace
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["POINTS_DIR", "fit_table", "load_outcome", "point_table", "save_outcome",
-           "write_atomic"]
+__all__ = ["POINTS_DIR", "fit_table", "load_outcome", "point_table", "save_outcome"]
 
 POINTS_DIR = "points"
-
-
-def write_atomic(path: Path, write: Callable[[Path], object]) -> None:
-    """Have ``write`` write a temporary file beside ``path``, then rename it to ``path``: a
-    reader sees the old file or the new one, never a part."""
-    temporary = path.with_name(f".{path.stem}.partial-{os.getpid()}{path.suffix}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    except BaseException:
-        temporary.unlink(missing_ok=True)
-        raise
 
 
 def _point_path(out: Path, key: str) -> Path:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from sigprop._files import write_together
 from sigprop._version import __version__
 from sigprop.sweep.executors import Executor, LocalExecutor
 from sigprop.sweep.grid import Grid, Point
@@ -22,7 +23,6 @@ from sigprop.sweep.results import (
     load_outcome,
     point_table,
     save_outcome,
-    write_atomic,
 )
 
 if TYPE_CHECKING:
@@ -132,11 +132,12 @@ def run_sweep(grid: Grid, out: str | Path, executor: Executor | None = None,
         if close is not None:
             close()
     table, fits = point_table(points, outcomes), fit_table(points, outcomes)
-    write_atomic(out / SWEEP_PARQUET, lambda path: table.to_parquet(path, index=False))
-    write_atomic(out / FITS_PARQUET, lambda path: fits.to_parquet(path, index=False))
     index = _index(grid, points, outcomes, computed, executor, time.perf_counter() - started)
     text = json.dumps(index, indent=1, allow_nan=False) + "\n"
-    write_atomic(out / SWEEP_JSON, lambda path: path.write_text(text))
+    # The tables and their index together: never the tables of one run beside another's index.
+    write_together(out, {SWEEP_PARQUET: lambda path: table.to_parquet(path, index=False),
+                         FITS_PARQUET: lambda path: fits.to_parquet(path, index=False),
+                         SWEEP_JSON: lambda path: path.write_text(text)})
     return Sweep(points, outcomes, tuple(computed), table, fits, index)
 
 
