@@ -268,8 +268,8 @@ def test_tokens_are_channels_last_and_the_positional_embedding_is_not_a_block() 
     x = torch.randn(1, 5, 3)  # batch 1: the embedding has exactly the activations' shape
     blocks = find_blocks(Tokens(), x)
     assert [(b.name, b.shortcut.value, b.channels_last) for b in blocks] == [
-        ("blocks.0", "identity", True), ("blocks.0", "identity", True),
-        ("blocks.1", "identity", True), ("blocks.1", "identity", True)]
+        ("blocks.0.mix", "identity", True), ("blocks.0.mlp", "identity", True),
+        ("blocks.1.mix", "identity", True), ("blocks.1.mlp", "identity", True)]
     assert all(not b.channels_last for b in find_blocks(LoopNet(), X))
 
 
