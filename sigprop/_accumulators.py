@@ -9,7 +9,6 @@ and to :meth:`~Accumulator.commit` once it is known to be a residual block.
 
 from __future__ import annotations
 
-import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -85,39 +84,23 @@ class Accumulator(ABC):
         return results
 
 
-def _version(t: torch.Tensor) -> int | None:
-    """The in-place modification counter of ``t`` (None for inference tensors: untracked)."""
-    return None if t.is_inference() else t._version
-
-
 class FastAccumulator(Accumulator):
-    """Reduces each tensor as it is; three reductions per block in a chain.
+    """Reduces each tensor as it is; five reductions per block.
 
-    Two shortcuts spare work. The skip operand of a block is very often the output of the block
-    before (a chain of identity shortcuts); its sums are then reused, as long as the tensor has
-    not been modified in place since. And the channel sums of the output are those of skip and
-    residual added (``output = skip + residual``), formed on the host: only its squares need a
-    pass. A block in a chain costs three reductions.
+    The channel sums of the output are those of skip and residual added (``output = skip +
+    residual``), formed on the host: only its squares need a pass (not for bfloat16/float16
+    sums, rounded more than their float32 sums). The skip is reduced even when it is the
+    output of the block before, unchanged as far as its version counter can tell: a write
+    through ``.data`` or a kernel of its own bypasses that counter, so reusing the earlier sums
+    cannot be proven safe (see docs/performance.md).
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        # The last output reduced: the tensor, its version counter then, and its sums.
-        self._last: tuple[weakref.ref[torch.Tensor], int | None, Reduced] | None = None
-
-    def _reused(self, skip: torch.Tensor) -> Reduced | None:
-        last = self._last
-        if last is None or last[0]() is not skip or last[1] is None:
-            return None
-        return last[2] if _version(skip) == last[1] else None
 
     def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool
                  ) -> Addition:
         channel = channel_dim(skip.ndim, channels_last)
         shape = skip.shape if skip.shape == residual.shape else None
-        reused = self._reused(skip)
-        reduced_skip = self._reducer.reduce(skip, channel) if reused is None else reused
-        return Addition(reduced_skip, self._reducer.reduce(residual, channel), channel, shape)
+        return Addition(self._reducer.reduce(skip, channel),
+                        self._reducer.reduce(residual, channel), channel, shape)
 
     def output(self, addition: Addition, output: torch.Tensor) -> Addition:
         # A bfloat16/float16 sum is rounded far more than its float32 channel sums: measure
@@ -125,7 +108,6 @@ class FastAccumulator(Accumulator):
         exact = addition.shape == output.shape and output.element_size() >= 4
         sum_of = (addition.skip, addition.residual) if exact else None
         addition.output = self._reducer.reduce(output, addition.channel, sum_of=sum_of)
-        self._last = (weakref.ref(output), _version(output), addition.output)
         return addition
 
 
@@ -134,8 +116,8 @@ class SafeAccumulator(Accumulator):
 
     Each tensor (skip, residual, output) is multiplied by ``2^-e`` with ``max |x| < 2^e`` before
     it is reduced, so a small residual next to a huge skip keeps all its digits. Slower than
-    :class:`FastAccumulator` (a peak, a scaling and one more pass per tensor; no sums reused or
-    formed on the host), and used only after it overflowed.
+    :class:`FastAccumulator` (a peak, a scaling and one more pass per tensor; no sums formed on
+    the host), and used only after it overflowed.
     """
 
     def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool

@@ -90,7 +90,7 @@ def test_measure_is_within_1e_5_of_a_float64_reference_of_the_same_activations(n
             assert measured.sq_mean == pytest.approx(sq_mean, rel=1e-5)
 
 
-def test_skip_sums_are_reused_only_while_the_tensor_is_unchanged() -> None:
+def test_each_skip_is_measured_as_it_is_when_added() -> None:
     from sigprop._accumulators import FastAccumulator
 
     x = offset_input((2, 3, 4, 4), seed=4, dtype=torch.float32)
@@ -102,11 +102,11 @@ def test_skip_sums_are_reused_only_while_the_tensor_is_unchanged() -> None:
 
     out = x + r
     add(x, r, out)
-    add(out, r, out + r)  # skip is the previous output: reused
-    out.mul_(2.0)  # modified in place: its old sums no longer apply
+    add(out, r, out + r)  # skip is the previous output, unchanged
+    out.mul_(2.0)  # modified in place
     add(out, r, out + r)
     (_, _, first_out, _), (second_skip, _, _, _), (third_skip, _, _, _) = acc.results()
-    assert second_skip == first_out
+    assert second_skip.m2 == pytest.approx(first_out.m2, rel=1e-6)
     assert third_skip.m2 == pytest.approx(4 * first_out.m2, rel=1e-6)
     assert third_skip == sigprop.moments(out)
 
