@@ -7,6 +7,7 @@ from dataclasses import fields
 
 import pytest
 import torch
+import torch.fx
 from torch import nn
 
 import sigprop
@@ -374,3 +375,66 @@ def test_the_trace_carries_the_blocks_as_found(model: nn.Module, x: torch.Tensor
     found = find_blocks(model, x, blocks=named)
     measured = measure(model, x, blocks=named).runs[0].blocks
     assert described(measured) == described(found) and len(found) >= 2
+
+
+def test_post_ln_transformer_ffn_addition_is_an_identity_block() -> None:
+    # y = LN(x + attn(x)); z = LN(y + ffn(y)): the FFN's skip is the tensor its branch starts
+    # from. Two identity blocks per layer, one stage, named after their branches.
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    assert names(model, torch.randn(2, 5, 8)) == [
+        (f"layers.{i}.{branch}", 0, "identity") for i in range(2)
+        for branch in ("self_attn", "linear1")]
+
+
+class Stack(nn.Module):
+    """A residual connection around two residual blocks, and nothing else on its branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(Bottleneckish(4, 4), Bottleneckish(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def test_an_addition_around_residual_blocks_alone_is_found_after_them() -> None:
+    # The shortest path through the branch runs through the inner skips (no layer on it).
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), Stack(), Stack())
+    assert names(model, X) == [(f"{k}{inner}", 0, "identity") for k in (1, 2)
+                               for inner in (".body.0", ".body.1", "")]
+
+
+class Swapped(nn.Module):
+    """Blocks on ``(N, L, C)`` built with swapaxes, movedim, moveaxis and swapdims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Linear(4, 4)
+        self.g = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.swapaxes(1, 2)
+        y = y + self.f(y)
+        z = torch.movedim(y, 2, 1)
+        return z + self.g(z.moveaxis(1, 2)).swapdims(1, 2)
+
+
+def test_swapaxes_and_movedim_are_layout_only() -> None:
+    assert [(b.name, b.shortcut.value) for b in find_blocks(Swapped(), torch.randn(2, 4, 6))] \
+        == [("f", "identity"), ("g", "identity")]
+
+
+def test_a_module_used_in_two_places_is_named_after_each_call_site() -> None:
+    shared = Bottleneckish(4, 4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sequential(shared), nn.Sequential(shared))
+    assert names(model, X) == [("1.0", 0, "identity"), ("2.0", 0, "identity")]
+
+
+def test_an_fx_graph_module_gives_the_blocks_of_the_eager_model() -> None:
+    eager = nn.Sequential(nn.Conv2d(3, 4, 1), Bottleneckish(4, 4), Bottleneckish(4, 8, 2),
+                          Bottleneckish(8, 8))
+    traced = torch.fx.symbolic_trace(eager)
+    assert names(traced, X) == names(eager, X) == [
+        ("1", 0, "identity"), ("2", 1, "projection"), ("3", 1, "identity")]
