@@ -29,13 +29,22 @@ from ._errors import UsageError
 STATS_JSON, STATS_CSV, SPP_PNG = "stats.json", "stats.csv", "spp.png"
 
 
+ModelInputs = tuple[tuple[Any, ...], dict[str, Any]]
+"""The arguments of a model's forward: positional and keyword inputs."""
+
+
 @dataclass(frozen=True)
 class Analysis:
-    """What to measure: a builder (seed -> model and its configuration) and its input shape."""
+    """What to measure: a builder (seed -> model and its configuration) and its input.
+
+    The input is a Gaussian batch of ``input_shape``, unless ``inputs`` makes it
+    (``(seed, device) -> (args, kwargs)``: token ids, or tensors loaded from a file).
+    """
 
     build: Callable[[int], tuple[nn.Module, dict[str, Any]]]
     input_shape: tuple[int, ...]
     expected_blocks: int | None
+    inputs: Callable[[int, torch.device], ModelInputs] | None = None
 
 
 def check_positive(option: str, value: int, unit: str) -> None:
@@ -104,8 +113,15 @@ def collect(analysis: Analysis, options: RunOptions, out: Path | None) -> Collec
             model, model_info = _build(analysis, options.seed + k, device)
             spec = sigprop.InputSpec("gaussian", analysis.input_shape, options.seed + k)
             try:
-                traces.append(sigprop.measure(model, spec, bn_mode=options.bn_mode,
-                                              model_info=model_info, progress=advance))
+                args, kwargs = ((None, {}) if analysis.inputs is None
+                                else analysis.inputs(options.seed + k, device))
+            except ValueError as e:
+                raise UsageError(str(e)) from e
+            try:
+                traces.append(sigprop.measure(
+                    model, spec if args is None else None, args=args, kwargs=kwargs,
+                    seed=options.seed + k, bn_mode=options.bn_mode, model_info=model_info,
+                    progress=advance))
             except sigprop.ForwardError as e:
                 raise UsageError(str(e)) from e
     trace = reduce(sigprop.Trace.merge, traces)

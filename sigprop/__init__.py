@@ -12,7 +12,14 @@ from sigprop._moments import moments
 from sigprop._version import __version__
 from sigprop.blocks import ResidualAdd
 from sigprop.finding import NoResidualBlockError
-from sigprop.recording import BNMode, ForwardError, find_blocks, gaussian_input, measure
+from sigprop.recording import (
+    BNMode,
+    ForwardError,
+    find_blocks,
+    gaussian_input,
+    measure,
+    token_input,
+)
 from sigprop.trace import (
     BatchNorms,
     Block,
@@ -51,4 +58,5 @@ __all__ = [
     "measure",
     "models",
     "moments",
+    "token_input",
 ]

@@ -27,6 +27,7 @@ __all__ = [
     "find_blocks",
     "gaussian_input",
     "measure",
+    "token_input",
 ]
 
 
@@ -53,6 +54,21 @@ def gaussian_input(
     """
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=generator).to(device)
+
+
+def token_input(shape: tuple[int, ...], vocab_size: int, seed: int = 0,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """Token ids drawn uniformly from ``[0, vocab_size)`` by a private generator (int64).
+
+    Drawn on the CPU and then moved, as :func:`gaussian_input`.
+
+    >>> token_input((2, 3), vocab_size=10, seed=0).dtype
+    torch.int64
+    """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be an integer >= 1, got {vocab_size!r}")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, shape, generator=generator).to(device)
 
 
 class _NoStats:
