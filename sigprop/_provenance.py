@@ -127,13 +127,14 @@ class Provenance:
         for tensor in outputs:
             self._labels[tensor] = derived
 
-    def owner(self, label_a: Label, label_b: Label) -> tuple[Call, bool, Shortcut, int] | None:
+    def owner(self, label_a: Label, label_b: Label
+              ) -> tuple[Call, bool, Shortcut, int] | None:
         """The call owning the addition of two labeled operands, or None if not residual.
 
         Returns the call, whether ``a`` is the skip, the shortcut, and the serial of the first
-        module call that may be on the branch (the ``since`` of the skip's root). The skip derives from a
-        root of the call by a strictly shorter path than the residual branch, of at most
-        :data:`SHORT_PATH` operations; the branch runs more parametrized layers and stays
+        module call that may be on the branch (the ``since`` of the skip's root). The skip
+        derives from a root of the call by a strictly shorter path than the residual branch, of
+        at most :data:`SHORT_PATH` operations; the branch runs more parametrized layers and stays
         inside the call. A skip that is the very tensor a finished call started from, added to
         a branch through that call inside the still running parent, is an identity shortcut of
         the parent (``y + linear2(act(linear1(y)))`` in a layer's forward). Preference, most

@@ -240,7 +240,8 @@ def eager_model(model: nn.Module) -> nn.Module:
                 "model first, e.g. model.to_empty(device='cpu') and initialize or load weights"
             )
     lazy = [name or type(model).__name__ for name, m in model.named_modules()
-            if isinstance(m, nn.modules.lazy.LazyModuleMixin) and m.has_uninitialized_params()]
+            if any(isinstance(p, nn.parameter.UninitializedParameter)
+                   for p in m.parameters(recurse=False))]
     if lazy:
         raise ValueError(
             f"model has uninitialized lazy modules ({', '.join(lazy[:3])}): run one forward "

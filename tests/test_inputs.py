@@ -89,6 +89,7 @@ def test_a_compiled_model_is_measured_through_its_eager_module() -> None:
     torch.manual_seed(0)
     model = nn.Sequential(Block(), Block())
     compiled = torch.compile(model)
+    assert isinstance(compiled, nn.Module)  # an OptimizedModule wrapping model, not compiled yet
     x = torch.randn(8, 4)
     before = snapshot(model)
     trace = sigprop.measure(compiled, x)
@@ -101,8 +102,8 @@ def test_a_compiled_model_is_measured_through_its_eager_module() -> None:
 def test_models_that_cannot_be_hooked_are_refused_with_the_fix() -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated
-        scripted = torch.jit.trace(Block(), torch.randn(2, 4))
-    with pytest.raises(TypeError, match="TorchScript .* measure the model before torch.jit"):
+        scripted = torch.jit.trace(Block(), torch.randn(2, 4))  # type: ignore[no-untyped-call]
+    with pytest.raises(TypeError, match=r"TorchScript .* measure the model before torch\.jit"):
         sigprop.measure(scripted, torch.randn(2, 4))
     with torch.device("meta"):
         on_meta = Block()
@@ -111,7 +112,7 @@ def test_models_that_cannot_be_hooked_are_refused_with_the_fix() -> None:
     lazy = nn.Sequential(nn.LazyLinear(4), Block())
     with pytest.raises(ValueError, match=r"uninitialized lazy modules \(0\): run one forward"):
         sigprop.measure(lazy, torch.randn(2, 3))
-    with pytest.raises(TypeError, match="must be a torch.nn.Module, got function"):
+    with pytest.raises(TypeError, match=r"must be a torch\.nn\.Module, got function"):
         sigprop.measure(lambda x: x, torch.randn(2, 4))  # type: ignore[arg-type]
 
 
