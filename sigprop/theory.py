@@ -79,6 +79,7 @@ class BlockPrediction:
     residual_m2: float
     skip_var: float = math.nan
     skip_sq_mean: float = math.nan
+    residual_sq_mean: float = math.nan
 
     @property
     def ratio(self) -> float:
@@ -89,6 +90,21 @@ class BlockPrediction:
     def output_m2(self) -> float:
         """Predicted second moment of ``skip + residual`` (independent operands add)."""
         return self.skip_m2 + self.residual_m2
+
+    @property
+    def residual_var(self) -> float:
+        """Predicted average channel variance of the residual branch."""
+        return self.residual_m2 - self.residual_sq_mean
+
+    @property
+    def output_var(self) -> float:
+        """Predicted average channel variance of the block's output (the sum)."""
+        return self.skip_var + self.residual_var
+
+    @property
+    def output_sq_mean(self) -> float:
+        """Predicted average channel squared mean of the block's output (independent means add)."""
+        return self.skip_sq_mean + self.residual_sq_mean
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +121,10 @@ class Prediction:
             families (2 for unnormalized, 1 + alpha^2 for SkipInit, 1 + 1/d for sqrt-depth and
             for Fixup without its zero last layer); 1 for identity blocks (SkipInit at
             alpha = 0, Fixup, NF with zero-initialized gains); None for linear ones (BN, NF).
+        proportional: whether each branch's second moment is proportional to its skip path's
+            (no normalization in the branch: unnormalized, SkipInit, sqrt-depth, NF, Fixup
+            without its zero last layer), so that a block's effect on the skip path is a
+            factor, not an increment. The fits use it to build the skip slopes' intervals.
     """
 
     family: str
@@ -112,6 +132,7 @@ class Prediction:
     exact: bool
     blocks: tuple[BlockPrediction, ...]
     growth: float | None = None
+    proportional: bool = False
 
 
 @cache
@@ -322,7 +343,8 @@ def predict(trace: Trace) -> Prediction | None:
         image = images[stage]
         previous = None if image is None else (image, output)
     return Prediction(family.name, _rule(family, images[0], circular), family.exact,
-                      tuple(predictions), family.growth)
+                      tuple(predictions), family.growth,
+                      proportional=not family.normalized and family.branch_gain > 0)
 
 
 def _anchor(trace: Trace, index: int) -> tuple[float, float, float]:
@@ -381,7 +403,8 @@ def _predict_stage(trace: Trace, family: _Family, image: _Image | None, start: i
         known = family.split is not None
         out.append(BlockPrediction(start + offset, stage, skip_m2, residual_m2,
                                    skip_var if known else math.nan,
-                                   skip_sq if known else math.nan))
+                                   skip_sq if known else math.nan,
+                                   sq_step if known else math.nan))
         skip_var += residual_m2 - sq_step
         skip_sq += sq_step
         profile = profile + branch
