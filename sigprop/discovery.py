@@ -170,15 +170,14 @@ class _Engine(ABC):
     def branch_name(self, owner: Call, since: int) -> str | None:
         """The module a residual branch of ``owner`` runs through, to tell its blocks apart.
 
-        Among the parametrized modules called from ``owner``'s forward since the branch started
-        (serial ``since``): their longest common qualified prefix if it is inside ``owner``
-        (an fx GraphModule calls ``layer1.0.conv1`` ... directly: ``layer1.0``), else the one
-        with the most parameters (``self_attn``, ``mlp``). None if there is none.
+        Of the modules called from ``owner``'s forward since the branch started (serial
+        ``since``): the longest common qualified prefix of the parametrized ones if it lies
+        inside ``owner`` (an fx GraphModule calls ``layer1.0.conv1`` ... directly: ``layer1.0``),
+        else the first that is not a normalization (``self_attn``, ``mlp``; not ``norm1``).
+        None if there is none.
         """
-        called = [c for c in owner.children if c.serial >= since and self._size(c.module)]
-        if not called:
-            return None
-        parts = [c.name.split(".") for c in called]
+        called = [c for c in owner.children if c.serial >= since]
+        parts = [c.name.split(".") for c in called if self._size(c.module)]
         common = []
         for level in zip(*parts, strict=False):
             if any(p != level[0] for p in level):
@@ -187,7 +186,8 @@ class _Engine(ABC):
         prefix = ".".join(common)
         if prefix and not (owner.name + ".").startswith(prefix + "."):
             return prefix
-        return max(called, key=lambda c: self._size(c.module)).name
+        return next((c.name for c in called
+                     if "norm" not in type(c.module).__name__.lower()), None)
 
     def _size(self, module: nn.Module) -> int:
         size = self._sizes.get(id(module))

@@ -10,6 +10,7 @@ each addition's tensors to a :class:`Recorder` as the addition runs, and reports
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -56,7 +57,7 @@ class FoundBlocks:
         self._progress = progress
         self._blocks: list[Block] = []
         self._gains: list[tuple[GainTerm, ...]] = []  # per block, read after the pass
-        self._shape: tuple[int, ...] | None = None  # of the last block's sum, batch left out
+        self._size: tuple[int, int] | None = None  # (width, positions) of the last block's sum
         # Per block: the module call that owns it and the module its branch runs through.
         self._calls: list[tuple[object | None, str | None]] = []
 
@@ -71,16 +72,20 @@ class FoundBlocks:
         """Number an addition, whose tensors ``reduced`` holds, as the next block.
 
         A new stage starts at a projection shortcut after the first block, and where the sum's
-        shape (``shape``, without the batch) differs from the last block's: resolution or width
-        changed between the blocks (ConvNeXt, Swin and MobileNet downsample outside them).
+        width (channels) or number of positions differs from the last block's (``shape`` is
+        without the batch): resolution or width changed between the blocks (ConvNeXt, Swin and
+        MobileNet downsample outside them). A layout change alone, ``(H, W, C)`` to
+        ``(H * W, C)`` or windows of tokens, is not a new stage.
         ``call`` identifies the module call that owns the addition and ``branch`` names the
         module its branch runs through: when one call owns several blocks, they are named after
         their branches (see :meth:`blocks`).
         """
         last = self.last
-        new_stage = shortcut is Shortcut.PROJECTION or shape != self._shape
+        width = shape[-1] if channels_last else shape[0]
+        size = (width, math.prod(shape) // max(width, 1))
+        new_stage = shortcut is Shortcut.PROJECTION or size != self._size
         stage = 0 if last is None else last.stage + new_stage
-        self._shape = shape
+        self._size = size
         self._blocks.append(Block(len(self._blocks), name, stage, shortcut,
                                   channels_last=channels_last))
         self._gains.append(gains)

@@ -438,3 +438,10 @@ def test_an_fx_graph_module_gives_the_blocks_of_the_eager_model() -> None:
     traced = torch.fx.symbolic_trace(eager)
     assert names(traced, X) == names(eager, X) == [
         ("1", 0, "identity"), ("2", 1, "projection"), ("3", 1, "identity")]
+
+
+def test_a_layout_change_between_blocks_is_not_a_new_stage() -> None:
+    # Swin (timm): attention added on (N, H, W, C), the MLP on (N, H * W, C).
+    blocks = find_blocks(TokenBlock(8), torch.randn(2, 3, 4, 8))
+    assert [(b.name, b.stage, b.channels_last) for b in blocks] == [
+        ("mix", 0, True), ("mlp", 0, True)]
