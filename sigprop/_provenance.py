@@ -59,6 +59,7 @@ class Call:
     active: bool = True
     roots: list[int] = field(default_factory=list)
     children: list[Call] = field(default_factory=list)  # calls started while it ran on top
+    outputs: frozenset[int] = frozenset()  # ids of the tensors it returned, once finished
 
 
 class Provenance:

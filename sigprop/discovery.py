@@ -167,16 +167,16 @@ class _Engine(ABC):
 
         return hook
 
-    def branch_name(self, owner: Call, since: int) -> str | None:
+    def branch_name(self, owner: Call, since: int, skip: torch.Tensor) -> str | None:
         """The module a residual branch of ``owner`` runs through, to tell its blocks apart.
 
         Of the modules called from ``owner``'s forward since the branch started (serial
-        ``since``): the longest common qualified prefix of the parametrized ones if it lies
+        ``since``), except those that returned the skip (``self.shortcut(x) + ...``): the longest common qualified prefix of the parametrized ones if it lies
         inside ``owner`` (an fx GraphModule calls ``layer1.0.conv1`` ... directly: ``layer1.0``),
         else the first that is not a normalization (``self_attn``, ``mlp``; not ``norm1``).
         None if there is none.
         """
-        called = [c for c in owner.children if c.serial >= since]
+        called = [c for c in owner.children if c.serial >= since and id(skip) not in c.outputs]
         parts = [c.name.split(".") for c in called if self._size(c.module)]
         common = []
         for level in zip(*parts, strict=False):
@@ -207,6 +207,7 @@ class _Engine(ABC):
                     break
             else:
                 return
+            call.outputs = frozenset(id(t) for t in _tensors(output))
             weight = getattr(module, "weight", None)
             if (isinstance(module, _NORMS) and isinstance(output, torch.Tensor)
                     and isinstance(weight, torch.Tensor)):
@@ -302,7 +303,8 @@ class _Discovering(_Engine):
             # adds attention, then an MLP): make it a root, so that one is an identity too.
             self._provenance.mark_root(call, out, self._started)
         self._found.add(call.name, shortcut, channels_last, gains, reduced,
-                        tuple(out.shape[1:]), call=call, branch=self.branch_name(call, since))
+                        tuple(out.shape[1:]), call=call,
+                        branch=self.branch_name(call, since, skip))
         return (out,)
 
     def _finished(self, call: Call) -> None:

@@ -445,3 +445,25 @@ def test_a_layout_change_between_blocks_is_not_a_new_stage() -> None:
     blocks = find_blocks(TokenBlock(8), torch.randn(2, 3, 4, 8))
     assert [(b.name, b.stage, b.channels_last) for b in blocks] == [
         ("mix", 0, True), ("mlp", 0, True)]
+
+
+class MetaFormerBlock(nn.Module):
+    """timm MetaFormer/CoAtNet style: a parameter-free token mixer, the skip through a module."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.res_scale1 = nn.Identity()
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.token_mixer = nn.AvgPool2d(3, 1, 1)
+        self.layer_scale1 = scaled_conv(dim, 0.5)
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.mlp = branch(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res_scale1(x) + self.layer_scale1(self.token_mixer(self.norm1(x)))
+        return x + self.mlp(self.norm2(x))
+
+
+def test_blocks_of_one_call_are_named_after_their_branch_not_the_skip_or_a_norm() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), MetaFormerBlock())
+    assert names(model, X) == [("1.token_mixer", 0, "identity"), ("1.mlp", 0, "identity")]
