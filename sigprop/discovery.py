@@ -171,10 +171,10 @@ class _Engine(ABC):
         """The module a residual branch of ``owner`` runs through, to tell its blocks apart.
 
         Of the modules called from ``owner``'s forward since the branch started (serial
-        ``since``), except those that returned the skip (``self.shortcut(x) + ...``): the longest common qualified prefix of the parametrized ones if it lies
-        inside ``owner`` (an fx GraphModule calls ``layer1.0.conv1`` ... directly: ``layer1.0``),
-        else the first that is not a normalization (``self_attn``, ``mlp``; not ``norm1``).
-        None if there is none.
+        ``since``), except those that returned the skip (``self.shortcut(x) + ...``): the
+        longest common qualified prefix of the parametrized ones if it lies inside ``owner``
+        (an fx GraphModule calls ``layer1.0.conv1`` ... directly: ``layer1.0``), else the first
+        that is not a normalization (``self_attn``, ``mlp``; not ``norm1``). None if none.
         """
         called = [c for c in owner.children if c.serial >= since and id(skip) not in c.outputs]
         parts = [c.name.split(".") for c in called if self._size(c.module)]
