@@ -12,7 +12,7 @@ from __future__ import annotations
 import itertools
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 from torch import nn
@@ -37,11 +37,13 @@ class Entry:
         weighted: parametrized layers on the path from the root that runs the most of them (a
             branch made of inner residual blocks is short through their skips, yet runs layers).
         escaped: the path left the call that owns the root after that call returned.
+        crossed: every path from the root runs through the sum of a residual block.
     """
 
     dist: int
     weighted: int
     escaped: bool
+    crossed: bool = False
 
 
 Label = dict[int, Entry]
@@ -116,17 +118,25 @@ class Provenance:
                 elif entry != old:
                     merged[root] = Entry(min(old.dist, entry.dist),
                                          max(old.weighted, entry.weighted),
-                                         old.escaped if old.dist <= entry.dist else entry.escaped)
+                                         old.escaped if old.dist <= entry.dist else entry.escaped,
+                                         old.crossed and entry.crossed)
         derived: Label = {}
         for root, entry in merged.items():
             call = self._root_call[root]
             new = Entry(entry.dist + step, entry.weighted + weighted,
-                        entry.escaped or not (call.active or stays))
+                        entry.escaped or not (call.active or stays), entry.crossed)
             if (call.active or not new.escaped or new.dist <= SHORT_PATH
                     or self._started_in_running_parent(root, call)):
                 derived[root] = new
         for tensor in outputs:
             self._labels[tensor] = derived
+
+    def crossed(self, tensor: torch.Tensor) -> None:
+        """``tensor`` is the sum of a residual block: paths through it cross that block."""
+        label = self._labels.get(tensor)
+        if label is not None:
+            self._labels[tensor] = {root: replace(entry, crossed=True)
+                                    for root, entry in label.items()}
 
     def owner(self, label_a: Label, label_b: Label
               ) -> tuple[Call, bool, Shortcut, int] | None:
@@ -138,11 +148,13 @@ class Provenance:
         at most :data:`SHORT_PATH` operations; the branch runs more parametrized layers and stays
         inside the call. A skip that is the very tensor a finished call started from, added to
         a branch through that call inside the still running parent, is an identity shortcut of
-        the parent (``y + linear2(act(linear1(y)))`` in a layer's forward). Preference, most
-        preferred first: an identity skip over a projection; then a finished call that is an
-        item of a container (``blocks.3``: the ``x = x + block(x)`` loop) over the running
-        calls; then the innermost running call; then the outermost finished call; then the
-        root closest to the skip.
+        the parent (``y + linear2(act(linear1(y)))`` in a layer's forward), unless every path of
+        the branch runs through the sum of a residual block (T5's position bias, passed from
+        layer to layer, is added to attention scores computed from a later layer's input).
+        Preference, most preferred first: an identity skip over a projection; then a finished
+        call that is an item of a container (``blocks.3``: the ``x = x + block(x)`` loop) over
+        the running calls; then the innermost running call; then the outermost finished call;
+        then the root closest to the skip.
         """
         best: tuple[tuple[int, int, int, int], Call, bool, Shortcut, int] | None = None
         for root in label_a.keys() & label_b.keys():
@@ -156,7 +168,7 @@ class Provenance:
             call = self._root_call[root]
             if res.escaped:
                 parent = call.parent
-                if skip.dist > 0 or parent is None or not parent.active:
+                if skip.dist > 0 or res.crossed or parent is None or not parent.active:
                     continue
                 call = parent
             projection = skip.dist > 0

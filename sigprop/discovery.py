@@ -298,6 +298,7 @@ class _Discovering(_Engine):
         skip, residual = (a, b) if a_is_skip else (b, a)
         gains = self._gains.of(residual)
         out, channels_last, reduced = self._run(call, func, args, kwargs, skip, residual)
+        self._provenance.crossed(out)
         if call.active:
             # The sum is the input of the next addition of the same call (a transformer block
             # adds attention, then an MLP): make it a root, so that one is an identity too.

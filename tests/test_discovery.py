@@ -467,3 +467,36 @@ class MetaFormerBlock(nn.Module):
 def test_blocks_of_one_call_are_named_after_their_branch_not_the_skip_or_a_norm() -> None:
     model = nn.Sequential(nn.Conv2d(3, 4, 1), MetaFormerBlock())
     assert names(model, X) == [("1.token_mixer", 0, "identity"), ("1.mlp", 0, "identity")]
+
+
+class BiasLayer(nn.Module):
+    """T5-like: a bias passed to every layer is added to scores computed from the layer input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(4, 4)
+        self.f = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        scores = self.q(x) + bias
+        return x + self.f(scores)
+
+
+class PassedBias(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(1, 4))
+        self.layers = nn.ModuleList(BiasLayer() for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.expand(x.shape[0], -1)  # computed from a parameter only
+        for layer in self.layers:
+            x = layer(x, bias)
+        return x
+
+
+def test_a_bias_passed_from_layer_to_layer_is_not_a_skip() -> None:
+    # The scores of layer 1 derive from the bias through layer 0's residual sum only.
+    blocks = find_blocks(PassedBias(), torch.randn(2, 4))
+    assert [(b.name, b.shortcut.value) for b in blocks] == [
+        (f"layers.{i}", "identity") for i in range(3)]
