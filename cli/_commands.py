@@ -11,19 +11,30 @@ the ``--out``/``--json`` aliases are local to :func:`add_source_commands`.
 from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
 
-import sigprop
-from sigprop import BNMode
-from sigprop.models import Norm, Order, Padding, Variant
-from sigprop.sources import ModelSource, Source
+from sigprop.config import Norm, Order, Padding, Variant
+from sigprop.trace import BNMode
 
 from ._errors import UsageError, reports_usage_errors
-from ._run import Analysis, ModelInputs, RunOptions, check_positive
+from ._files import check_writable
+from ._options import (
+    Analysis,
+    ModelInputs,
+    RunOptions,
+    check_positive,
+    check_seeds,
+    check_threads,
+    parse_blocks,
+)
 from ._sources import load_input, parse_kwargs, parse_shape
+
+if TYPE_CHECKING:
+    import torch
+
+    from sigprop.sources import ModelSource
 
 Action = Callable[[Analysis, RunOptions], None]
 
@@ -34,6 +45,16 @@ Seeds = Annotated[int, typer.Option(
 Device = Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")]
 BatchSize = Annotated[int, typer.Option(help="Images in the Gaussian input batch.")]
 ImageSize = Annotated[int, typer.Option(help="Height and width of the Gaussian input images.")]
+Blocks = Annotated[str | None, typer.Option(
+    metavar="NAME[,NAME...]",
+    help="Qualified names of the block modules (e.g. layer1.0,layer1.1), whose forward returns "
+    "skip + residual: overrides automatic discovery (see docs/discovery.md).",
+    show_default=False)]
+DEFAULT_THREADS = 1
+Threads = Annotated[int, typer.Option(
+    help="Torch CPU threads while measuring (1 to the machine's cores). The default, one, was "
+    "the fastest measured; on cores other jobs use, more threads wait on each other and ran "
+    "up to 10x slower (docs/performance.md).")]
 BN = Annotated[BNMode, typer.Option(
     help="train: BN normalizes with batch statistics (the paper's setting; running statistics "
     "are not updated). eval: BN uses its running statistics.")]
@@ -48,7 +69,7 @@ class InputKindOption(StrEnum):
 
 def model_inputs(input_shape: str | None, kind: InputKindOption, vocab_size: int | None,
                  input_file: Path | None
-                 ) -> tuple[tuple[int, ...], Callable[[int], Callable[[int, torch.device],
+                 ) -> tuple[tuple[int, ...], Callable[[int], Callable[[int, "torch.device"],
                                                                       ModelInputs] | None]]:
     """The shape of one input and, per batch size, how to make the inputs (None: Gaussian).
 
@@ -71,8 +92,16 @@ def model_inputs(input_shape: str | None, kind: InputKindOption, vocab_size: int
     if vocab_size is None or vocab_size < 1:
         raise ValueError(f"--input-kind tokens needs --vocab-size N >= 1, got {vocab_size}")
     vocab = vocab_size
-    return shape, lambda batch: lambda seed, device: (
-        (sigprop.token_input((batch, *shape), vocab, seed, device),), {})
+
+    def tokens(batch: int) -> Callable[[int, "torch.device"], ModelInputs]:
+        def make(seed: int, device: "torch.device") -> ModelInputs:
+            from sigprop.recording import token_input
+
+            return (token_input((batch, *shape), vocab, seed, device),), {}
+
+        return make
+
+    return shape, tokens
 
 
 def image_batch(batch_size: int, image_size: int) -> tuple[int, int, int, int]:
@@ -98,9 +127,12 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
     Json = Annotated[bool, typer.Option("--json", help=json_help)]
 
     def options(seed: int, seeds: int, device: str, bn_mode: BNMode, out: Path | None,
-                json_output: bool) -> RunOptions:
-        check_positive("--seeds", seeds, "run")
-        return RunOptions(seed, seeds, device, bn_mode, out, json_output)
+                json_output: bool, threads: int) -> RunOptions:
+        check_seeds(seed, seeds)
+        check_threads(threads)
+        if out is not None:
+            check_writable(out)
+        return RunOptions(seed, seeds, device, bn_mode, out, json_output, threads)
 
     @app.command("resnet", help=f"{verb} the paper's CIFAR-style ResNet with --depth residual "
                  f"blocks.\n\nExample: sigprop {group} resnet --depth 512")
@@ -149,24 +181,32 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         seeds: Seeds = 1,
         device: Device = "cpu",
         bn_mode: BN = BNMode.TRAIN,
+        blocks: Blocks = None,
+        threads: Threads = DEFAULT_THREADS,
         out: Out = out_default,
         json_output: Json = False,
     ) -> None:
+        from sigprop.sources import ModelSource
+
         input_shape = image_batch(batch_size, image_size)
         model = ModelSource.parse("resnet", depth=depth, variant=variant, norm=norm, width=width,
                                   stages=stages, alpha=alpha, order=order, padding=padding,
                                   nf_zero_init=nf_zero_init, fixup_zero_last=fixup_zero_last)
-        source(model, input_shape, depth, options(seed, seeds, device, bn_mode, out, json_output))
+        source(model, input_shape, depth, blocks,
+               options(seed, seeds, device, bn_mode, out, json_output, threads))
 
-    def source(model: ModelSource, input_shape: tuple[int, ...], expected_blocks: int | None,
-               run_options: RunOptions) -> None:
+    def source(model: "ModelSource", input_shape: tuple[int, ...], expected_blocks: int | None,
+               blocks: str | None, run_options: RunOptions, shape_option: bool = False,
+               inputs: Callable[[int, "torch.device"], ModelInputs] | None = None) -> None:
+        names = parse_blocks(blocks)
         try:
             build = model.builder()
         except ValueError as e:
             raise UsageError(str(e)) from e
-        action(Analysis(build, input_shape, expected_blocks), run_options)
+        action(Analysis(build, input_shape, expected_blocks, names, shape_option, inputs),
+               run_options)
 
-    def zoo_command(library: Source, built: str, example: str) -> None:
+    def zoo_command(library: str, built: str, example: str) -> None:
         @app.command(library, help=f"{verb} a {library} model, built with {built}.\n\n"
                      "Residual blocks are found automatically (see docs/discovery.md).\n\n"
                      f"Example: sigprop {group} {library} {example}")
@@ -181,19 +221,25 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             seeds: Seeds = 1,
             device: Device = "cpu",
             bn_mode: BN = BNMode.TRAIN,
+            blocks: Blocks = None,
+            threads: Threads = DEFAULT_THREADS,
             out: Out = out_default,
             json_output: Json = False,
         ) -> None:
-            source(ModelSource(library, name), image_batch(batch_size, image_size), None,
-                   options(seed, seeds, device, bn_mode, out, json_output))
+            from sigprop.sources import ModelSource, Source
 
-    zoo_command(Source.TORCHVISION, "no weights (classification models)", "resnet50")
-    zoo_command(Source.TIMM, "pretrained=False", "resnetv2_50")
+            source(ModelSource(Source(library), name), image_batch(batch_size, image_size), None,
+                   blocks, options(seed, seeds, device, bn_mode, out, json_output, threads))
+
+    zoo_command("torchvision", "no weights (classification models)", "resnet50")
+    zoo_command("timm", "pretrained=False", "resnetv2_50")
 
     @app.command("model", help=f"{verb} your own model: the callable SPEC builds it (torch RNG "
                  "seeded with --seed).\n\nResidual blocks are found automatically (see "
-                 f"docs/discovery.md).\n\nExample: sigprop {group} model "
-                 "examples/custom_net.py:build --input-shape 3,32,32")
+                 f"docs/discovery.md).\n\nThis runs SPEC's Python file (or imports its module) "
+                 "with your permissions, as `python` would: only run code you trust.\n\n"
+                 f"Example: sigprop {group} model examples/custom_net.py:build --input-shape "
+                 "3,32,32")
     @reports_usage_errors
     def custom_model(
         ctx: typer.Context,
@@ -221,6 +267,8 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         seeds: Seeds = 1,
         device: Device = "cpu",
         bn_mode: BN = BNMode.TRAIN,
+        blocks: Blocks = None,
+        threads: Threads = DEFAULT_THREADS,
         out: Out = out_default,
         json_output: Json = False,
     ) -> None:
@@ -230,10 +278,9 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             shape, inputs = model_inputs(input_shape, input_kind, vocab_size, input_file)
         except ValueError as e:
             raise UsageError(str(e)) from e
-        model = ModelSource(Source.MODEL, spec, tuple(sorted(kwargs.items())))
-        run_options = options(seed, seeds, device, bn_mode, out, json_output)
-        try:
-            build = model.builder()
-        except ValueError as e:
-            raise UsageError(str(e)) from e
-        action(Analysis(build, (batch_size, *shape), None, inputs(batch_size)), run_options)
+        from sigprop.sources import ModelSource, Source
+
+        source(ModelSource(Source.MODEL, spec, tuple(sorted(kwargs.items()))),
+               (batch_size, *shape), None, blocks,
+               options(seed, seeds, device, bn_mode, out, json_output, threads),
+               shape_option=input_file is None, inputs=inputs(batch_size))

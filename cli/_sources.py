@@ -10,9 +10,10 @@ from __future__ import annotations
 import ast
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["load_input", "parse_kwargs", "parse_shape"]
 
@@ -51,6 +52,7 @@ def load_input(path: Path, device: torch.device) -> tuple[tuple[Any, ...], dict[
     keyword inputs (``input_ids``, ``attention_mask``). Loaded with ``weights_only=True``: a
     file can hold tensors and plain containers only, never code.
     """
+    import torch
     try:
         loaded = torch.load(path, map_location=device, weights_only=True)
     except FileNotFoundError:

@@ -8,7 +8,7 @@ matplotlib and seaborn are imported when a figure is drawn, so importing this pa
 >>> from sigprop.plotting import plot_zoo
 >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
 ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
->>> len(plot_zoo([trace], ["BN v2"]).axes)
+>>> len(plot_zoo([trace, trace], ["BN v2", "again"], groups=["one", "two"]).axes)
 2
 """
 
