@@ -66,6 +66,7 @@ _REAL_MODELS = (
     ("timm nf_resnet50", "timm:nf_resnet50", 16),
     ("timm convnext_atto (layer scale)", "timm:convnext_atto", 12),
 )
+_CONVNEXT = _REAL_MODELS[-1][0]
 
 
 def _zoo_group(label: str, run: RunSpec) -> str:
@@ -98,12 +99,15 @@ def zoo_figure(config: FigureConfig) -> FigureSpec:
                     theory=False)
         depths = "; ".join(f"{label}: {stats.effective_depth(t)} of {t.n_blocks}"
                            for label, t in named.items())
+        ratios = [b.branch_norm_ratio for _, b in named[_CONVNEXT].blocks()]
+        convnext = (min(ratios), max(ratios))
         caption = (
             "Model zoo: which networks are biased towards the identity at initialization, in "
             "three panels: built-in ResNets with batch norm, built-in ResNets without it, "
             "real architectures. Branch/skip norm ratio ||f_l(x_l)|| / ||x_l|| against the "
-            "block index (log axis; dotted: 0.1; the cosine between skip path and output is "
-            "1/sqrt(1 + ratio^2) of it for an independent branch, and in the CSV). Branches "
+            "block index (log axis; dotted: 0.1; the cosine between skip path and output, "
+            "1/sqrt(1 + r^2) for a norm ratio r and an independent branch, is in the CSV). "
+            "Branches "
             "that are exactly 0 are drawn as triangles on the bottom edge. The legends give the "
             "effective depth, the number of blocks whose branch moves the skip path by at least "
             f"10% in norm: {depths}. BN biases "
@@ -117,7 +121,8 @@ def zoo_figure(config: FigureConfig) -> FigureSpec:
             f"{config.zoo_batch} Gaussian {config.zoo_image}x{config.zoo_image} images: "
             "timm's resnet50 zero-initializes the last BN of every branch and its nf_resnet50 "
             "the last convolution (SkipInit-like), so their blocks start as exact identities; "
-            "convnext_atto's layer scale (1e-6) makes every branch ~1e-6 of its skip path; "
+            "convnext_atto's layer scale (gamma = 1e-6) makes its branch/skip norm ratios "
+            f"{convnext[0]:.2g} to {convnext[1]:.2g}; "
             "torchvision's resnet50 and timm's resnetv2_50 rely on BN alone. "
             f"Built-in ResNets: {config.describe()}")
         return fig, data, caption

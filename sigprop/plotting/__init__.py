@@ -14,6 +14,7 @@ matplotlib and seaborn are imported when a figure is drawn, so importing this pa
 
 from sigprop.plotting.compare import plot_comparison
 from sigprop.plotting.depth import SweepPoint, plot_depth_sweep, plot_sqrt_depth_law, sweep_points
+from sigprop.plotting.finite import plot_finite_size
 from sigprop.plotting.identity import plot_identity_bias, plot_zoo
 from sigprop.plotting.orderings import plot_orderings
 from sigprop.plotting.quantities import (
@@ -40,6 +41,7 @@ __all__ = [
     "palette",
     "plot_comparison",
     "plot_depth_sweep",
+    "plot_finite_size",
     "plot_identity_bias",
     "plot_orderings",
     "plot_spp",
