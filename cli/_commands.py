@@ -9,6 +9,7 @@ the ``--out``/``--json`` aliases are local to :func:`add_source_commands`.
 
 
 from collections.abc import Callable
+from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -22,15 +23,18 @@ from ._errors import UsageError, reports_usage_errors
 from ._files import check_writable
 from ._options import (
     Analysis,
+    ModelInputs,
     RunOptions,
     check_positive,
     check_seeds,
     check_threads,
     parse_blocks,
 )
-from ._sources import parse_kwargs
+from ._sources import load_input, parse_kwargs
 
 if TYPE_CHECKING:
+    import torch
+
     from sigprop.sources import ModelSource
 
 Action = Callable[[Analysis, RunOptions], None]
@@ -55,6 +59,50 @@ Threads = Annotated[int, typer.Option(
 BN = Annotated[BNMode, typer.Option(
     help="train: BN normalizes with batch statistics (the paper's setting; running statistics "
     "are not updated). eval: BN uses its running statistics.")]
+
+
+class InputKindOption(StrEnum):
+    """What ``sigprop analyze model`` feeds the model when no ``--input`` file is given."""
+
+    GAUSSIAN = "gaussian"
+    TOKENS = "tokens"
+
+
+def model_inputs(input_shape: str | None, kind: InputKindOption, vocab_size: int | None,
+                 input_file: Path | None
+                 ) -> tuple[tuple[int, ...], Callable[[int], Callable[[int, "torch.device"],
+                                                                      ModelInputs] | None]]:
+    """The shape of one input and, per batch size, how to make the inputs (None: Gaussian).
+
+    Raises ValueError for a combination of options that does not make sense.
+    """
+    if input_file is not None:
+        if input_shape is not None or kind is not InputKindOption.GAUSSIAN or vocab_size:
+            raise ValueError("--input replaces --input-shape, --input-kind and --vocab-size: "
+                             "give either the file or the shape")
+        if not input_file.is_file():
+            raise ValueError(f"--input {str(input_file)!r}: no such file")
+        return (), lambda _batch: lambda _seed, device: load_input(input_file, device)
+    if input_shape is None:
+        raise ValueError("give --input-shape (e.g. 3,32,32) or --input FILE.pt")
+    shape = parse_shape(input_shape)
+    if kind is InputKindOption.GAUSSIAN:
+        if vocab_size is not None:
+            raise ValueError("--vocab-size is for --input-kind tokens")
+        return shape, lambda _batch: None
+    if vocab_size is None or vocab_size < 1:
+        raise ValueError(f"--input-kind tokens needs --vocab-size N >= 1, got {vocab_size}")
+    vocab = vocab_size
+
+    def tokens(batch: int) -> Callable[[int, "torch.device"], ModelInputs]:
+        def make(seed: int, device: "torch.device") -> ModelInputs:
+            from sigprop.recording import token_input
+
+            return (token_input((batch, *shape), vocab, seed, device),), {}
+
+        return make
+
+    return shape, tokens
 
 
 def image_batch(batch_size: int, image_size: int) -> tuple[int, int, int, int]:
@@ -149,13 +197,15 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
                options(seed, seeds, device, bn_mode, out, json_output, threads))
 
     def source(model: "ModelSource", input_shape: tuple[int, ...], expected_blocks: int | None,
-               blocks: str | None, run_options: RunOptions, shape_option: bool = False) -> None:
+               blocks: str | None, run_options: RunOptions, shape_option: bool = False,
+               inputs: Callable[[int, "torch.device"], ModelInputs] | None = None) -> None:
         names = parse_blocks(blocks)
         try:
             build = model.builder()
         except ValueError as e:
             raise UsageError(str(e)) from e
-        action(Analysis(build, input_shape, expected_blocks, names, shape_option), run_options)
+        action(Analysis(build, input_shape, expected_blocks, names, shape_option, inputs),
+               run_options)
 
     def zoo_command(library: str, built: str, example: str) -> None:
         @app.command(library, help=f"{verb} a {library} model, built with {built}.\n\n"
@@ -197,11 +247,22 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         spec: Annotated[str, typer.Argument(
             metavar="SPEC",
             help="path/to/file.py:callable or package.module:callable returning an nn.Module.")],
-        input_shape: Annotated[str, typer.Option(
-            help="Shape of one input without the batch, e.g. 3,32,32.")],
+        input_shape: Annotated[str | None, typer.Option(
+            help="Shape of one input without the batch, e.g. 3,32,32 (or 128 tokens).")] = None,
         arg: Annotated[list[str] | None, typer.Option(
             help="key=value keyword argument for the callable (repeatable); values are Python "
             "literals, else strings.")] = None,
+        input_kind: Annotated[InputKindOption, typer.Option(
+            help="gaussian: unit Gaussian floats; tokens: integer ids drawn uniformly from "
+            "[0, --vocab-size), for language models. Both seeded with --seed.")
+        ] = InputKindOption.GAUSSIAN,
+        vocab_size: Annotated[int | None, typer.Option(
+            help="Vocabulary size for --input-kind tokens.")] = None,
+        input_file: Annotated[Path | None, typer.Option(
+            "--input", help="Measure on saved inputs instead (real images, real text): a file "
+            "written by torch.save holding a tensor, a list of tensors (positional inputs) or a "
+            "dict of named tensors (keyword inputs, e.g. input_ids, attention_mask); loaded "
+            "with torch.load(weights_only=True).")] = None,
         batch_size: BatchSize = 8,
         seed: Seed = 0,
         seeds: Seeds = 1,
@@ -212,14 +273,15 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         out: Out = out_default,
         json_output: Json = False,
     ) -> None:
-        check_positive("--batch-size", batch_size, "image")
+        check_positive("--batch-size", batch_size, "input")
         try:
-            shape = parse_shape(input_shape)
             kwargs = parse_kwargs(arg or [])
+            shape, inputs = model_inputs(input_shape, input_kind, vocab_size, input_file)
         except ValueError as e:
             raise UsageError(str(e)) from e
         from sigprop.sources import ModelSource, Source
 
         source(ModelSource(Source.MODEL, spec, tuple(sorted(kwargs.items()))),
                (batch_size, *shape), None, blocks,
-               options(seed, seeds, device, bn_mode, out, json_output, threads), shape_option=True)
+               options(seed, seeds, device, bn_mode, out, json_output, threads),
+               shape_option=input_file is None, inputs=inputs(batch_size))

@@ -16,12 +16,16 @@ from sigprop._validate import check_int
 from ._errors import UsageError
 
 if TYPE_CHECKING:
+    import torch
     from torch import nn
 
     from sigprop.trace import BNMode
 
 STATS_JSON, STATS_CSV, SPP_PNG = "stats.json", "stats.csv", "spp.png"
 """The files ``analyze`` writes (and ``audit --out``)."""
+
+ModelInputs = tuple[tuple[Any, ...], dict[str, Any]]
+"""The arguments of a model's forward: positional and keyword inputs."""
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,9 @@ class Analysis:
     expected_blocks: int | None
     blocks: tuple[str, ...] | None = None
     shape_option: bool = False  # the input shape came from --input-shape (without the batch)
+    # Makes the inputs instead of a Gaussian batch of input_shape: (seed, device) ->
+    # (args, kwargs), token ids or tensors loaded from a file.
+    inputs: Callable[[int, torch.device], ModelInputs] | None = None
 
 
 @dataclass(frozen=True)

@@ -27,7 +27,7 @@ from sigprop.plotting import plot_spp
 
 from ._errors import UsageError
 from ._files import write_files
-from ._options import SPP_PNG, STATS_CSV, STATS_JSON, Analysis, RunOptions
+from ._options import SPP_PNG, STATS_CSV, STATS_JSON, Analysis, ModelInputs, RunOptions
 
 
 @dataclass(frozen=True)
@@ -61,14 +61,26 @@ def collect(analysis: Analysis, options: RunOptions) -> Collected:
         for k in range(options.seeds):
             model, model_info = _build(analysis, options.seed + k, device)
             spec = sigprop.InputSpec("gaussian", analysis.input_shape, options.seed + k)
-            traces.append(_measure(analysis, options, model, spec, model_info, advance))
+            try:
+                inputs = (None if analysis.inputs is None
+                          else analysis.inputs(options.seed + k, device))
+            except ValueError as e:
+                raise UsageError(str(e)) from e
+            traces.append(_measure(analysis, options, model, spec, model_info, advance, inputs))
     trace = reduce(sigprop.Trace.merge, traces)
     return Collected(trace, stats.report(trace), time.perf_counter() - started)
 
 
 def _measure(analysis: Analysis, options: RunOptions, model: nn.Module, spec: sigprop.InputSpec,
-             model_info: dict[str, Any], advance: Callable[[int], None]) -> sigprop.Trace:
+             model_info: dict[str, Any], advance: Callable[[int], None],
+             inputs: ModelInputs | None = None) -> sigprop.Trace:
+    """Measure on the Gaussian ``spec``, or on ``inputs`` (positional, keyword) when given."""
     try:
+        if inputs is not None:
+            return sigprop.measure(model, args=inputs[0], kwargs=inputs[1],
+                                   seed=options.seed, bn_mode=options.bn_mode,
+                                   model_info=model_info, progress=advance,
+                                   blocks=analysis.blocks)
         return sigprop.measure(model, spec, bn_mode=options.bn_mode, model_info=model_info,
                                progress=advance, blocks=analysis.blocks)
     except sigprop.ForwardError as e:

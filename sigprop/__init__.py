@@ -28,6 +28,7 @@ if TYPE_CHECKING:
         find_blocks,
         gaussian_input,
         measure,
+        token_input,
     )
     from sigprop.trace import (
         BatchNorms,
@@ -51,7 +52,7 @@ _WHERE = {
     "ResidualAdd": "sigprop.blocks",
     "NoResidualBlockError": "sigprop.finding",
     **dict.fromkeys(["ForwardError", "MeasurementError", "find_blocks", "gaussian_input",
-                     "measure"], "sigprop.recording"),
+                     "measure", "token_input"], "sigprop.recording"),
     **dict.fromkeys(["BatchNorms", "Block", "BlockStats", "BNMode", "InputKind", "InputSpec",
                      "Moments", "Run", "Shortcut", "Stat", "TensorRole", "Trace",
                      "TraceFormatError"], "sigprop.trace"),
@@ -81,6 +82,7 @@ __all__ = [
     "measure",
     "models",
     "moments",
+    "token_input",
 ]
 
 

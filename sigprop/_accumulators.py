@@ -9,7 +9,6 @@ and to :meth:`~Accumulator.commit` once it is known to be a residual block.
 
 from __future__ import annotations
 
-import weakref
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -29,8 +28,8 @@ class Addition:
         skip, residual: the operands, reduced before the addition ran.
         channel: the channel dimension of all three tensors.
         shape: fast accumulator: the shape of both operands (None if they differ); when the
-            output has it too, its channel sums are those of the operands added.
-        scale: safe accumulator: the scale every tensor of the addition is reduced with.
+            output has it too, and a float32 or float64 dtype, its channel sums are those of
+            the operands added.
         output: the sum, reduced right after; None until then.
     """
 
@@ -38,7 +37,6 @@ class Addition:
     residual: Reduced
     channel: int
     shape: torch.Size | None = None
-    scale: torch.Tensor | None = None
     output: Reduced | None = None
 
 
@@ -86,87 +84,52 @@ class Accumulator(ABC):
         return results
 
 
-def _version(t: torch.Tensor) -> int | None:
-    """The in-place modification counter of ``t`` (None for inference tensors: untracked)."""
-    return None if t.is_inference() else t._version
-
-
 class FastAccumulator(Accumulator):
-    """Reduces each tensor as it is; three reductions per block in a chain.
+    """Reduces each tensor as it is; five reductions per block.
 
-    Two shortcuts spare work. The skip operand of a block is very often the output of the block
-    before (a chain of identity shortcuts); its sums are then reused, as long as the tensor has
-    not been modified in place since. And the channel sums of the output are those of skip and
-    residual added (``output = skip + residual``), formed on the host: only its squares need a
-    pass. A block in a chain costs three reductions.
+    The channel sums of the output are those of skip and residual added (``output = skip +
+    residual``), formed on the host: only its squares need a pass (not for bfloat16/float16
+    sums, rounded more than their float32 sums). The skip is reduced even when it is the
+    output of the block before, unchanged as far as its version counter can tell: a write
+    through ``.data`` or a kernel of its own bypasses that counter, so reusing the earlier sums
+    cannot be proven safe (see docs/performance.md).
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        # The last output reduced: the tensor, its version counter then, and its sums.
-        self._last: tuple[weakref.ref[torch.Tensor], int | None, Reduced] | None = None
-
-    def _reused(self, skip: torch.Tensor) -> Reduced | None:
-        last = self._last
-        if last is None or last[0]() is not skip or last[1] is None:
-            return None
-        return last[2] if _version(skip) == last[1] else None
 
     def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool
                  ) -> Addition:
         channel = channel_dim(skip.ndim, channels_last)
         shape = skip.shape if skip.shape == residual.shape else None
-        reused = self._reused(skip)
-        reduced_skip = self._reducer.reduce(skip, channel) if reused is None else reused
-        return Addition(reduced_skip, self._reducer.reduce(residual, channel), channel, shape)
+        return Addition(self._reducer.reduce(skip, channel),
+                        self._reducer.reduce(residual, channel), channel, shape)
 
     def output(self, addition: Addition, output: torch.Tensor) -> Addition:
-        sum_of = (addition.skip, addition.residual) if addition.shape == output.shape else None
+        # A bfloat16/float16 sum is rounded far more than its float32 channel sums: measure
+        # what the network computed, not the exact sum of the operands.
+        exact = addition.shape == output.shape and output.element_size() >= 4
+        sum_of = (addition.skip, addition.residual) if exact else None
         addition.output = self._reducer.reduce(output, addition.channel, sum_of=sum_of)
-        self._last = (weakref.ref(output), _version(output), addition.output)
         return addition
 
 
 class SafeAccumulator(Accumulator):
-    """Reduces every tensor scaled by a power of two, so that its float32 squares cannot overflow.
+    """Reduces every tensor scaled by its own power of two, so its float32 squares cannot overflow.
 
-    The scale comes from the magnitude of the first skip, then follows the RMS of each block's
-    output, all on the device: a block would have to grow its signal by more than 1e15 for the
-    squares to overflow before the activations do. Slower than :class:`FastAccumulator` (the
-    scaling and one more pass per tensor: no sums are reused or formed on the host).
+    Each tensor (skip, residual, output) is multiplied by ``2^-e`` with ``max |x| < 2^e`` before
+    it is reduced, so a small residual next to a huge skip keeps all its digits. Slower than
+    :class:`FastAccumulator` (a peak, a scaling and one more pass per tensor; no sums formed on
+    the host), and used only after it overflowed.
     """
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._scale: torch.Tensor | None = None  # the scale of the next addition
 
     def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool
                  ) -> Addition:
         channel = channel_dim(skip.ndim, channels_last)
-        dtype = torch.promote_types(skip.dtype, torch.float32)
-        if self._scale is None:
-            self._scale = scale_below_peak(skip, dtype)
-        scale = self._scale.clone()
-        reduced_skip, reduced_residual = (
-            self._reducer.reduce(t.to(dtype) * scale, channel, scale=scale)
-            for t in (skip, residual))
-        return Addition(reduced_skip, reduced_residual, channel, scale=scale)
+        return Addition(self._scaled(skip, channel), self._scaled(residual, channel), channel)
 
     def output(self, addition: Addition, output: torch.Tensor) -> Addition:
-        scale, following = addition.scale, self._scale
-        assert scale is not None and following is not None  # set by operands()
-        scaled = output.to(scale.dtype) * scale
-        addition.output = self._reducer.reduce(scaled, addition.channel, scale=scale)
-        following.copy_(_follow_rms(scale, scaled))
+        addition.output = self._scaled(output, addition.channel)
         return addition
 
-
-_SCALE_RANGE = (2.0**-120, 2.0**120)
-
-
-def _follow_rms(scale: torch.Tensor, scaled: torch.Tensor) -> torch.Tensor:
-    """``scale`` times the power of two that brings the RMS of ``scaled`` (x * scale) near 1."""
-    mean_square = torch.linalg.vector_norm(scaled).square() / scaled.numel()
-    _, exponent = torch.frexp(mean_square)  # 0 for 0, inf and NaN: the scale stays
-    step = torch.exp2(-torch.div(exponent, 2, rounding_mode="floor").to(scale.dtype))
-    return torch.clamp(scale * step, *_SCALE_RANGE)
+    def _scaled(self, x: torch.Tensor, channel: int) -> Reduced:
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        scale = scale_below_peak(x, dtype)
+        return self._reducer.reduce(x.to(dtype) * scale, channel, scale=scale)

@@ -49,9 +49,10 @@ _GAIN_OPS = frozenset({torch.mul, _T.mul, _T.mul_, _T.__mul__, _T.__rmul__, _T._
 # ``x + f(x.reshape(...)).reshape(...)``-style blocks (Swin, ConvNeXt permutes) stay identities.
 _LAYOUT_OPS = frozenset({
     _T.view, _T.view_as, _T.reshape, _T.reshape_as, _T.permute, _T.contiguous, _T.flatten,
-    _T.unflatten, _T.transpose, _T.squeeze, _T.unsqueeze, _T.to, _T.float, _T.clone,
-    torch.reshape, torch.permute, torch.flatten, torch.transpose, torch.squeeze, torch.unsqueeze,
-    torch.clone,
+    _T.unflatten, _T.transpose, _T.swapaxes, _T.swapdims, _T.moveaxis, _T.movedim, _T.squeeze,
+    _T.unsqueeze, _T.to, _T.float, _T.clone,
+    torch.reshape, torch.permute, torch.flatten, torch.transpose, torch.swapaxes, torch.swapdims,
+    torch.moveaxis, torch.movedim, torch.squeeze, torch.unsqueeze, torch.clone,
 })
 _NORMS = (_BatchNorm, nn.GroupNorm, nn.LayerNorm)
 
@@ -128,23 +129,72 @@ class _Engine(ABC):
         self.model = model
         self._found = found
         self._calls: list[Call] = []  # the running calls, innermost last
-        self._serial = itertools.count()
+        self._started = 0  # module calls started so far: the serial of the next one
+        # (parent module, child module) -> the child's attribute name, to name each call
+        # after where it is called from (a module may be registered in several places).
+        self._attributes: dict[tuple[int, int], str] = {}
+        for parent in model.modules():
+            for attribute, child in parent.named_children():
+                self._attributes.setdefault((id(parent), id(child)), attribute)
+        self._sizes: dict[int, int] = {}  # module -> number of parameters, when asked for
         self._provenance = Provenance()
         self._params = ParamNames(model)
         self._gains = BranchGains(self._params)
-        self._layouts = _Layouts(model)
+        self._layouts = _Layouts()
 
     def pre_hook(self, name: str) -> Callable[..., None]:
-        """Forward pre-hook of the module called ``name``: push the call, mark its inputs."""
+        """Forward pre-hook of the module registered as ``name``: push the call, mark its inputs.
+
+        The call is named after where it is called from: the calling module's call name and the
+        attribute under which it holds this module, else the registered name.
+        """
 
         def hook(module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
-            call = Call(next(self._serial), name, module)
+            parent = self._calls[-1] if self._calls else None
+            call_name = name
+            if parent is not None:
+                attribute = self._attributes.get((id(parent.module), id(module)))
+                if attribute is not None:
+                    call_name = (attribute if parent.module is self.model
+                                 else f"{parent.name}.{attribute}")
+            call = Call(self._started, call_name, module, parent)
+            self._started += 1
+            if parent is not None:
+                parent.children.append(call)
             self._calls.append(call)
             for value in itertools.chain(args, kwargs.values()):
                 if isinstance(value, torch.Tensor):
-                    self._provenance.mark_root(call, value)
+                    self._provenance.mark_root(call, value, call.serial)
 
         return hook
+
+    def branch_name(self, owner: Call, since: int, skip: torch.Tensor) -> str | None:
+        """The module a residual branch of ``owner`` runs through, to tell its blocks apart.
+
+        Of the modules called from ``owner``'s forward since the branch started (serial
+        ``since``), except those that returned the skip (``self.shortcut(x) + ...``): the
+        longest common qualified prefix of the parametrized ones if it lies inside ``owner``
+        (an fx GraphModule calls ``layer1.0.conv1`` ... directly: ``layer1.0``), else the first
+        that is not a normalization (``self_attn``, ``mlp``; not ``norm1``). None if none.
+        """
+        called = [c for c in owner.children if c.serial >= since and id(skip) not in c.outputs]
+        parts = [c.name.split(".") for c in called if self._size(c.module)]
+        common = []
+        for level in zip(*parts, strict=False):
+            if any(p != level[0] for p in level):
+                break
+            common.append(level[0])
+        prefix = ".".join(common)
+        if prefix and not (owner.name + ".").startswith(prefix + "."):
+            return prefix
+        return next((c.name for c in called
+                     if "norm" not in type(c.module).__name__.lower()), None)
+
+    def _size(self, module: nn.Module) -> int:
+        size = self._sizes.get(id(module))
+        if size is None:
+            size = self._sizes[id(module)] = sum(p.numel() for p in module.parameters())
+        return size
 
     def post_hook(self, name: str) -> Callable[..., None]:
         """Forward hook of ``name``: pop the call, note a normalization's weight."""
@@ -158,6 +208,7 @@ class _Engine(ABC):
                     break
             else:
                 return
+            call.outputs = frozenset(id(t) for t in _tensors(output))
             weight = getattr(module, "weight", None)
             if (isinstance(module, _NORMS) and isinstance(output, torch.Tensor)
                     and isinstance(weight, torch.Tensor)):
@@ -218,16 +269,16 @@ class _Engine(ABC):
         self._gains.derive(kind, func, args, kwargs, labeled[0], outputs)
 
     @runs_model_code  # its own frame runs the model's addition
-    def _run(self, name: str, func: Callable[..., Any], args: Sequence[Any],
+    def _run(self, call: Call, func: Callable[..., Any], args: Sequence[Any],
              kwargs: dict[str, Any], skip: torch.Tensor, residual: torch.Tensor
              ) -> tuple[Any, bool, Any]:
-        """Run a residual addition of the block ``name``, its tensors reduced by the recorder.
+        """Run a residual addition owned by ``call``, its tensors reduced by the recorder.
 
         The operands are reduced before (an in-place addition overwrites one), the sum at once
         (the block may still change it in place, e.g. with a ReLU). Returns the sum, whether it
         is channels-last, and the recorder's handle.
         """
-        channels_last = self._layouts.channels_last(name, skip)
+        channels_last = self._layouts.channels_last(call.module, skip)
         operands = self._found.recorder.operands(skip, residual, channels_last)
         out = func(*args, **kwargs)
         self._propagate(func, args, kwargs, out)
@@ -246,16 +297,18 @@ class _Discovering(_Engine):
         choice = self._provenance.owner(label_a, label_b)
         if choice is None:
             return None
-        call, a_is_skip, shortcut = choice
+        call, a_is_skip, shortcut, since = choice
         skip, residual = (a, b) if a_is_skip else (b, a)
         gains = self._gains.of(residual)
-        out, channels_last, reduced = self._run(call.name, func, args, kwargs, skip, residual)
+        out, channels_last, reduced = self._run(call, func, args, kwargs, skip, residual)
+        self._provenance.crossed(out)
         if call.active:
             # The sum is the input of the next addition of the same call (a transformer block
             # adds attention, then an MLP): make it a root, so that one is an identity too.
-            self._provenance.mark_root(call, out)
+            self._provenance.mark_root(call, out, self._started)
         self._found.add(call.name, shortcut, channels_last, gains, reduced,
-                        tuple(out.shape[1:]))
+                        tuple(out.shape[1:]), call=call,
+                        branch=self.branch_name(call, since, skip))
         return (out,)
 
     def _finished(self, call: Call) -> None:
@@ -287,7 +340,7 @@ class _Naming(_Engine):
         skip, residual = (a, b) if a_is_skip else (b, a)
         shortcut = Shortcut.IDENTITY if min(dist_a, dist_b) == 0 else Shortcut.PROJECTION
         gains = self._gains.of(residual)
-        out, channels_last, reduced = self._run(call.name, func, args, kwargs, skip, residual)
+        out, channels_last, reduced = self._run(call, func, args, kwargs, skip, residual)
         self._pending[call] = (call.name, shortcut, channels_last, gains, reduced,
                                tuple(out.shape[1:]))
         return (out,)
@@ -301,45 +354,42 @@ class _Naming(_Engine):
 class _Layouts:
     """Guesses, once per block module, whether its activations are channels-last."""
 
-    def __init__(self, model: nn.Module) -> None:
-        self._model = model
-        self._widths: dict[str, tuple[set[int], set[int]]] = {}
+    def __init__(self) -> None:
+        self._widths: dict[int, tuple[set[int], set[int]]] = {}
 
-    def channels_last(self, name: str, x: torch.Tensor) -> bool:
-        """Whether ``x``, an operand of the block ``name``, is channels-last.
+    def channels_last(self, block: nn.Module, x: torch.Tensor) -> bool:
+        """Whether ``x``, an operand of a block owned by ``block``, is channels-last.
 
-        Channels-first if dim 1 matches a conv/BN/GroupNorm width of the block and the last dim
-        matches no Linear/LayerNorm width; channels-last in the opposite case; otherwise
-        channels-last for 3-d ``(N, T, C)`` tokens and channels-first for the rest.
+        Channels-first if dim 1 matches a conv/BN/GroupNorm width of the block (a Conv1d
+        network may also run a Linear along the length); else channels-last if the last dim
+        matches a Linear/LayerNorm width; otherwise channels-last for 3-d ``(N, T, C)`` tokens
+        and channels-first for the rest.
         """
-        if name not in self._widths:
-            self._widths[name] = self._block_widths(name)
-        first, last = self._widths[name]
-        cf, cl = x.shape[1] in first, x.shape[-1] in last
-        if cf != cl:
-            return cl
-        return x.ndim == 3
+        widths = self._widths.get(id(block))
+        if widths is None:
+            widths = self._widths[id(block)] = _block_widths(block)
+        first, last = widths
+        if x.shape[1] in first:
+            return False
+        return x.shape[-1] in last or x.ndim == 3
 
-    def _block_widths(self, name: str) -> tuple[set[int], set[int]]:
-        """The channel widths of the block's channels-first and channels-last layers."""
-        first: set[int] = set()
-        last: set[int] = set()
-        try:
-            owner = self._model.get_submodule(name)
-        except AttributeError:
-            owner = self._model
-        for m in owner.modules():
-            if isinstance(m, nn.modules.conv._ConvNd):
-                first.add(m.out_channels)
-            elif isinstance(m, _BatchNorm):
-                first.add(m.num_features)
-            elif isinstance(m, nn.GroupNorm):
-                first.add(m.num_channels)
-            elif isinstance(m, nn.Linear):
-                last.add(m.out_features)
-            elif isinstance(m, nn.LayerNorm) and m.normalized_shape:
-                last.add(m.normalized_shape[-1])
-        return first, last
+
+def _block_widths(block: nn.Module) -> tuple[set[int], set[int]]:
+    """The channel widths of the block's channels-first and channels-last layers."""
+    first: set[int] = set()
+    last: set[int] = set()
+    for m in block.modules():
+        if isinstance(m, nn.modules.conv._ConvNd):
+            first.add(m.out_channels)
+        elif isinstance(m, _BatchNorm):
+            first.add(m.num_features)
+        elif isinstance(m, nn.GroupNorm):
+            first.add(m.num_channels)
+        elif isinstance(m, nn.Linear):
+            last.add(m.out_features)
+        elif isinstance(m, nn.LayerNorm) and m.normalized_shape:
+            last.add(m.normalized_shape[-1])
+    return first, last
 
 
 def _same_shape_addition(args: Sequence[Any], kwargs: dict[str, Any]) -> bool:

@@ -10,6 +10,7 @@ each addition's tensors to a :class:`Recorder` as the addition runs, and reports
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
@@ -56,7 +57,9 @@ class FoundBlocks:
         self._progress = progress
         self._blocks: list[Block] = []
         self._gains: list[tuple[GainTerm, ...]] = []  # per block, read after the pass
-        self._shape: tuple[int, ...] | None = None  # of the last block's sum, batch left out
+        self._size: tuple[int, int] | None = None  # (width, positions) of the last block's sum
+        # Per block: the module call that owns it and the module its branch runs through.
+        self._calls: list[tuple[object | None, str | None]] = []
 
     @property
     def last(self) -> Block | None:
@@ -64,30 +67,63 @@ class FoundBlocks:
         return self._blocks[-1] if self._blocks else None
 
     def add(self, name: str, shortcut: Shortcut, channels_last: bool,
-            gains: tuple[GainTerm, ...], reduced: Any, shape: tuple[int, ...]) -> None:
+            gains: tuple[GainTerm, ...], reduced: Any, shape: tuple[int, ...], *,
+            call: object | None = None, branch: str | None = None) -> None:
         """Number an addition, whose tensors ``reduced`` holds, as the next block.
 
         A new stage starts at a projection shortcut after the first block, and where the sum's
-        shape (``shape``, without the batch) differs from the last block's: resolution or width
-        changed between the blocks (ConvNeXt, Swin and MobileNet downsample outside them).
+        width (channels) or number of positions differs from the last block's (``shape`` is
+        without the batch): resolution or width changed between the blocks (ConvNeXt, Swin and
+        MobileNet downsample outside them). A layout change alone, ``(H, W, C)`` to
+        ``(H * W, C)`` or windows of tokens, is not a new stage.
+        ``call`` identifies the module call that owns the addition and ``branch`` names the
+        module its branch runs through: when one call owns several blocks, they are named after
+        their branches (see :meth:`blocks`).
         """
         last = self.last
-        new_stage = shortcut is Shortcut.PROJECTION or shape != self._shape
+        width = shape[-1] if channels_last else shape[0]
+        size = (width, math.prod(shape) // max(width, 1))
+        new_stage = shortcut is Shortcut.PROJECTION or size != self._size
         stage = 0 if last is None else last.stage + new_stage
-        self._shape = shape
+        self._size = size
         self._blocks.append(Block(len(self._blocks), name, stage, shortcut,
                                   channels_last=channels_last))
         self._gains.append(gains)
+        self._calls.append((call, branch))
         self.recorder.commit(reduced)
         if self._progress is not None:
             self._progress(len(self._blocks))
 
     def blocks(self) -> list[Block]:
-        """The blocks, each with the description of its gain (one device sync for all)."""
+        """The blocks, each with the description of its gain (one device sync for all).
+
+        Blocks owned by one module call are named after their branches (``layers.3.self_attn``,
+        ``layers.3.mlp``), or numbered (``layers.3#0``, ``layers.3#1``) where branches do not
+        tell them apart, so two blocks never share a name in one call.
+        """
         described = describe_gains([(b.name, g) for b, g in zip(self._blocks, self._gains,
                                                                  strict=True)])
-        return [b if gain is None else replace(b, gain=gain)
-                for b, gain in zip(self._blocks, described, strict=True)]
+        names = _call_site_names([b.name for b in self._blocks], self._calls)
+        return [replace(b, name=name, gain=b.gain if gain is None else gain)
+                for b, gain, name in zip(self._blocks, described, names, strict=True)]
+
+
+def _call_site_names(names: list[str], calls: list[tuple[object | None, str | None]]
+                     ) -> list[str]:
+    """``names``, with the blocks of a call that owns several named apart."""
+    groups: dict[int, list[int]] = {}
+    for index, (call, _) in enumerate(calls):
+        if call is not None:
+            groups.setdefault(id(call), []).append(index)
+    named = list(names)
+    for indices in groups.values():
+        if len(indices) < 2:
+            continue
+        branches = [calls[i][1] for i in indices]
+        distinct = None not in branches and len(set(branches)) == len(branches)
+        for k, i in enumerate(indices):
+            named[i] = str(branches[k]) if distinct else f"{names[i]}#{k}"
+    return named
 
 
 class BlockFinder(ABC):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -26,6 +28,7 @@ __all__ = [
     "find_blocks",
     "gaussian_input",
     "measure",
+    "token_input",
 ]
 
 
@@ -50,6 +53,21 @@ def gaussian_input(
     """
     generator = torch.Generator().manual_seed(seed)
     return torch.randn(shape, generator=generator).to(device)
+
+
+def token_input(shape: tuple[int, ...], vocab_size: int, seed: int = 0,
+                device: torch.device | str = "cpu") -> torch.Tensor:
+    """Token ids drawn uniformly from ``[0, vocab_size)`` by a private generator (int64).
+
+    Drawn on the CPU and then moved, as :func:`gaussian_input`.
+
+    >>> token_input((2, 3), vocab_size=10, seed=0).dtype
+    torch.int64
+    """
+    if isinstance(vocab_size, bool) or not isinstance(vocab_size, int) or vocab_size < 1:
+        raise ValueError(f"vocab_size must be an integer >= 1, got {vocab_size!r}")
+    generator = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, shape, generator=generator).to(device)
 
 
 class _NoStats:
@@ -145,15 +163,24 @@ def _finder(model: nn.Module, blocks: Sequence[str] | None) -> BlockFinder:
     return marked if marked is not None else Discovery(model)
 
 
-def _forward(model: nn.Module, inputs: torch.Tensor, finder: BlockFinder, recorder: Recorder,
+@dataclass(frozen=True, slots=True)
+class _Batch:
+    """The arguments of the model's forward: ``model(*args, **kwargs)``."""
+
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _forward(model: nn.Module, batch: _Batch, finder: BlockFinder, recorder: Recorder,
              bn_mode: BNMode, progress: Callable[[int], None] | None = None) -> list[Block]:
     """Run the forward pass with the residual additions tapped; returns the blocks found."""
     found = FoundBlocks(recorder, progress)
     with ExitStack() as stack, torch.no_grad():
         stack.enter_context(_measurement_state(model, bn_mode))
+        stack.enter_context(_deep_enough(model))
         stack.enter_context(finder.tapping(found))
         try:
-            model(inputs)
+            model(*batch.args, **batch.kwargs)
         except Exception as e:
             last = found.last
             where = f"after block {last.index} ({last.name})" if last else "before block 0"
@@ -169,38 +196,142 @@ def _forward(model: nn.Module, inputs: torch.Tensor, finder: BlockFinder, record
     return blocks
 
 
+@contextmanager
+def _deep_enough(model: nn.Module) -> Iterator[None]:
+    """Raise Python's recursion limit for a forward through deeply nested modules.
+
+    Each level of nesting costs a few frames (the module call, its hooks, its forward); 200
+    levels exceed the default limit of 1000 once hooked.
+    """
+    depth, level = 0, [model]
+    while level:  # breadth first: no recursion of our own
+        depth += 1
+        level = [child for module in level for child in module.children()]
+    limit = sys.getrecursionlimit()
+    sys.setrecursionlimit(max(limit, limit + 12 * depth))
+    try:
+        yield
+    finally:
+        sys.setrecursionlimit(limit)
+
+
 def _model_device(model: nn.Module) -> torch.device:
     for tensor in (*model.parameters(), *model.buffers()):
         return tensor.device
     return torch.device("cpu")
 
 
-def _resolve_input(inputs: torch.Tensor | InputSpec, model: nn.Module
-                   ) -> tuple[torch.Tensor, InputSpec]:
+def _model_dtype(model: nn.Module) -> torch.dtype:
+    """The dtype of the model's first floating parameter or buffer (float32 if none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return torch.float32
+
+
+def eager_model(model: nn.Module) -> nn.Module:
+    """The eager module sigprop measures: ``model`` itself, or a compiled model's original.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``, or a TorchScript module.
+        ValueError: it has parameters on the meta device, or uninitialized lazy modules.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    original = getattr(model, "_orig_mod", None)
+    if type(model).__name__ == "OptimizedModule" and isinstance(original, nn.Module):
+        model = original  # torch.compile: measure the eager module it wraps, never recompile
+    if isinstance(model, torch.jit.ScriptModule):
+        raise TypeError(
+            f"model is a TorchScript module ({type(model).__name__}): sigprop needs the eager "
+            "nn.Module to hook its calls; measure the model before torch.jit.script/trace"
+        )
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_meta:
+            raise ValueError(
+                f"model parameter {name!r} is on the meta device (no values): materialize the "
+                "model first, e.g. model.to_empty(device='cpu') and initialize or load weights"
+            )
+    lazy = [name or type(model).__name__ for name, m in model.named_modules()
+            if any(isinstance(p, nn.parameter.UninitializedParameter)
+                   for p in m.parameters(recurse=False))]
+    if lazy:
+        raise ValueError(
+            f"model has uninitialized lazy modules ({', '.join(lazy[:3])}): run one forward "
+            "pass on an example input (model(x)) to initialize them, then measure"
+        )
+    return model
+
+
+def _resolve_input(model: nn.Module, inputs: torch.Tensor | InputSpec | None,
+                   args: Sequence[Any] | None, kwargs: Mapping[str, Any] | None,
+                   forward_kwargs: Mapping[str, Any]) -> tuple[_Batch, InputSpec]:
+    """The forward's arguments, and the InputSpec recorded for them.
+
+    ``inputs`` (a tensor, or an InputSpec generated on the model's device and in its dtype) is
+    the first positional argument; ``args`` replaces it with several; ``kwargs`` and
+    ``forward_kwargs`` are keyword arguments.
+    """
+    if inputs is not None and args is not None:
+        raise ValueError("give the model's inputs either as inputs or as args=(...), not both")
+    if kwargs is not None and not isinstance(kwargs, Mapping):
+        raise TypeError(f"kwargs must be a dict of keyword inputs, got {type(kwargs).__name__}")
+    overlap = sorted(set(kwargs or {}) & set(forward_kwargs))
+    if overlap:
+        raise ValueError(f"keyword input {overlap[0]!r} is given twice: in kwargs= and by name")
+    keywords = {**(kwargs or {}), **forward_kwargs}
+    spec: InputSpec | None = None
     if isinstance(inputs, InputSpec):
         if inputs.kind != InputKind.GAUSSIAN:
             raise ValueError(
                 f"input kind {str(inputs.kind)!r} cannot be generated: pass the tensor itself, "
                 "or InputSpec('gaussian', shape, seed)"
             )
+        if any(d < 1 for d in inputs.shape):
+            raise ValueError(f"InputSpec shape must have sizes >= 1 (batch first), got "
+                             f"{inputs.shape}")
         seed = 0 if inputs.seed is None else inputs.seed
-        return gaussian_input(inputs.shape, seed, _model_device(model)), inputs
-    if isinstance(inputs, torch.Tensor):
-        return inputs, InputSpec(InputKind.TENSOR, tuple(inputs.shape), None)
-    raise TypeError(
-        f"inputs must be a torch.Tensor or a sigprop.InputSpec, got {type(inputs).__name__}"
-    )
+        x = gaussian_input(inputs.shape, seed, _model_device(model)).to(_model_dtype(model))
+        positional: tuple[Any, ...] = (x,)
+        spec = inputs
+    elif isinstance(inputs, torch.Tensor):
+        positional = (inputs,)
+    elif inputs is not None:
+        raise TypeError(
+            f"inputs must be a torch.Tensor or a sigprop.InputSpec, got {type(inputs).__name__}"
+            "; pass several inputs as args=(...) and keyword inputs by name or as kwargs={...}"
+        )
+    elif args is not None:
+        if isinstance(args, torch.Tensor) or not isinstance(args, Sequence):
+            raise TypeError(f"args must be a tuple of positional inputs, got {type(args).__name__}")
+        positional = tuple(args)
+    else:
+        positional = ()
+    tensors = [v for v in (*positional, *keywords.values()) if isinstance(v, torch.Tensor)]
+    if not tensors:
+        raise ValueError("no input tensor: pass a tensor or InputSpec, args=(...) or keyword "
+                         "inputs such as input_ids=...")
+    first = tensors[0]
+    if first.ndim == 0 or first.shape[0] == 0:
+        raise ValueError(f"input batch size must be >= 1 (dimension 0), got shape "
+                         f"{tuple(first.shape)}")
+    if spec is None:
+        spec = InputSpec(InputKind.TENSOR, tuple(first.shape), None)
+    return _Batch(positional, keywords), spec
 
 
 def measure(
     model: nn.Module,
-    inputs: torch.Tensor | InputSpec,
+    inputs: torch.Tensor | InputSpec | None = None,
     *,
+    args: Sequence[Any] | None = None,
+    kwargs: Mapping[str, Any] | None = None,
     bn_mode: BNMode | str = BNMode.TRAIN,
     seed: int | None = None,
     model_info: Mapping[str, Any] | ResNetConfig | None = None,
     progress: Callable[[int], None] | None = None,
     blocks: Sequence[str] | None = None,
+    **forward_kwargs: Any,
 ) -> Trace:
     """Measure skip, residual and output statistics of every residual block in one forward pass.
 
@@ -212,9 +343,15 @@ def measure(
     :class:`sigprop.ResidualAdd` modules, if the model has any, or ``blocks`` override it.
 
     Args:
-        model: any eager PyTorch network with residual additions.
-        inputs: a batch on the model's device, or an :class:`InputSpec` to generate one
-            (``InputSpec("gaussian", shape, seed)``: unit-variance, private generator).
+        model: any eager PyTorch network with residual additions; a ``torch.compile``d model
+            is measured through its eager module. TorchScript, meta-device and uninitialized
+            lazy models are refused with the fix.
+        inputs: the model's input, a batch on the model's device, or an :class:`InputSpec` to
+            generate one (``InputSpec("gaussian", shape, seed)``: unit-variance, private
+            generator, on the model's device and in its dtype). The batch size must be >= 1.
+        args: several positional inputs instead: ``model(*args, **kwargs)``.
+        kwargs: keyword inputs (``{"attention_mask": mask}``); also accepted by name as
+            ``**forward_kwargs`` (``measure(model, ids, attention_mask=mask)``).
         bn_mode: ``train`` normalizes with batch statistics (the paper's setting) without
             touching the running statistics; ``eval`` uses the running statistics. All other
             modules run in eval mode, so dropout and stochastic depth are off.
@@ -240,7 +377,8 @@ def measure(
     [1, 1, 1]
     """
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
-    batch, spec = _resolve_input(inputs, model)
+    model = eager_model(model)
+    batch, spec = _resolve_input(model, inputs, args, kwargs, forward_kwargs)
     finder = _finder(model, blocks)
     batchnorms = _batchnorms(model)
     stats = _measured(model, batch, finder, FastAccumulator(), mode, progress)
@@ -260,7 +398,7 @@ def measure(
     return Trace(model=info, input=spec, bn_mode=mode.value, runs=(run,), batchnorms=batchnorms)
 
 
-def _measured(model: nn.Module, batch: torch.Tensor, finder: BlockFinder,
+def _measured(model: nn.Module, batch: _Batch, finder: BlockFinder,
               accumulator: Accumulator, bn_mode: BNMode,
               progress: Callable[[int], None] | None) -> tuple[BlockStats, ...]:
     """One forward pass: every block found, with the statistics the accumulator gathered."""
@@ -280,9 +418,10 @@ def _batchnorms(model: nn.Module) -> BatchNorms:
     return BatchNorms(len(layers), fresh)
 
 
-def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec,
-                *, bn_mode: BNMode | str = BNMode.TRAIN,
-                blocks: Sequence[str] | None = None) -> list[Block]:
+def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec | None = None,
+                *, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
+                bn_mode: BNMode | str = BNMode.TRAIN, blocks: Sequence[str] | None = None,
+                **forward_kwargs: Any) -> list[Block]:
     """Every residual addition executed in one forward pass, in call order.
 
     An addition of two tensors of the same shape is residual when one operand (the skip) is the
@@ -295,6 +434,8 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec,
     Args:
         model: any eager PyTorch network.
         example_input: a batch on the model's device, or an :class:`InputSpec`.
+        args, kwargs, forward_kwargs: several positional inputs, keyword inputs (see
+            :func:`measure`).
         bn_mode: ``train`` or ``eval`` (see :func:`measure`).
         blocks: override discovery with the names of the block modules (see :func:`measure`).
 
@@ -309,5 +450,6 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec,
      ('blocks.2', 1, 'projection'), ('blocks.3', 1, 'identity')]
     """
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
-    batch, _ = _resolve_input(example_input, model)
+    model = eager_model(model)
+    batch, _ = _resolve_input(model, example_input, args, kwargs, forward_kwargs)
     return _forward(model, batch, _finder(model, blocks), _NoStats(), mode)

@@ -136,3 +136,92 @@ def test_debug_shows_the_traceback_behind_a_usage_error(tmp_path: Path) -> None:
     assert plain.exit_code == debug.exit_code == 2
     assert "my builder failed" in plain.stderr and "Traceback" not in plain.stderr
     assert "Traceback" in debug.stderr and "RuntimeError: my builder failed" in debug.stderr
+
+
+LANGUAGE_MODEL = '''
+import torch
+from torch import nn
+
+
+class Block(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.norm = nn.LayerNorm(d)
+        self.mlp = nn.Linear(d, d)
+
+    def forward(self, x):
+        return x + self.mlp(self.norm(x))
+
+
+class LM(nn.Module):
+    def __init__(self, vocab):
+        super().__init__()
+        self.embed = nn.Embedding(vocab, 8)
+        self.blocks = nn.Sequential(Block(8), Block(8))
+
+    def forward(self, input_ids, attention_mask=None):
+        h = self.embed(input_ids)
+        if attention_mask is not None:
+            h = h * attention_mask[..., None]
+        return self.blocks(h)
+
+
+def build(vocab=20):
+    return LM(vocab)
+'''
+
+
+def m2(moments: object) -> float:
+    assert isinstance(moments, dict)
+    return float(moments["var"]) + float(moments["sq_mean"])
+
+
+def test_token_ids_and_saved_inputs(tmp_path: Path) -> None:
+    import torch
+
+    import sigprop
+
+    lm = tmp_path / "lm.py"
+    lm.write_text(LANGUAGE_MODEL)
+    code, _, stderr = analyze("model", f"{lm}:build", "--input-shape", "6", "--input-kind",
+                              "tokens", "--vocab-size", "20", "--batch-size", "3",
+                              "--out", str(tmp_path / "tokens"))
+    assert code == 0, stderr
+    found = blocks(tmp_path / "tokens")
+    torch.manual_seed(0)
+    ids = sigprop.token_input((3, 6), vocab_size=20, seed=0)
+    assert int(ids.max()) < 20 and ids.dtype == torch.int64
+    with torch.no_grad():
+        embedded = torch.nn.Embedding(20, 8)(ids).double()  # the model's embedding, seed 0
+    assert m2(found[0]["skip"]) == pytest.approx(float((embedded**2).mean()), rel=1e-6)
+
+    saved = tmp_path / "batch.pt"
+    mask = torch.tensor([[1.0] * 6, [1.0] * 3 + [0.0] * 3])
+    torch.save({"input_ids": ids[:2], "attention_mask": mask}, saved)
+    code, _, stderr = analyze("model", f"{lm}:build", "--input", str(saved),
+                              "--out", str(tmp_path / "saved"))
+    assert code == 0, stderr
+    doc = json.loads((tmp_path / "saved" / "stats.json").read_text())
+    assert doc["input"]["shape"] == [2, 6]
+    masked = embedded[:2] * mask[..., None].double()
+    assert m2(blocks(tmp_path / "saved")[0]["skip"]) == pytest.approx(
+        float((masked**2).mean()), rel=1e-6)
+
+
+@pytest.mark.parametrize(("options", "message"), [
+    (["--input-kind", "tokens", "--input-shape", "6"], "needs --vocab-size N >= 1"),
+    (["--input-shape", "6", "--vocab-size", "5"], "--vocab-size is for --input-kind tokens"),
+    ([], "give --input-shape"),
+    (["--input", "missing.pt"], "'missing.pt': no such file"),
+    (["--input", "{bad}", "--input-shape", "6"], "--input replaces --input-shape"),
+    (["--input", "{bad}"], "cannot be loaded with weights_only=True"),
+])
+def test_bad_input_options_are_usage_errors(tmp_path: Path, options: list[str], message: str
+                                            ) -> None:
+    bad = tmp_path / "bad.pt"
+    bad.write_text("not a tensor file")
+    lm = tmp_path / "lm.py"
+    lm.write_text(LANGUAGE_MODEL)
+    code, _, stderr = analyze("model", f"{lm}:build",
+                              *(o.replace("{bad}", str(bad)) for o in options))
+    assert code == 2 and message in stderr, stderr

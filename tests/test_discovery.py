@@ -7,6 +7,7 @@ from dataclasses import fields
 
 import pytest
 import torch
+import torch.fx
 from torch import nn
 
 import sigprop
@@ -268,8 +269,8 @@ def test_tokens_are_channels_last_and_the_positional_embedding_is_not_a_block() 
     x = torch.randn(1, 5, 3)  # batch 1: the embedding has exactly the activations' shape
     blocks = find_blocks(Tokens(), x)
     assert [(b.name, b.shortcut.value, b.channels_last) for b in blocks] == [
-        ("blocks.0", "identity", True), ("blocks.0", "identity", True),
-        ("blocks.1", "identity", True), ("blocks.1", "identity", True)]
+        ("blocks.0.mix", "identity", True), ("blocks.0.mlp", "identity", True),
+        ("blocks.1.mix", "identity", True), ("blocks.1.mlp", "identity", True)]
     assert all(not b.channels_last for b in find_blocks(LoopNet(), X))
 
 
@@ -374,3 +375,128 @@ def test_the_trace_carries_the_blocks_as_found(model: nn.Module, x: torch.Tensor
     found = find_blocks(model, x, blocks=named)
     measured = measure(model, x, blocks=named).runs[0].blocks
     assert described(measured) == described(found) and len(found) >= 2
+
+
+def test_post_ln_transformer_ffn_addition_is_an_identity_block() -> None:
+    # y = LN(x + attn(x)); z = LN(y + ffn(y)): the FFN's skip is the tensor its branch starts
+    # from. Two identity blocks per layer, one stage, named after their branches.
+    torch.manual_seed(0)
+    layer = nn.TransformerEncoderLayer(8, 2, 16, dropout=0.0, batch_first=True)
+    model = nn.TransformerEncoder(layer, 2, enable_nested_tensor=False)
+    assert names(model, torch.randn(2, 5, 8)) == [
+        (f"layers.{i}.{branch}", 0, "identity") for i in range(2)
+        for branch in ("self_attn", "linear1")]
+
+
+class Stack(nn.Module):
+    """A residual connection around two residual blocks, and nothing else on its branch."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.body = nn.Sequential(Bottleneckish(4, 4), Bottleneckish(4, 4))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+def test_an_addition_around_residual_blocks_alone_is_found_after_them() -> None:
+    # The shortest path through the branch runs through the inner skips (no layer on it).
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), Stack(), Stack())
+    assert names(model, X) == [(f"{k}{inner}", 0, "identity") for k in (1, 2)
+                               for inner in (".body.0", ".body.1", "")]
+
+
+class Swapped(nn.Module):
+    """Blocks on ``(N, L, C)`` built with swapaxes, movedim, moveaxis and swapdims."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = nn.Linear(4, 4)
+        self.g = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = x.swapaxes(1, 2)
+        y = y + self.f(y)
+        z = torch.movedim(y, 2, 1)
+        return z + self.g(z.moveaxis(1, 2)).swapdims(1, 2)
+
+
+def test_swapaxes_and_movedim_are_layout_only() -> None:
+    assert [(b.name, b.shortcut.value) for b in find_blocks(Swapped(), torch.randn(2, 4, 6))] \
+        == [("f", "identity"), ("g", "identity")]
+
+
+def test_a_module_used_in_two_places_is_named_after_each_call_site() -> None:
+    shared = Bottleneckish(4, 4)
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), nn.Sequential(shared), nn.Sequential(shared))
+    assert names(model, X) == [("1.0", 0, "identity"), ("2.0", 0, "identity")]
+
+
+def test_an_fx_graph_module_gives_the_blocks_of_the_eager_model() -> None:
+    eager = nn.Sequential(nn.Conv2d(3, 4, 1), Bottleneckish(4, 4), Bottleneckish(4, 8, 2),
+                          Bottleneckish(8, 8))
+    traced = torch.fx.symbolic_trace(eager)
+    assert names(traced, X) == names(eager, X) == [
+        ("1", 0, "identity"), ("2", 1, "projection"), ("3", 1, "identity")]
+
+
+def test_a_layout_change_between_blocks_is_not_a_new_stage() -> None:
+    # Swin (timm): attention added on (N, H, W, C), the MLP on (N, H * W, C).
+    blocks = find_blocks(TokenBlock(8), torch.randn(2, 3, 4, 8))
+    assert [(b.name, b.stage, b.channels_last) for b in blocks] == [
+        ("mix", 0, True), ("mlp", 0, True)]
+
+
+class MetaFormerBlock(nn.Module):
+    """timm MetaFormer/CoAtNet style: a parameter-free token mixer, the skip through a module."""
+
+    def __init__(self, dim: int = 4) -> None:
+        super().__init__()
+        self.res_scale1 = nn.Identity()
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.token_mixer = nn.AvgPool2d(3, 1, 1)
+        self.layer_scale1 = scaled_conv(dim, 0.5)
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.mlp = branch(dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.res_scale1(x) + self.layer_scale1(self.token_mixer(self.norm1(x)))
+        return x + self.mlp(self.norm2(x))
+
+
+def test_blocks_of_one_call_are_named_after_their_branch_not_the_skip_or_a_norm() -> None:
+    model = nn.Sequential(nn.Conv2d(3, 4, 1), MetaFormerBlock())
+    assert names(model, X) == [("1.token_mixer", 0, "identity"), ("1.mlp", 0, "identity")]
+
+
+class BiasLayer(nn.Module):
+    """T5-like: a bias passed to every layer is added to scores computed from the layer input."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.q = nn.Linear(4, 4)
+        self.f = nn.Linear(4, 4)
+
+    def forward(self, x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        scores = self.q(x) + bias
+        return x + self.f(scores)
+
+
+class PassedBias(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.bias = nn.Parameter(torch.randn(1, 4))
+        self.layers = nn.ModuleList(BiasLayer() for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        bias = self.bias.expand(x.shape[0], -1)  # computed from a parameter only
+        for layer in self.layers:
+            x = layer(x, bias)
+        return x
+
+
+def test_a_bias_passed_from_layer_to_layer_is_not_a_skip() -> None:
+    # The scores of layer 1 derive from the bias through layer 0's residual sum only.
+    blocks = find_blocks(PassedBias(), torch.randn(2, 4))
+    assert [(b.name, b.shortcut.value) for b in blocks] == [
+        (f"layers.{i}", "identity") for i in range(3)]

@@ -9,6 +9,7 @@ import torchvision
 
 import sigprop
 from tests.helpers import assert_unchanged, snapshot
+from tests.transformer_copies import BertModel, GPT2Model
 
 X = sigprop.InputSpec("gaussian", (2, 3, 32, 32), seed=0)
 
@@ -89,3 +90,54 @@ def test_a_shape_change_between_blocks_starts_a_stage() -> None:
                                      ["features.8", "features.9", "features.10"],
                                      ["features.12", "features.13"],
                                      ["features.15", "features.16"]]
+
+
+def test_timm_convnext_stages_come_from_shape_changes() -> None:
+    # ConvNeXt downsamples between its stages, outside the blocks: identity blocks throughout,
+    # a new stage at each change of width and resolution; layer scale 1e-6 on every branch.
+    torch.manual_seed(0)
+    model = timm.create_model("convnext_atto", pretrained=False)
+    blocks = sigprop.find_blocks(model, X)
+    assert [b.name for b in blocks] == [f"stages.{s}.blocks.{i}" for s, n in enumerate((2, 2, 6, 2))
+                                        for i in range(n)]
+    assert [b.stage for b in blocks] == [0] * 2 + [1] * 2 + [2] * 6 + [3] * 2
+    assert all(b.shortcut is sigprop.Shortcut.IDENTITY and not b.channels_last for b in blocks)
+    assert {b.gain for b in blocks} == {"gamma: mean |g| = 1e-06"}
+
+
+def test_post_ln_torch_transformer_encoder_has_one_stage() -> None:
+    torch.manual_seed(0)
+    layer = torch.nn.TransformerEncoderLayer(16, 2, 32, batch_first=True)  # norm_first=False
+    model = torch.nn.TransformerEncoder(layer, 6, enable_nested_tensor=False)
+    x = torch.randn(4, 7, 16)
+    blocks = sigprop.measure(model, x).runs[0].blocks
+    assert [(b.name, b.stage, b.shortcut.value) for b in blocks] == [
+        (f"layers.{i}.{branch}", 0, "identity") for i in range(6)
+        for branch in ("self_attn", "linear1")]
+    # The FFN's skip is the first LayerNorm's output: unit variance per token, mean 0.
+    assert all(b.skip.m2 == pytest.approx(1.0, rel=1e-3) for b in blocks[1::2])
+
+
+def test_gpt2_block_structure_gives_attention_and_mlp_blocks() -> None:
+    torch.manual_seed(0)
+    model = GPT2Model(layers=3)
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    blocks = sigprop.measure(model, ids).runs[0].blocks
+    assert [(b.name, b.stage, b.shortcut.value, b.channels_last) for b in blocks] == [
+        (f"h.{i}.{branch}", 0, "identity", True) for i in range(3) for branch in ("attn", "mlp")]
+    with torch.no_grad():
+        embedded = (model.wte(ids) + model.wpe(torch.arange(6)[None])).double()
+    assert blocks[0].skip.m2 == pytest.approx(float((embedded**2).mean()), rel=1e-6)
+
+
+def test_bert_block_structure_is_post_ln_with_identity_shortcuts() -> None:
+    torch.manual_seed(0)
+    model = BertModel(layers=3)
+    ids = torch.randint(0, 50, (2, 6), generator=torch.Generator().manual_seed(0))
+    mask = torch.tensor([[1] * 6, [1] * 4 + [0] * 2])
+    blocks = sigprop.measure(model, ids, attention_mask=mask).runs[0].blocks
+    assert [(b.name, b.stage, b.shortcut.value) for b in blocks] == [
+        (f"encoder.layer.{i}{owner}", 0, "identity") for i in range(3)
+        for owner in (".attention", "")]
+    # Every skip is a LayerNorm output (the embeddings' or a block's): per-token unit variance.
+    assert all(b.skip.m2 == pytest.approx(1.0, rel=1e-3) for b in blocks)

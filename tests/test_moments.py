@@ -90,7 +90,7 @@ def test_measure_is_within_1e_5_of_a_float64_reference_of_the_same_activations(n
             assert measured.sq_mean == pytest.approx(sq_mean, rel=1e-5)
 
 
-def test_skip_sums_are_reused_only_while_the_tensor_is_unchanged() -> None:
+def test_each_skip_is_measured_as_it_is_when_added() -> None:
     from sigprop._accumulators import FastAccumulator
 
     x = offset_input((2, 3, 4, 4), seed=4, dtype=torch.float32)
@@ -102,11 +102,11 @@ def test_skip_sums_are_reused_only_while_the_tensor_is_unchanged() -> None:
 
     out = x + r
     add(x, r, out)
-    add(out, r, out + r)  # skip is the previous output: reused
-    out.mul_(2.0)  # modified in place: its old sums no longer apply
+    add(out, r, out + r)  # skip is the previous output, unchanged
+    out.mul_(2.0)  # modified in place
     add(out, r, out + r)
     (_, _, first_out, _), (second_skip, _, _, _), (third_skip, _, _, _) = acc.results()
-    assert second_skip == first_out
+    assert second_skip.m2 == pytest.approx(first_out.m2, rel=1e-6)
     assert third_skip.m2 == pytest.approx(4 * first_out.m2, rel=1e-6)
     assert third_skip == sigprop.moments(out)
 
@@ -144,3 +144,111 @@ def test_partial_sums_flushed_mid_pass_land_in_the_right_place(
 def measure_blocks(net: torch.nn.Module, spec: sigprop.InputSpec) -> list[float]:
     blocks = sigprop.measure(net, spec).runs[0].blocks
     return [v for b in blocks for m in (b.skip, b.residual, b.output) for v in (m.var, m.sq_mean)]
+
+
+def branch_tensors(model: torch.nn.Module, x: torch.Tensor, module: torch.nn.Module
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Input and output of the one call of ``module`` in ``model(x)``, as float64 copies."""
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def capture(m: torch.nn.Module, args: tuple[torch.Tensor, ...], out: torch.Tensor) -> None:
+        seen.append((args[0].double().clone(), out.double().clone()))
+
+    handle = module.register_forward_hook(capture)
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        handle.remove()
+    (only,) = seen
+    return only
+
+
+class WrittenThroughData(torch.nn.Module):
+    """A write through ``.data`` between two blocks: it bypasses the version counter."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = torch.nn.Linear(8, 8)
+        self.g = torch.nn.Linear(8, 8)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.f(x)
+        x.data.mul_(2.0)
+        return x + self.g(x)
+
+
+def test_a_write_through_data_between_blocks_is_measured_not_stale() -> None:
+    torch.manual_seed(0)
+    model, x = WrittenThroughData(), torch.randn(64, 8)
+    skip, residual = branch_tensors(model, x, model.g)
+    second = sigprop.measure(model, x).runs[0].blocks[1]
+    assert second.skip.m2 == pytest.approx(float((skip**2).mean()), rel=1e-6)
+    assert second.output.m2 == pytest.approx(float(((skip + residual)**2).mean()), rel=1e-6)
+
+
+class Conv1dWithLength(torch.nn.Module):
+    """``(N, C, L)`` activations: a Conv1d and BatchNorm1d over C, a Linear along L."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(4, 4, 3, padding=1)
+        self.bn = torch.nn.BatchNorm1d(4)
+        self.along = torch.nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.along(self.bn(self.conv(x)))
+
+
+def test_conv1d_activations_are_channels_first_even_with_a_linear_along_the_length() -> None:
+    torch.manual_seed(0)
+    x = offset_input((8, 4, 16), seed=1, dtype=torch.float32)
+    block = sigprop.measure(Conv1dWithLength(), x).runs[0].blocks[0]
+    assert not block.channels_last
+    var, sq_mean = numpy_moments(x.double().numpy(), channel_axis=1)
+    assert (block.skip.var, block.skip.sq_mean) == pytest.approx((var, sq_mean), rel=1e-6)
+
+
+class HugeSkip(torch.nn.Module):
+    """A skip of order ``size`` next to a residual of order 0.3."""
+
+    def __init__(self, size: float) -> None:
+        super().__init__()
+        self.f = torch.nn.Linear(8, 8)
+        self.size = size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.f(x / self.size)
+
+
+@pytest.mark.parametrize("size", [1e20, 1e25])
+def test_overflow_fallback_scales_each_tensor_by_its_own_power_of_two(size: float) -> None:
+    torch.manual_seed(0)
+    model, x = HugeSkip(size), torch.randn(64, 8) * size  # float32 squares of x overflow
+    _, residual = branch_tensors(model, x, model.f)
+    block = sigprop.measure(model, x).runs[0].blocks[0]
+    var, sq_mean = numpy_moments(residual.numpy(), channel_axis=1)
+    assert (block.residual.var, block.residual.sq_mean) == pytest.approx((var, sq_mean), rel=1e-7)
+    assert block.skip.m2 == pytest.approx(float((x.double()**2).mean()), rel=1e-6)
+
+
+class HalfBlock(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.f = torch.nn.Linear(16, 16)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.f(x)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_output_statistics_are_those_of_the_rounded_output(dtype: torch.dtype
+                                                                        ) -> None:
+    torch.manual_seed(0)
+    model = HalfBlock().to(dtype)
+    x = offset_input((256, 16), seed=2, dtype=torch.float32).to(dtype)
+    with torch.no_grad():
+        out = (x + model.f(x)).double()
+    block = sigprop.measure(model, x).runs[0].blocks[0]
+    var, sq_mean = numpy_moments(out.numpy(), channel_axis=1)
+    assert (block.output.var, block.output.sq_mean) == pytest.approx((var, sq_mean), rel=1e-6)
