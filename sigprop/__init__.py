@@ -12,11 +12,14 @@ from sigprop._moments import moments
 from sigprop._version import __version__
 from sigprop.blocks import ResidualAdd
 from sigprop.finding import NoResidualBlockError
-from sigprop.recording import BNMode, ForwardError, find_blocks, gaussian_input, measure
+from sigprop.recording import BackwardError, BNMode, ForwardError, find_blocks, gaussian_input, measure
 from sigprop.trace import (
     BatchNorms,
     Block,
     BlockStats,
+    Direction,
+    GradRole,
+    Gradients,
     InputKind,
     InputSpec,
     Moments,
@@ -30,10 +33,14 @@ from sigprop.trace import (
 
 __all__ = [
     "BNMode",
+    "BackwardError",
     "BatchNorms",
     "Block",
     "BlockStats",
+    "Direction",
     "ForwardError",
+    "GradRole",
+    "Gradients",
     "InputKind",
     "InputSpec",
     "Moments",

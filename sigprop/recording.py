@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import replace
 from enum import StrEnum
 from typing import Any
 
@@ -11,6 +12,8 @@ import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from sigprop import _backward
+from sigprop._backward import BackwardError
 from sigprop._accumulators import Accumulator, FastAccumulator, SafeAccumulator
 from sigprop._validate import parse_choice
 from sigprop.blocks import MarkedAdditions
@@ -21,6 +24,7 @@ from sigprop.trace import BatchNorms, Block, BlockStats, InputKind, InputSpec, R
 
 __all__ = [
     "BNMode",
+    "BackwardError",
     "ForwardError",
     "find_blocks",
     "gaussian_input",
@@ -37,6 +41,8 @@ class BNMode(StrEnum):
 
 class ForwardError(RuntimeError):
     """The model's own forward pass raised; the message says after which block."""
+
+
 
 
 def gaussian_input(
@@ -62,7 +68,7 @@ class _NoStats:
     def output(self, operands: None, output: torch.Tensor) -> None:
         """Nothing to reduce."""
 
-    def commit(self, reduced: None) -> None:
+    def commit(self, reduced: None, block: Block) -> None:
         """Nothing to count."""
 
 
@@ -137,14 +143,16 @@ def _finder(model: nn.Module, blocks: Sequence[str] | None) -> BlockFinder:
 
 
 def _forward(model: nn.Module, inputs: torch.Tensor, finder: BlockFinder, recorder: Recorder,
-             bn_mode: BNMode, progress: Callable[[int], None] | None = None) -> list[Block]:
-    """Run the forward pass with the residual additions tapped; returns the blocks found."""
+             bn_mode: BNMode, progress: Callable[[int], None] | None = None,
+             grad: bool = False) -> tuple[list[Block], Any]:
+    """Run the forward pass with the residual additions tapped; returns the blocks found and
+    the model's output (recorded by autograd with ``grad``, else without)."""
     found = FoundBlocks(recorder, progress)
-    with ExitStack() as stack, torch.no_grad():
+    with ExitStack() as stack, torch.set_grad_enabled(grad):
         stack.enter_context(_measurement_state(model, bn_mode))
         stack.enter_context(finder.tapping(found))
         try:
-            model(inputs)
+            output = model(inputs)
         except Exception as e:
             last = found.last
             where = f"after block {last.index} ({last.name})" if last else "before block 0"
@@ -153,7 +161,7 @@ def _forward(model: nn.Module, inputs: torch.Tensor, finder: BlockFinder, record
             ) from e
     blocks = found.blocks()
     finder.check(blocks)
-    return blocks
+    return blocks, output
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -188,6 +196,8 @@ def measure(
     model_info: Mapping[str, Any] | ResNetConfig | None = None,
     progress: Callable[[int], None] | None = None,
     blocks: Sequence[str] | None = None,
+    backward: bool = False,
+    loss: _backward.Loss | None = None,
 ) -> Trace:
     """Measure skip, residual and output statistics of every residual block in one forward pass.
 
@@ -215,10 +225,24 @@ def measure(
             the last addition of two tensors of the same shape is the residual addition; the
             operand fewer operations away from the module's input is the skip (the first operand
             on a tie).
+        backward: also run one backward pass and record, per block, the moments of four
+            gradients (:class:`~sigprop.Gradients`: ``output`` dL/dy, its ``skip`` and
+            ``residual`` parts back at the block input, and ``input`` dL/dx). The cotangent at
+            the model's output is i.i.d. standard normal, drawn from the run's seed (in a stream
+            apart from the input's); batch norm in train mode back-propagates through its batch
+            statistics. No ``.grad`` is written: parameters do not require grad during the pass
+            (their flags are restored) and only the hooked tensors' gradients are formed. The
+            forward statistics are those of a forward-only measurement.
+        loss: with ``backward``, back-propagate ``loss(output)`` (a scalar) instead of a random
+            cotangent.
 
     Returns:
         A :class:`Trace` with one run. Non-finite statistics (overflow) are kept as they are;
         ``trace.runs[0].first_overflow`` names the first block that overflowed.
+
+    Raises:
+        ForwardError: the model's forward pass raised.
+        BackwardError: the backward pass (or ``loss``) raised.
 
     >>> import sigprop
     >>> net = sigprop.models.resnet(3, seed=0)
@@ -227,14 +251,23 @@ def measure(
     [1, 1, 1]
     """
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
+    if loss is not None and not backward:
+        raise ValueError("loss is back-propagated only with backward=True: pass both, or neither")
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss must be a callable(output) -> scalar tensor, got {loss!r}")
     batch, spec = _resolve_input(inputs, model)
+    run_seed = seed if seed is not None else spec.seed
     finder = _finder(model, blocks)
     batchnorms = _batchnorms(model)
-    stats = _measured(model, batch, finder, FastAccumulator(), mode, progress)
+    if backward:
+        stats = _measured_backward(model, batch, finder, mode, progress, run_seed, loss)
+    else:
+        stats = _measured(model, batch, finder, FastAccumulator(), mode, progress)
     if not all(b.finite for b in stats):
         # The fast statistics overflow long before float32 activations do: measure again with
         # every tensor scaled, so the first non-finite block is where the network overflows.
-        stats = _measured(model, batch, finder, SafeAccumulator(), mode, None)
+        safe = _measured(model, batch, finder, SafeAccumulator(), mode, None)
+        stats = tuple(replace(b, grad=m.grad) for b, m in zip(safe, stats, strict=True))
     if isinstance(model_info, ResNetConfig):
         info = model_info.to_dict()
     elif model_info is not None:
@@ -243,7 +276,7 @@ def measure(
         config = getattr(model, "config", None)
         info = config.to_dict() if isinstance(config, ResNetConfig) else \
             {"name": type(model).__name__}
-    run = Run(seed if seed is not None else spec.seed, stats)
+    run = Run(run_seed, stats)
     return Trace(model=info, input=spec, bn_mode=mode.value, runs=(run,), batchnorms=batchnorms)
 
 
@@ -251,9 +284,31 @@ def _measured(model: nn.Module, batch: torch.Tensor, finder: BlockFinder,
               accumulator: Accumulator, bn_mode: BNMode,
               progress: Callable[[int], None] | None) -> tuple[BlockStats, ...]:
     """One forward pass: every block found, with the statistics the accumulator gathered."""
-    blocks = _forward(model, batch, finder, accumulator, bn_mode, progress)
+    blocks, _ = _forward(model, batch, finder, accumulator, bn_mode, progress)
     return tuple(BlockStats.of(block, *stats)
                  for block, stats in zip(blocks, accumulator.results(), strict=True))
+
+
+def _measured_backward(model: nn.Module, batch: torch.Tensor, finder: BlockFinder,
+                       bn_mode: BNMode, progress: Callable[[int], None] | None,
+                       seed: int | None, loss: _backward.Loss | None
+                       ) -> tuple[BlockStats, ...]:
+    """One forward pass recorded by autograd, then one backward pass: blocks with gradients."""
+    accumulator = FastAccumulator()
+    # The input is a fresh leaf (the caller's tensor is not touched), entered through a copy
+    # so that a model may still change its input in place.
+    leaf = batch.detach().requires_grad_(True)
+    with ExitStack() as stack:
+        stack.enter_context(_backward.frozen_parameters(model))
+        inputs = stack.enter_context(_backward.block_inputs(model, finder))
+        recorder = _backward.GradientRecorder(accumulator, inputs)
+        blocks, output = _forward(model, leaf.clone(), finder, recorder, bn_mode, progress,
+                                  grad=True)
+    _backward.backward(output, leaf, seed, loss)
+    del output
+    return tuple(BlockStats.of(block, *stats, grad=grad)
+                 for block, stats, grad in zip(blocks, accumulator.results(),
+                                               recorder.gradients(), strict=True))
 
 
 def _batchnorms(model: nn.Module) -> BatchNorms:
@@ -297,4 +352,4 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec,
     """
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
     batch, _ = _resolve_input(example_input, model)
-    return _forward(model, batch, _finder(model, blocks), _NoStats(), mode)
+    return _forward(model, batch, _finder(model, blocks), _NoStats(), mode)[0]
