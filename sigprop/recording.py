@@ -144,24 +144,30 @@ def _finder(model: nn.Module, blocks: Sequence[str] | None) -> BlockFinder:
 
 def _forward(model: nn.Module, inputs: torch.Tensor, finder: BlockFinder, recorder: Recorder,
              bn_mode: BNMode, progress: Callable[[int], None] | None = None,
-             grad: bool = False) -> tuple[list[Block], Any]:
-    """Run the forward pass with the residual additions tapped; returns the blocks found and
-    the model's output (recorded by autograd with ``grad``, else without)."""
+             then: Callable[[Any], None] | None = None) -> list[Block]:
+    """Run the forward pass with the residual additions tapped; returns the blocks found.
+
+    With ``then``, autograd records the pass and ``then(output)`` runs (the backward pass) once
+    the additions are no longer tapped, but before the model's state is restored: restoring a
+    buffer the graph saved would invalidate it.
+    """
     found = FoundBlocks(recorder, progress)
-    with ExitStack() as stack, torch.set_grad_enabled(grad):
+    with ExitStack() as stack, torch.set_grad_enabled(then is not None):
         stack.enter_context(_measurement_state(model, bn_mode))
-        stack.enter_context(finder.tapping(found))
-        try:
-            output = model(inputs)
-        except Exception as e:
-            last = found.last
-            where = f"after block {last.index} ({last.name})" if last else "before block 0"
-            raise ForwardError(
-                f"the model's forward pass failed {where}: {type(e).__name__}: {e}"
-            ) from e
-    blocks = found.blocks()
-    finder.check(blocks)
-    return blocks, output
+        with finder.tapping(found):
+            try:
+                output = model(inputs)
+            except Exception as e:
+                last = found.last
+                where = f"after block {last.index} ({last.name})" if last else "before block 0"
+                raise ForwardError(
+                    f"the model's forward pass failed {where}: {type(e).__name__}: {e}"
+                ) from e
+        blocks = found.blocks()
+        finder.check(blocks)
+        if then is not None:
+            then(output)
+    return blocks
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -284,7 +290,7 @@ def _measured(model: nn.Module, batch: torch.Tensor, finder: BlockFinder,
               accumulator: Accumulator, bn_mode: BNMode,
               progress: Callable[[int], None] | None) -> tuple[BlockStats, ...]:
     """One forward pass: every block found, with the statistics the accumulator gathered."""
-    blocks, _ = _forward(model, batch, finder, accumulator, bn_mode, progress)
+    blocks = _forward(model, batch, finder, accumulator, bn_mode, progress)
     return tuple(BlockStats.of(block, *stats)
                  for block, stats in zip(blocks, accumulator.results(), strict=True))
 
@@ -302,10 +308,8 @@ def _measured_backward(model: nn.Module, batch: torch.Tensor, finder: BlockFinde
         stack.enter_context(_backward.frozen_parameters(model))
         inputs = stack.enter_context(_backward.block_inputs(model, finder))
         recorder = _backward.GradientRecorder(accumulator, inputs)
-        blocks, output = _forward(model, leaf.clone(), finder, recorder, bn_mode, progress,
-                                  grad=True)
-    _backward.backward(output, leaf, seed, loss)
-    del output
+        blocks = _forward(model, leaf.clone(), finder, recorder, bn_mode, progress,
+                          then=lambda output: _backward.backward(output, leaf, seed, loss))
     return tuple(BlockStats.of(block, *stats, grad=grad)
                  for block, stats, grad in zip(blocks, accumulator.results(),
                                                recorder.gradients(), strict=True))
@@ -352,4 +356,4 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec,
     """
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
     batch, _ = _resolve_input(example_input, model)
-    return _forward(model, batch, _finder(model, blocks), _NoStats(), mode)[0]
+    return _forward(model, batch, _finder(model, blocks), _NoStats(), mode)
