@@ -31,6 +31,11 @@ Seeds = Annotated[int, typer.Option(
 Device = Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")]
 BatchSize = Annotated[int, typer.Option(help="Images in the Gaussian input batch.")]
 ImageSize = Annotated[int, typer.Option(help="Height and width of the Gaussian input images.")]
+Backward = Annotated[bool, typer.Option(
+    "--backward/--no-backward",
+    help="Also run one backward pass (cotangent i.i.d. N(0, 1) from the seed) and record the "
+    "gradients of every block: dL/dy, its skip and residual parts, dL/dx; writes "
+    "spp-backward.png.")]
 BN = Annotated[BNMode, typer.Option(
     help="train: BN normalizes with batch statistics (the paper's setting; running statistics "
     "are not updated). eval: BN uses its running statistics.")]
@@ -44,7 +49,8 @@ def image_batch(batch_size: int, image_size: int) -> tuple[int, int, int, int]:
 
 
 def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: str,
-                        out_default: Path | None, out_help: str, json_help: str) -> None:
+                        out_default: Path | None, out_help: str, json_help: str,
+                        backward_default: bool = False) -> None:
     """Register ``resnet``, ``torchvision``, ``timm`` and ``model`` on ``app``, running ``action``.
 
     Args:
@@ -54,14 +60,15 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         verb: first word of every command's help, e.g. ``Measure`` or ``Audit``.
         out_default: default of ``--out`` (None: write no files unless asked).
         out_help, json_help: help of ``--out`` and ``--json`` for this group.
+        backward_default: whether ``--backward`` is on unless ``--no-backward`` is given.
     """
     Out = Annotated[Path | None, typer.Option(help=out_help)]
     Json = Annotated[bool, typer.Option("--json", help=json_help)]
 
     def options(seed: int, seeds: int, device: str, bn_mode: BNMode, out: Path | None,
-                json_output: bool) -> RunOptions:
+                json_output: bool, backward: bool) -> RunOptions:
         check_positive("--seeds", seeds, "run")
-        return RunOptions(seed, seeds, device, bn_mode, out, json_output)
+        return RunOptions(seed, seeds, device, bn_mode, out, json_output, backward)
 
     @app.command("resnet", help=f"{verb} the paper's CIFAR-style ResNet with --depth residual "
                  f"blocks.\n\nExample: sigprop {group} resnet --depth 512")
@@ -112,12 +119,13 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         bn_mode: BN = BNMode.TRAIN,
         out: Out = out_default,
         json_output: Json = False,
+        backward: Backward = backward_default,
     ) -> None:
         input_shape = image_batch(batch_size, image_size)
         model = ModelSource.parse("resnet", depth=depth, variant=variant, norm=norm, width=width,
                                   stages=stages, alpha=alpha, order=order, padding=padding,
                                   nf_zero_init=nf_zero_init, fixup_zero_last=fixup_zero_last)
-        source(model, input_shape, depth, options(seed, seeds, device, bn_mode, out, json_output))
+        source(model, input_shape, depth, options(seed, seeds, device, bn_mode, out, json_output, backward))
 
     def source(model: ModelSource, input_shape: tuple[int, ...], expected_blocks: int | None,
                run_options: RunOptions) -> None:
@@ -144,9 +152,10 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             bn_mode: BN = BNMode.TRAIN,
             out: Out = out_default,
             json_output: Json = False,
+            backward: Backward = backward_default,
         ) -> None:
             source(ModelSource(library, name), image_batch(batch_size, image_size), None,
-                   options(seed, seeds, device, bn_mode, out, json_output))
+                   options(seed, seeds, device, bn_mode, out, json_output, backward))
 
     zoo_command(Source.TORCHVISION, "no weights (classification models)", "resnet50")
     zoo_command(Source.TIMM, "pretrained=False", "resnetv2_50")
@@ -173,6 +182,7 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         bn_mode: BN = BNMode.TRAIN,
         out: Out = out_default,
         json_output: Json = False,
+        backward: Backward = backward_default,
     ) -> None:
         check_positive("--batch-size", batch_size, "image")
         try:
@@ -181,4 +191,4 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         except ValueError as e:
             raise UsageError(str(e)) from e
         source(ModelSource(Source.MODEL, spec, tuple(sorted(kwargs.items()))),
-               (batch_size, *shape), None, options(seed, seeds, device, bn_mode, out, json_output))
+               (batch_size, *shape), None, options(seed, seeds, device, bn_mode, out, json_output, backward))

@@ -22,11 +22,12 @@ from torch import nn
 import sigprop
 from sigprop import stats
 from sigprop._validate import check_int, resolve_device
-from sigprop.plotting import plot_spp
+from sigprop.plotting import plot_spp, plot_spp_backward
 
 from ._errors import UsageError
 
 STATS_JSON, STATS_CSV, SPP_PNG = "stats.json", "stats.csv", "spp.png"
+SPP_BACKWARD_PNG = "spp-backward.png"
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,7 @@ class RunOptions:
     bn_mode: sigprop.BNMode
     out: Path | None
     json: bool
+    backward: bool = False
 
 
 @dataclass(frozen=True)
@@ -105,8 +107,9 @@ def collect(analysis: Analysis, options: RunOptions, out: Path | None) -> Collec
             spec = sigprop.InputSpec("gaussian", analysis.input_shape, options.seed + k)
             try:
                 traces.append(sigprop.measure(model, spec, bn_mode=options.bn_mode,
-                                              model_info=model_info, progress=advance))
-            except sigprop.ForwardError as e:
+                                              model_info=model_info, progress=advance,
+                                              backward=options.backward))
+            except (sigprop.ForwardError, sigprop.BackwardError) as e:
                 raise UsageError(str(e)) from e
     trace = reduce(sigprop.Trace.merge, traces)
     return Collected(trace, stats.report(trace), time.perf_counter() - started)
@@ -144,8 +147,14 @@ class _progress:
         self.bar.stop()
 
 
+def written(trace: sigprop.Trace) -> tuple[str, ...]:
+    """The files :func:`write_outputs` writes for ``trace``."""
+    return (STATS_JSON, STATS_CSV, SPP_PNG) + ((SPP_BACKWARD_PNG,) if trace.has_gradients else ())
+
+
 def write_outputs(collected: Collected, out: Path) -> None:
-    """stats.json (trace, fits, verdicts), stats.csv (long format) and spp.png into ``out``."""
+    """stats.json (trace, fits, verdicts), stats.csv (long format) and spp.png into ``out``;
+    spp-backward.png too when the trace has gradients."""
     trace = collected.trace
     (out / STATS_JSON).write_text(
         json.dumps(collected.document(), indent=1, allow_nan=False) + "\n")
@@ -155,6 +164,10 @@ def write_outputs(collected: Collected, out: Path) -> None:
     fig = plot_spp(trace)
     fig.savefig(out / SPP_PNG)
     plt.close(fig)
+    if trace.has_gradients:
+        fig = plot_spp_backward(trace)
+        fig.savefig(out / SPP_BACKWARD_PNG)
+        plt.close(fig)
 
 
 def summarize(collected: Collected, out: Path) -> None:
@@ -181,7 +194,15 @@ def summarize(collected: Collected, out: Path) -> None:
     table.add_row("first non-finite block", "none" if overflow is None else str(overflow))
     table.add_row("effective depth (branch >= 0.1 x skip in norm)", str(result.effective_depth))
     table.add_row("time (build + measure)", f"{elapsed:.1f} s")
-    table.add_row("written", f"{out}/{{{STATS_JSON}, {STATS_CSV}, {SPP_PNG}}}")
+    if trace.has_gradients:
+        grad_in = stats.band(trace, lambda b: b.grad.input.m2 if b.grad else math.nan).mean
+        grad_out = stats.band(trace, lambda b: b.grad.output.m2 if b.grad else math.nan).mean
+        grad_ratio = stats.band(trace, lambda b: b.grad.ratio if b.grad else math.nan).mean
+        table.add_row("gradient second moment, last block output", f"{grad_out[-1]:.4g}")
+        table.add_row("gradient second moment, first block input", f"{grad_in[0]:.4g}")
+        table.add_row("gradient growth, last block to first", f"x{grad_in[0] / grad_out[-1]:.4g}")
+        table.add_row("residual/skip gradient ratio, last block", f"{grad_ratio[-1]:.4g}")
+    table.add_row("written", f"{out}/{{{', '.join(written(trace))}}}")
     # Piped output gets 80 columns by default, too narrow for the verdict table.
     console = Console(width=max(Console().width, 110))
     console.print(table)

@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 import sigprop
-from sigprop.plotting import plot_spp
+from sigprop.plotting import plot_spp, plot_spp_backward
 
 from ._errors import UsageError, reports_usage_errors
 from ._run import STATS_JSON
@@ -53,6 +53,9 @@ def plot_command(
         "and its depth).", show_default=False)] = None,
     theory: Annotated[bool, typer.Option(
         help="Draw the closed-form theory of the built-in ResNets.")] = True,
+    backward: Annotated[bool, typer.Option(
+        "--backward", help="Draw the backward plot (spp-backward.png: gradient second moments "
+        "and residual/skip gradient ratio) of files measured with --backward.")] = False,
 ) -> None:
     """Overlay saved runs (stats.json) in one signal-propagation plot.
 
@@ -66,6 +69,12 @@ def plot_command(
         raise UsageError(f"got {len(label)} --label for {len(files)} files: give one per file, "
                          "in order, or none")
     traces = [load(path) for path in files]
+    if backward:
+        lacking = [str(path) for path, trace in zip(files, traces, strict=True)
+                   if not trace.has_gradients]
+        if lacking:
+            raise UsageError(f"{lacking[0]}: has no gradient statistics; measure it with "
+                             "`sigprop analyze ... --backward`, or plot without --backward")
     if out.parent.exists() and not out.parent.is_dir():
         raise UsageError(f"cannot write --out {str(out)!r}: {str(out.parent)!r} is a file, not a "
                          "folder")
@@ -74,7 +83,8 @@ def plot_command(
                          "exist")
     import matplotlib.pyplot as plt
 
-    fig = plot_spp(traces, labels=label or None, theory=theory)
+    draw = plot_spp_backward if backward else plot_spp
+    fig = draw(traces, labels=label or None, theory=theory)
     metadata = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}.get(out.suffix.lower())
     try:
         with plt.rc_context({"svg.hashsalt": "sigprop"}):  # reproducible SVG element ids
