@@ -32,7 +32,7 @@ Device = Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")]
 BatchSize = Annotated[int, typer.Option(help="Images in the Gaussian input batch.")]
 ImageSize = Annotated[int, typer.Option(help="Height and width of the Gaussian input images.")]
 Backward = Annotated[bool, typer.Option(
-    "--backward/--no-backward",
+    "--backward",
     help="Also run one backward pass (cotangent i.i.d. N(0, 1) from the seed) and record the "
     "gradients of every block: dL/dy, its skip and residual parts, dL/dx; writes "
     "spp-backward.png.")]
@@ -49,8 +49,7 @@ def image_batch(batch_size: int, image_size: int) -> tuple[int, int, int, int]:
 
 
 def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: str,
-                        out_default: Path | None, out_help: str, json_help: str,
-                        backward_default: bool = False) -> None:
+                        out_default: Path | None, out_help: str, json_help: str) -> None:
     """Register ``resnet``, ``torchvision``, ``timm`` and ``model`` on ``app``, running ``action``.
 
     Args:
@@ -60,7 +59,6 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         verb: first word of every command's help, e.g. ``Measure`` or ``Audit``.
         out_default: default of ``--out`` (None: write no files unless asked).
         out_help, json_help: help of ``--out`` and ``--json`` for this group.
-        backward_default: whether ``--backward`` is on unless ``--no-backward`` is given.
     """
     Out = Annotated[Path | None, typer.Option(help=out_help)]
     Json = Annotated[bool, typer.Option("--json", help=json_help)]
@@ -119,7 +117,7 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         bn_mode: BN = BNMode.TRAIN,
         out: Out = out_default,
         json_output: Json = False,
-        backward: Backward = backward_default,
+        backward: Backward = False,
     ) -> None:
         input_shape = image_batch(batch_size, image_size)
         model = ModelSource.parse("resnet", depth=depth, variant=variant, norm=norm, width=width,
@@ -152,7 +150,7 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             bn_mode: BN = BNMode.TRAIN,
             out: Out = out_default,
             json_output: Json = False,
-            backward: Backward = backward_default,
+            backward: Backward = False,
         ) -> None:
             source(ModelSource(library, name), image_batch(batch_size, image_size), None,
                    options(seed, seeds, device, bn_mode, out, json_output, backward))
@@ -182,7 +180,7 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         bn_mode: BN = BNMode.TRAIN,
         out: Out = out_default,
         json_output: Json = False,
-        backward: Backward = backward_default,
+        backward: Backward = False,
     ) -> None:
         check_positive("--batch-size", batch_size, "image")
         try:

@@ -51,5 +51,5 @@ def _print(findings: list[Finding]) -> None:
 add_source_commands(
     app, run_audit, group="audit", verb="Audit", out_default=None,
     out_help="Also write stats.json, stats.csv and spp.png into this folder.",
-    json_help="Print the findings as JSON on stdout (for CI pipelines).", backward_default=True,
+    json_help="Print the findings as JSON on stdout (for CI pipelines).",
 )

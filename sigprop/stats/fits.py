@@ -45,7 +45,7 @@ class FitId(StrEnum):
     RATIO_EXPONENT = "ratio_exponent"  # power of the residual/skip ratio in the block position
     GROWTH_RATE = "growth_rate"  # geometric factor g of m2_{l+1} = a + g m2_l
     # Gradients (traces measured with backward=True): the geometric factor g of the gradient's
-    # growth towards the input, G_l / G_{l+1} = g + a / m2_l, and the power of the branch/skip
+    # growth towards the input, G_l / G_{l+1} = g + a / var_l, and the power of the branch/skip
     # gradient ratio in the block position.
     GRAD_GROWTH_RATE = "grad_growth_rate"
     GRAD_RATIO_EXPONENT = "grad_ratio_exponent"
@@ -306,10 +306,11 @@ def fit(trace: Trace, fit_id: FitId | str, stage: int = 0, level: float = 0.95,
             * ``ratio_exponent``: power of ``residual/skip`` in the position ``n = 1, 2, ...``
               (-1 only at infinite depth: ``1/(m2_0 + l)`` fits -0.90 at 64 blocks);
             * ``growth_rate``: ``g`` of ``m2_{l+1} = a + g m2_l`` (1 for linear growth);
-            * ``grad_growth_rate`` (gradients): ``g`` of ``G_l / G_{l+1} = g + a / m2_l``,
-              with ``G_l`` the input gradient's second moment of block ``l`` and ``m2_l`` the
-              forward skip second moment: BN's ``1 + rho_l`` with ``rho_l ~ 1/var_l`` has
-              ``g = 1`` (a power law towards the input), a geometric explosion ``g > 1``;
+            * ``grad_growth_rate`` (gradients): ``g`` of ``G_l / G_{l+1} = g + a / var_l``,
+              with ``G_l`` the input gradient's second moment of block ``l`` and ``var_l`` the
+              forward skip's average channel variance: BN's ``1 + rho_l`` with
+              ``rho_l ~ 1/var_l`` has ``g = 1`` (a power law towards the input), a geometric
+              explosion ``g > 1``;
             * ``grad_ratio_exponent`` (gradients): power of the branch/skip gradient ratio
               in the position ``n = 1, 2, ...``.
         stage: the stage to fit.
@@ -354,16 +355,16 @@ def fits(trace: Trace, level: float = 0.95) -> list[Estimate]:
 
 @dataclass(frozen=True, slots=True)
 class _GradSeries:
-    """One run's identity blocks of one stage: forward skip m2, input and branch/skip gradient
-    ratio per block, and the chain factor ``G_l / G_{l+1}`` of each pair of blocks."""
+    """One run's identity blocks of one stage: the forward skip's average channel variance, and
+    the input gradient's second moment and the branch/skip gradient ratio, per block."""
 
-    skip_m2: np.ndarray
+    skip_var: np.ndarray
     grad_input: np.ndarray
     grad_ratio: np.ndarray
 
     @property
     def size(self) -> int:
-        return int(self.skip_m2.size)
+        return int(self.skip_var.size)
 
 
 def _grad_series(rows: Sequence[tuple[float, float, float]]) -> _GradSeries:
@@ -373,8 +374,13 @@ def _grad_series(rows: Sequence[tuple[float, float, float]]) -> _GradSeries:
 
 
 def _grad_growth(s: _GradSeries, keep: np.ndarray) -> tuple[float, float]:
-    """``g`` of ``G_l / G_{l+1} - 1 = (g - 1) + a / m2_l`` (as :func:`_growth`, backwards)."""
-    level, factor = s.skip_m2[:-1], s.grad_input[:-1] / s.grad_input[1:]
+    """``g`` of ``G_l / G_{l+1} - 1 = (g - 1) + a / var_l`` (as :func:`_growth`, backwards).
+
+    Batch norm divides the branch's gradient by the channel variance ``var_l`` of the block
+    input it normalizes, so a BN network has ``g = 1`` exactly; without normalization the
+    factor is constant and ``g`` is it.
+    """
+    level, factor = s.skip_var[:-1], s.grad_input[:-1] / s.grad_input[1:]
     pairs = keep[:-1] & (level > 0) & np.isfinite(factor)
     if pairs.sum() < 3:
         return math.nan, math.nan
@@ -407,7 +413,7 @@ def _gradient_fit(trace: Trace, fit_id: FitId, stage: int, level: float) -> Esti
     for run in trace.runs:
         blocks = [b for b in run.blocks if b.stage == stage
                   and b.shortcut is Shortcut.IDENTITY and b.grad is not None]
-        series.append(_grad_series([(b.skip.m2, b.grad.input.m2, b.grad.ratio)
+        series.append(_grad_series([(b.skip.var, b.grad.input.m2, b.grad.ratio)
                                     for b in blocks if b.grad is not None]))
     estimate, ci, intercept, runs, df = _pooled([_run_fit(chosen, s) for s in series], level)
     predicted = None
@@ -416,7 +422,7 @@ def _gradient_fit(trace: Trace, fit_id: FitId, stage: int, level: float) -> Esti
         first = trace.runs[0].blocks
         indices = [b.index for b in first if b.stage == stage
                    and b.shortcut is Shortcut.IDENTITY]
-        theory = _grad_series([(forward.blocks[i].skip_m2, backward.input[i],
+        theory = _grad_series([(_skip_var(trace, forward, i), backward.input[i],
                                 backward.ratio[i]) for i in indices])
         if theory.size:
             value = chosen.fitter(theory, np.ones(theory.size, bool))[0]
@@ -485,3 +491,11 @@ def projected_growth(trace: Trace, stages: Sequence[int] | None = None,
     half = float(sps.t.ppf(0.5 + level / 2, df)) * math.sqrt(log_variance)
     return Growth(math.exp(log_factor), (math.exp(log_factor - half), math.exp(log_factor + half)),
                   math.exp(log_factor / blocks), blocks, unjudged, overflow)
+
+
+def _skip_var(trace: Trace, forward: Prediction, index: int) -> float:
+    """The predicted skip variance of a block, else the measured one (mean over runs)."""
+    predicted = forward.blocks[index].skip_var
+    if math.isfinite(predicted):
+        return predicted
+    return float(np.nanmean([run.blocks[index].skip.var for run in trace.runs]))
