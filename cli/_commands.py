@@ -123,7 +123,8 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         model = ModelSource.parse("resnet", depth=depth, variant=variant, norm=norm, width=width,
                                   stages=stages, alpha=alpha, order=order, padding=padding,
                                   nf_zero_init=nf_zero_init, fixup_zero_last=fixup_zero_last)
-        source(model, input_shape, depth, options(seed, seeds, device, bn_mode, out, json_output, backward))
+        source(model, input_shape, depth,
+               options(seed, seeds, device, bn_mode, out, json_output, backward))
 
     def source(model: ModelSource, input_shape: tuple[int, ...], expected_blocks: int | None,
                run_options: RunOptions) -> None:
@@ -189,4 +190,5 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         except ValueError as e:
             raise UsageError(str(e)) from e
         source(ModelSource(Source.MODEL, spec, tuple(sorted(kwargs.items()))),
-               (batch_size, *shape), None, options(seed, seeds, device, bn_mode, out, json_output, backward))
+               (batch_size, *shape), None,
+               options(seed, seeds, device, bn_mode, out, json_output, backward))

@@ -12,14 +12,21 @@ from sigprop._moments import moments
 from sigprop._version import __version__
 from sigprop.blocks import ResidualAdd
 from sigprop.finding import NoResidualBlockError
-from sigprop.recording import BackwardError, BNMode, ForwardError, find_blocks, gaussian_input, measure
+from sigprop.recording import (
+    BackwardError,
+    BNMode,
+    ForwardError,
+    find_blocks,
+    gaussian_input,
+    measure,
+)
 from sigprop.trace import (
     BatchNorms,
     Block,
     BlockStats,
     Direction,
-    GradRole,
     Gradients,
+    GradRole,
     InputKind,
     InputSpec,
     Moments,

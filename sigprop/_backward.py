@@ -43,8 +43,8 @@ from sigprop.discovery import NamedBlocks
 from sigprop.finding import BlockFinder
 from sigprop.trace import Block, Gradients, Moments, Shortcut
 
-__all__ = ["BackwardError", "GradientRecorder", "Loss", "backward", "block_inputs", "cotangent_seed",
-           "frozen_parameters"]
+__all__ = ["BackwardError", "GradientRecorder", "Loss", "backward", "block_inputs",
+           "cotangent_seed", "frozen_parameters"]
 
 Loss = Callable[[Any], torch.Tensor]
 """``loss(model_output) -> scalar tensor``: what is back-propagated instead of a random
@@ -122,7 +122,7 @@ class GradientRecorder:
         slot = _Slot(forward, channel_dim(skip.ndim, channels_last))
         if skip.requires_grad:
             slot.skip_edge = get_gradient_edge(skip)
-            skip.register_hook(lambda grad: self._on_skip_operand(slot, grad))
+            _hook(skip, lambda grad: self._on_skip_operand(slot, grad))
         return slot
 
     def output(self, slot: _Slot, output: torch.Tensor) -> _Slot:
@@ -130,7 +130,7 @@ class GradientRecorder:
         with torch.no_grad():
             slot.forward = self.forward.output(slot.forward, output)
         if output.requires_grad:
-            output.register_hook(lambda grad: self._on_output(slot, grad))
+            _hook(output, lambda grad: self._on_output(slot, grad))
         return slot
 
     def commit(self, slot: _Slot, block: Block) -> None:
@@ -143,7 +143,7 @@ class GradientRecorder:
             x = None if ref is None else ref()
             if x is not None and x.requires_grad:
                 slot.input_edge = get_gradient_edge(x)
-                x.register_hook(lambda grad: self._on_input(slot, grad))
+                _hook(x, lambda grad: self._on_input(slot, grad))
 
     def _reduce(self, grad: torch.Tensor, channel: int) -> Reduced:
         last = self._last
@@ -194,6 +194,11 @@ class GradientRecorder:
                 for s in self._slots]
 
 
+def _hook(tensor: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> None:
+    """Register ``hook`` on ``tensor``'s gradient (it dies with the graph)."""
+    tensor.register_hook(hook)  # type: ignore[no-untyped-call]
+
+
 @contextmanager
 def block_inputs(model: nn.Module, finder: BlockFinder
                  ) -> Iterator[dict[str, weakref.ref[torch.Tensor]]]:
@@ -233,6 +238,7 @@ def backward(output: Any, leaf: torch.Tensor, seed: int | None, loss: Loss | Non
     Without ``loss`` the cotangent of every floating output tensor is i.i.d. standard normal,
     drawn on the CPU from :func:`cotangent_seed` and moved to the tensor's device.
     """
+    cotangents: list[torch.Tensor | None]
     if loss is not None:
         try:
             value = loss(output)

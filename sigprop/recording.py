@@ -13,8 +13,8 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from sigprop import _backward
-from sigprop._backward import BackwardError
 from sigprop._accumulators import Accumulator, FastAccumulator, SafeAccumulator
+from sigprop._backward import BackwardError
 from sigprop._validate import parse_choice
 from sigprop.blocks import MarkedAdditions
 from sigprop.config import ResNetConfig

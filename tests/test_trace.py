@@ -54,7 +54,7 @@ def test_gradients_round_trip_and_old_files_without_them_load(grad_trace: Trace,
     doc = json.loads((tmp_path / "stats.json").read_text())
     grad = doc["runs"][0]["blocks"][1]["grad"]
     assert set(grad) == {"output", "skip", "residual", "input"}
-    assert grad["input"]["var"] == grad_trace.runs[0].blocks[1].grad.input.var  # type: ignore
+    assert grad["input"]["var"] == grad_trace.runs[0].blocks[1].grad.input.var
     for block in doc["runs"][0]["blocks"]:
         del block["grad"]  # a stats.json written before gradients existed
     old = Trace.from_dict(doc)
@@ -68,7 +68,7 @@ def test_frame_has_backward_rows_for_gradients(grad_trace: Trace) -> None:
     assert set(backward["tensor"]) == {"output", "skip", "residual", "input"}
     row = backward[(backward.block == 2) & (backward.tensor == "residual")
                    & (backward.stat == "var")]
-    assert row["value"].item() == grad_trace.runs[0].blocks[2].grad.residual.var  # type: ignore
+    assert row["value"].item() == grad_trace.runs[0].blocks[2].grad.residual.var
 
 
 def test_frame_is_long_format(trace: Trace) -> None:
