@@ -27,7 +27,7 @@ import numpy as np
 
 from sigprop.config import Norm, Order, Padding, ResNetConfig, Variant
 from sigprop.models import NF_GAMMA, nf_betas
-from sigprop.trace import BlockStats, Moments, Shortcut, Trace
+from sigprop.trace import BlockStats, Shortcut, Trace
 
 __all__ = [
     "BN_BRANCH_SQ_MEAN",
@@ -457,9 +457,9 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     output's times ``1 + rho_l``: the gradient grows from the last block to the first by
     ``prod (1 + rho_l)``. ``var_l`` is the forward prediction where there is one, else the
     measured skip variance. Each stage is anchored on the measured output gradient of its last
-    block (mean over runs); v1 multiplies each block's output gradient by the measured fraction
-    of its sum that the ReLU after it passes (approximately ``Phi(mu/sigma)``). See
-    docs/theory.md.
+    block (mean over runs); v1 multiplies each block's output gradient by the share of its sum's
+    channel variance that the ReLU after it passes (measured: an approximation of the ReLU's
+    mask). See docs/theory.md.
 
     >>> import sigprop
     >>> trace = sigprop.measure(sigprop.models.resnet(4, norm="skipinit", seed=0),
@@ -480,8 +480,11 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     if forward.exact and config.norm is Norm.BATCHNORM:
         var = np.array([p.skip_var for p in forward.blocks])
     post_relu = config.variant is Variant.V1
-    passed = _mean_over_runs(trace, lambda b: _positive_fraction(b.output)) if post_relu \
-        else np.ones(len(blocks))
+    # v1: the ReLU after block l's sum passes part of the gradient to it; its share is taken
+    # as that of the sum's channel variance the ReLU passes on to the next block's input.
+    passed = np.ones(len(blocks))
+    if post_relu:
+        passed[:-1] = var[1:] / _mean_over_runs(trace, lambda b: b.output.var)[:-1]
     last_output = _mean_over_runs(trace, lambda b: b.grad.output.m2 if b.grad else math.nan)
     gain = _branch_gain(config)
     nan = [math.nan] * len(blocks)
@@ -516,8 +519,8 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     }
     if config.norm not in rules:
         return None
-    rule = rules[config.norm] + ("; times the ReLU's pass fraction after each addition"
-                                 if post_relu else "") + \
+    rule = rules[config.norm] + ("; times the ReLU's measured variance share after each "
+                                 "addition" if post_relu else "") + \
         ("" if config.padding is Padding.CIRCULAR else "; zero padding on the measured map")
     return GradientPrediction(forward.family, rule, not post_relu, tuple(output), tuple(skip),
                               tuple(residual), tuple(inputs))
@@ -533,10 +536,3 @@ def _branch_gain(config: ResNetConfig) -> float:
     if config.norm is Norm.SQRT_DEPTH:
         return 1 / config.depth
     return 1.0
-
-
-def _positive_fraction(m: Moments) -> float:
-    """``Phi(mu/sigma)`` for a sum of mean square ``mu^2 = sq_mean`` and variance ``var``."""
-    if not (m.var > 0 and math.isfinite(m.var)):
-        return math.nan
-    return 0.5 * (1 + math.erf(math.sqrt(m.sq_mean / m.var) / math.sqrt(2)))
