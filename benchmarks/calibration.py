@@ -26,14 +26,14 @@ stage 0):
 Where the 90-98% target applies (``flag``: ``LOW cov1``, ``HIGH cov3``, ... when a coverage is
 outside it; with 66 groups a calibrated ``cov3`` leaves the band by chance now and then):
 
-* ``skip_m2_slope``, ``skip_var_slope``, ``skip_sq_mean_slope``: only for the linear BN families
+* ``skip_m2_slope``, ``skip_var_slope``, ``skip_sq_mean_slope``: for the linear BN families
   (BN v2 and ReLU-BN), whose skip path is a random walk with close-to-independent increments. In
   the geometrically growing networks (unnormalized, SkipInit, sqrt-depth) the increments grow with
   the level and the mean increment of one trace is dominated by its last few blocks (heavy tails):
   no interval from within one run can describe its spread, and these rows say ``no law``. The
-  NF-ResNet grows linearly in expectation, but each branch is proportional to its skip path
-  (``alpha^2 x / beta^2``), so an early excess persists in every later increment: its skip slopes
-  are ``no law`` too (the within-run jackknife covers 58% at 256 blocks);
+  NF-ResNet grows linearly in expectation while each branch is proportional to its skip path
+  (``alpha^2 x / beta^2``): its slope intervals come from the log-factors (``sigprop.stats.fits``)
+  and the target applies;
 * ``inverse_ratio_slope``, ``ratio_exponent`` and ``growth_rate``: for every network. A fit with
   no finite estimate (a ratio that is exactly 0) is printed as ``nan`` with ``no estimate``.
 
@@ -87,11 +87,12 @@ QUICK_REPLICATIONS = 30
 def has_law(network_kwargs: Mapping[str, Any], fit_id: FitId) -> bool:
     """Whether the 90-98% coverage target applies to ``fit_id`` on this network.
 
-    The skip slopes only in the linear BN families (batch norm, any order: not the NF-ResNet,
-    whose increments scale with its skip path); the ratio fits and the growth rate everywhere.
+    The skip slopes only in the linearly growing families (batch norm in any order, and the
+    NF-ResNet, whose slope intervals come from its log-factors); the ratio fits and the growth
+    rate everywhere.
     """
     if fit_id in SKIP_SLOPES:
-        return str(network_kwargs.get("norm", "batchnorm")) == "batchnorm"
+        return str(network_kwargs.get("norm", "batchnorm")) in ("batchnorm", "nf")
     return True
 
 

@@ -108,6 +108,10 @@ class Prediction:
             families (2 for unnormalized, 1 + alpha^2 for SkipInit, 1 + 1/d for sqrt-depth and
             for Fixup without its zero last layer); 1 for identity blocks (SkipInit at
             alpha = 0, Fixup, NF with zero-initialized gains); None for linear ones (BN, NF).
+        proportional: whether each branch's second moment is proportional to its skip path's
+            (no normalization in the branch: unnormalized, SkipInit, sqrt-depth, NF, Fixup
+            without its zero last layer), so that a block's effect on the skip path is a
+            factor, not an increment. The fits use it to build the skip slopes' intervals.
     """
 
     family: str
@@ -115,6 +119,7 @@ class Prediction:
     exact: bool
     blocks: tuple[BlockPrediction, ...]
     growth: float | None = None
+    proportional: bool = False
 
 
 @cache
@@ -325,7 +330,8 @@ def predict(trace: Trace) -> Prediction | None:
         image = images[stage]
         previous = None if image is None else (image, output)
     return Prediction(family.name, _rule(family, images[0], circular), family.exact,
-                      tuple(predictions), family.growth)
+                      tuple(predictions), family.growth,
+                      proportional=not family.normalized and family.branch_gain > 0)
 
 
 def _anchor(trace: Trace, index: int) -> tuple[float, float, float]:

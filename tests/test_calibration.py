@@ -57,9 +57,11 @@ def test_three_seed_intervals_pool_the_spread_and_the_jackknife(
 
 def test_the_target_applies_to_skip_slopes_of_linear_families_only() -> None:
     assert has_law({}, FitId.SKIP_M2_SLOPE) and has_law({"order": "relu-bn"}, FitId.SKIP_VAR_SLOPE)
+    assert has_law({"norm": "nf"}, FitId.SKIP_M2_SLOPE)
     for kwargs in ({"norm": "none"}, {"norm": "skipinit", "alpha": 0.25},
-                   {"norm": "sqrt-depth"}, {"norm": "nf"}):
+                   {"norm": "sqrt-depth"}):
         assert not has_law(kwargs, FitId.SKIP_SQ_MEAN_SLOPE)
+    for kwargs in ({"norm": "none"}, {"norm": "nf"}):
         assert has_law(kwargs, FitId.GROWTH_RATE) and has_law(kwargs, FitId.RATIO_EXPONENT)
 
 

@@ -16,6 +16,7 @@ from scipy import stats as sps
 import sigprop
 from sigprop import InputSpec, Trace, measure, stats
 from sigprop.stats import FitId, Outcome, VerdictId
+from sigprop.theory import Prediction
 from tests.helpers import synthetic_trace
 
 
@@ -259,3 +260,32 @@ def test_linear_growth_without_a_theory_is_judged_by_its_geometric_part() -> Non
     assert linear.id is VerdictId.SKIP_LINEAR_GROWTH and linear.predicted is None
     assert linear.outcome is Outcome.CONSISTENT, linear.detail
     assert geometric.outcome is Outcome.INCONSISTENT and "geometric" in geometric.detail
+
+
+def test_proportional_branches_take_the_slope_interval_from_the_log_factors() -> None:
+    # A walk whose blocks act as factors (NF-like: 1 + 0.04 / (1 + 0.04 l), with noise): with a
+    # theory that says so, the interval is the delta method over batch means of the detrended
+    # log-factors, computed here independently.
+    rng = np.random.default_rng(3)
+    steps = 36
+    factors = 1 + 0.04 / (1 + 0.04 * np.arange(steps)) * (1 + 0.3 * rng.standard_normal(steps))
+    levels = 1.7 * np.concatenate([[1.0], np.cumprod(factors)])
+    trace = synthetic_trace([levels], [np.ones(steps + 1)])
+    theory = Prediction("nf", "m2_{l+1} = (1 + alpha^2 / beta_l^2) m2_l", True, (),
+                        proportional=True)
+    slope = stats.fit(trace, FitId.SKIP_M2_SLOPE, prediction=theory)
+
+    position = np.log(np.arange(1, steps + 1))
+    log_factors = np.log(factors)
+    trend = np.polyval(np.polyfit(position, log_factors, 2), position)
+    sums = [float((log_factors - trend)[6 * k: 6 * k + 6].sum()) for k in range(6)]
+    log_variance = 6 / 5 * sum(x * x for x in sums) * steps / (steps - 3)
+    half = sps.t.ppf(0.975, 5) * math.sqrt(log_variance) * levels[-1] / steps
+    assert slope.estimate == pytest.approx((levels[-1] - levels[0]) / steps)
+    assert slope.df == 5 and slope.half_width == pytest.approx(half, rel=1e-9)
+    # The same walk without the theory's flag keeps the segment jackknife (another width).
+    assert stats.fit(trace, FitId.SKIP_M2_SLOPE).half_width != pytest.approx(half, rel=0.01)
+    # An exactly geometric walk is one factor repeated: nothing left around the trend.
+    geometric = stats.fit(synthetic_trace([1.5 * 1.03 ** np.arange(20.0)], [np.ones(20)]),
+                          FitId.SKIP_M2_SLOPE, prediction=theory)
+    assert geometric.half_width == pytest.approx(0.0, abs=1e-12)

@@ -287,3 +287,26 @@ def test_fixup_without_zero_last_layers_grows_by_one_over_depth(size: int, paddi
     v1 = predict(merged_seeds(8, 8, padding, 1, width=8, norm="fixup", variant="v1",
                               fixup_zero_last=False))
     assert v1 is not None and not v1.exact and v1.growth == 1 + 2 / 8
+
+
+@pytest.mark.parametrize(("kwargs", "proportional"), [
+    ({}, False), ({"order": "relu-bn"}, False), ({"variant": "v1"}, False),
+    ({"norm": "none"}, True), ({"norm": "skipinit", "alpha": 0.5}, True),
+    ({"norm": "skipinit", "alpha": 0.0}, False), ({"norm": "sqrt-depth"}, True),
+    ({"norm": "nf"}, True), ({"norm": "nf", "nf_zero_init": True}, False),
+    ({"norm": "fixup"}, False), ({"norm": "fixup", "fixup_zero_last": False}, True),
+])
+def test_branches_without_normalization_are_proportional_to_their_skip_path(
+        kwargs: dict[str, Any], proportional: bool) -> None:
+    # The flag the fits use to pick the skip slopes' interval, against the network itself: on
+    # twice the input (the first block's skip path exactly doubled), a proportional branch's
+    # second moment is 4x larger, a BN branch's does not change, a zero branch stays 0.
+    net = sigprop.models.resnet(2, width=8, padding="circular", seed=0,
+                                **kwargs)
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    once, twice = (measure(net, scale * x, model_info=net.config) for scale in (1.0, 2.0))
+    a, b = once.runs[0].blocks[0].residual.m2, twice.runs[0].blocks[0].residual.m2
+    assert b == pytest.approx(4 * a, rel=1e-5) if proportional else \
+        a == 0 == b or b == pytest.approx(a, rel=1e-4)
+    p = predict(once)
+    assert p is not None and p.proportional is proportional

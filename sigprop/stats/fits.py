@@ -15,6 +15,15 @@ pieces are joined (the run as if those blocks did not exist). With several runs,
 the per-run estimates (``runs - 1`` degrees of freedom) and the runs' jackknife variances are
 pooled, weighted by their degrees of freedom. ``benchmarks/calibration.py`` measures the coverage
 of these intervals on real traces of the built-in networks.
+
+Where each branch is proportional to its skip path (no normalization in the branch: the theory's
+:attr:`~sigprop.theory.Prediction.proportional`), a block's effect on the skip path is a factor:
+an early excess is carried into every later increment, and a jackknife that deletes increments
+misses it (58% coverage for NF-ResNet slopes at 256 blocks). There a skip slope's uncertainty
+comes from the log-factors ``log(m2_{l+1}/m2_l)``, which are nearly independent from block to
+block: their smooth trend in ``log l`` is removed, the residuals are summed over contiguous
+segments (batch means, which keep the weak long-range dependence), and the variance of the
+total log-growth is carried to the slope by the delta method.
 """
 
 from __future__ import annotations
@@ -207,6 +216,7 @@ class _Fit:
     fitter: _Fitter
     segments: int = 8
     log_spaced: bool = False
+    levels: Callable[[_Series], np.ndarray] | None = None  # a skip slope's level series
 
     def edges(self, size: int) -> np.ndarray:
         """Segment boundaries over ``size`` blocks (segments of at least 2 blocks)."""
@@ -218,10 +228,14 @@ class _Fit:
         return np.linspace(0, size, count + 1).round().astype(int)
 
 
+def _skip_slope(levels: Callable[[_Series], np.ndarray]) -> _Fit:
+    return _Fit(_mean_increment(levels), levels=levels)
+
+
 _FITS: dict[FitId, _Fit] = {
-    FitId.SKIP_M2_SLOPE: _Fit(_mean_increment(lambda s: s.skip_m2)),
-    FitId.SKIP_VAR_SLOPE: _Fit(_mean_increment(lambda s: s.skip_var)),
-    FitId.SKIP_SQ_MEAN_SLOPE: _Fit(_mean_increment(lambda s: s.skip_sq_mean)),
+    FitId.SKIP_M2_SLOPE: _skip_slope(lambda s: s.skip_m2),
+    FitId.SKIP_VAR_SLOPE: _skip_slope(lambda s: s.skip_var),
+    FitId.SKIP_SQ_MEAN_SLOPE: _skip_slope(lambda s: s.skip_sq_mean),
     FitId.INVERSE_RATIO_SLOPE: _Fit(_on_spliced(_inverse_ratio_line)),
     FitId.RATIO_EXPONENT: _Fit(_on_spliced(_ratio_power_law), segments=6, log_spaced=True),
     FitId.GROWTH_RATE: _Fit(_growth, segments=4),
@@ -238,10 +252,47 @@ class _RunFit(NamedTuple):
     df: int
 
 
-def _run_fit(fit: _Fit, s: _Series | _GradSeries) -> _RunFit:
-    """Fit one run and delete each of its segments in turn (the jackknife)."""
+# Segments of the log-factors' batch means, and the trend removed before them (1, log l, log^2 l).
+_FACTOR_SEGMENTS = 6
+_FACTOR_TREND = 3
+
+
+def _factor_variance(levels: np.ndarray) -> tuple[float, int]:
+    """Variance and df of a proportional walk's mean increment ``(y_L - y_0) / L``.
+
+    The log-factors ``log(y_{l+1}/y_l)`` minus their least-squares trend in ``log l`` are summed
+    over contiguous segments; the spread of the sums (corrected for the trend's parameters)
+    estimates the variance of ``log(y_L/y_0)``, and ``d slope / d log(y_L/y_0) = y_L / L``.
+    """
+    steps = levels.size - 1
+    count = min(_FACTOR_SEGMENTS, steps // 2)
+    if count < 2 or steps <= 2 * _FACTOR_TREND or not (levels > 0).all():
+        return math.nan, 0
+    log_factors = np.log(levels[1:] / levels[:-1])
+    position = np.log(np.arange(1, steps + 1, dtype=float))
+    design = np.vander(position, _FACTOR_TREND, increasing=True)
+    coefficients, *_ = np.linalg.lstsq(design, log_factors, rcond=None)
+    residuals = log_factors - design @ coefficients
+    edges = np.linspace(0, steps, count + 1).round().astype(int)
+    sums = np.add.reduceat(residuals, edges[:-1])
+    log_variance = (count / (count - 1) * float((sums**2).sum())
+                    * steps / (steps - _FACTOR_TREND))
+    return log_variance * (float(levels[-1]) / steps) ** 2, count - 1
+
+
+def _run_fit(fit: _Fit, s: _Series | _GradSeries, proportional: bool = False) -> _RunFit:
+    """Fit one run and delete each of its segments in turn (the jackknife).
+
+    With ``proportional`` branches a skip slope's variance comes from its log-factors instead
+    (:func:`_factor_variance`).
+    """
     everything = np.ones(s.size, dtype=bool)
     value, intercept = fit.fitter(s, everything)
+    if proportional and fit.levels is not None and isinstance(s, _Series):
+        if not math.isfinite(value):
+            return _RunFit(value, intercept, math.nan, 0)
+        variance, df = _factor_variance(fit.levels(s))
+        return _RunFit(value, intercept, variance, df)
     edges = fit.edges(s.size)
     segments = edges.size - 1
     if not math.isfinite(value) or segments < 2:
@@ -332,8 +383,10 @@ def fit(trace: Trace, fit_id: FitId | str, stage: int = 0, level: float = 0.95,
         return _gradient_fit(trace, fit_id, stage, level)
     chosen = _FITS[fit_id]
     series = _series(trace, stage)
-    estimate, ci, intercept, runs, df = _pooled([_run_fit(chosen, s) for s in series], level)
     prediction = prediction if prediction is not None else predict(trace)
+    proportional = prediction is not None and prediction.proportional
+    estimate, ci, intercept, runs, df = _pooled(
+        [_run_fit(chosen, s, proportional) for s in series], level)
     predicted = None
     longest = max((s.size for s in series), default=0)
     if prediction is not None and longest:
