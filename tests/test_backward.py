@@ -281,3 +281,15 @@ def test_bn_branch_gradient_ratio_is_one_over_the_normalized_variance() -> None:
     measured = stats.band(trace, lambda b: b.grad.ratio if b.grad else math.nan).mean
     for block, (m, p) in enumerate(zip(measured, prediction.ratio, strict=True)):
         assert m == pytest.approx(p, rel=0.15), block
+
+
+def test_overflowing_gradients_are_kept_non_finite_and_judged_explosive(tmp_path: Any) -> None:
+    net = sigprop.models.resnet(30, norm="skipinit", alpha=100.0, width=4, seed=0)
+    trace = sigprop.measure(net, sigprop.InputSpec("gaussian", (2, 3, 4, 4), 0), backward=True)
+    assert trace.first_overflow is not None  # the forward statistics: from the safe pass
+    first = trace.runs[0].blocks[0].grad
+    assert first is not None and not first.finite
+    trace.to_json(tmp_path / "stats.json")  # strict JSON: null for the non-finite values
+    assert sigprop.Trace.from_json(tmp_path / "stats.json").has_gradients
+    verdict = stats.report(trace).verdict("gradient_propagation")
+    assert verdict.outcome is stats.Outcome.CONSISTENT and "non-finite" in verdict.detail

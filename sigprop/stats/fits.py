@@ -551,4 +551,6 @@ def _skip_var(trace: Trace, forward: Prediction, index: int) -> float:
     predicted = forward.blocks[index].skip_var
     if math.isfinite(predicted):
         return predicted
-    return float(np.nanmean([run.blocks[index].skip.var for run in trace.runs]))
+    measured = [run.blocks[index].skip.var for run in trace.runs]
+    finite = [v for v in measured if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
