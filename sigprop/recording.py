@@ -43,8 +43,6 @@ class ForwardError(RuntimeError):
     """The model's own forward pass raised; the message says after which block."""
 
 
-
-
 def gaussian_input(
     shape: tuple[int, ...], seed: int = 0, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
