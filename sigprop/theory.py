@@ -82,6 +82,7 @@ class BlockPrediction:
     residual_m2: float
     skip_var: float = math.nan
     skip_sq_mean: float = math.nan
+    residual_sq_mean: float = math.nan
 
     @property
     def ratio(self) -> float:
@@ -92,6 +93,21 @@ class BlockPrediction:
     def output_m2(self) -> float:
         """Predicted second moment of ``skip + residual`` (independent operands add)."""
         return self.skip_m2 + self.residual_m2
+
+    @property
+    def residual_var(self) -> float:
+        """Predicted average channel variance of the residual branch."""
+        return self.residual_m2 - self.residual_sq_mean
+
+    @property
+    def output_var(self) -> float:
+        """Predicted average channel variance of the block's output (the sum)."""
+        return self.skip_var + self.residual_var
+
+    @property
+    def output_sq_mean(self) -> float:
+        """Predicted average channel squared mean of the block's output (independent means add)."""
+        return self.skip_sq_mean + self.residual_sq_mean
 
 
 @dataclass(frozen=True, slots=True)
@@ -390,7 +406,8 @@ def _predict_stage(trace: Trace, family: _Family, image: _Image | None, start: i
         known = family.split is not None
         out.append(BlockPrediction(start + offset, stage, skip_m2, residual_m2,
                                    skip_var if known else math.nan,
-                                   skip_sq if known else math.nan))
+                                   skip_sq if known else math.nan,
+                                   sq_step if known else math.nan))
         skip_var += residual_m2 - sq_step
         skip_sq += sq_step
         profile = profile + branch

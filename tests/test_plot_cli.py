@@ -47,10 +47,10 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
     return figures
 
 
-def legend(fig: Figure, panel: int = 1) -> list[str]:
-    drawn = fig.axes[panel].get_legend()
+def legend(fig: Figure) -> list[str]:
+    drawn = fig.axes[-1].get_legend()  # the SPP's legend panel
     assert drawn is not None
-    return [t.get_text() for t in drawn.get_texts()]
+    return [t.get_text().replace("\n", " ") for t in drawn.get_texts()]
 
 
 def test_one_file(saved: dict[str, Path], drawn: list[Figure], tmp_path: Path) -> None:
@@ -59,7 +59,7 @@ def test_one_file(saved: dict[str, Path], drawn: list[Figure], tmp_path: Path) -
     assert result.exit_code == 0, result.stderr
     assert out.read_bytes()[:4] == b"\x89PNG" and f"wrote {out}" in result.stdout
     (fig,) = drawn
-    assert "skip" in legend(fig) and any(t.startswith("theory") for t in legend(fig))
+    assert legend(fig)[0] == "ResNet-v2 batchnorm, d=6" and legend(fig)[1].startswith("theory")
     assert len(np.asarray(fig.axes[2].get_lines()[0].get_xdata())) == 6
 
 
@@ -71,9 +71,8 @@ def test_several_files_overlay_with_labels(saved: dict[str, Path], drawn: list[F
     assert result.exit_code == 0, result.stderr
     assert out.read_text().lstrip().startswith("<?xml") and "<dc:date>" not in out.read_text()
     (fig,) = drawn
-    labels = legend(fig)
-    assert "BN: skip" in labels and "SkipInit: residual" in labels
-    assert len(fig.axes[1].collections) == 3  # bands of the two-seed SkipInit run
+    assert legend(fig)[:2] == ["BN", "SkipInit (mean of 2 seeds, 95% band)"]
+    assert len(fig.axes[1].collections) == 1  # the band of the two-seed SkipInit run
 
 
 def _write(path: Path, content: str | bytes) -> Path:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -310,3 +311,15 @@ def test_branches_without_normalization_are_proportional_to_their_skip_path(
         a == 0 == b or b == pytest.approx(a, rel=1e-4)
     p = predict(once)
     assert p is not None and p.proportional is proportional
+
+
+def test_branch_and_output_statistics_continue_the_skip_path() -> None:
+    # The block's output is the next block's skip path, and on an infinite image (circular
+    # padding) the BN branch splits into 1 - 1/pi of variance and 1/pi of squared mean.
+    p = predict(traced(4))
+    assert p is not None
+    for block, following in itertools.pairwise(p.blocks):
+        assert block.output_var == pytest.approx(following.skip_var)
+        assert block.output_sq_mean == pytest.approx(following.skip_sq_mean)
+    assert [b.residual_var for b in p.blocks] == pytest.approx([1 - 1 / math.pi] * 4)
+    assert [b.residual_sq_mean for b in p.blocks] == pytest.approx([1 / math.pi] * 4)

@@ -71,7 +71,8 @@ def tidy(traces: Sequence[Trace], labels: Sequence[str],
 
 
 def final_m2(sweeps: Mapping[str, Sequence[Trace]]) -> pd.DataFrame:
-    """The depth sweep's table: the second moment after the last block, ``final_m2``.
+    """The depth sweep's table: the skip path's second moment entering the first block,
+    ``first_m2``, and after the last block, ``final_m2``.
 
     One row per run, and one for its closed form where there is one, with :data:`COLUMNS`.
 
@@ -85,11 +86,16 @@ def final_m2(sweeps: Mapping[str, Sequence[Trace]]) -> pd.DataFrame:
     for label, traces in sweeps.items():
         for trace in traces:
             depth, last = network_depth(trace), trace.runs[0].blocks[-1]
+            first = trace.runs[0].blocks[0]
             for run in trace.runs:
+                rows.append((label, "measured", run.seed, depth, first.index, first.stage,
+                             "first_m2", run.blocks[0].skip.m2))
                 rows.append((label, "measured", run.seed, depth, last.index, last.stage,
                              "final_m2", run.blocks[-1].output.m2))
             prediction = predict(trace)
             if prediction is not None:
+                rows.append((label, "theory", None, depth, first.index, first.stage, "first_m2",
+                             prediction.blocks[0].skip_m2))
                 rows.append((label, "theory", None, depth, last.index, last.stage, "final_m2",
                              prediction.blocks[-1].output_m2))
     return _frame(rows)

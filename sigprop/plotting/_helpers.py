@@ -7,6 +7,7 @@ thing the same way.
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, NamedTuple, cast
@@ -21,8 +22,10 @@ from sigprop.theory import predict
 from sigprop.trace import Trace
 
 if TYPE_CHECKING:
+    from matplotlib.artist import Artist
     from matplotlib.axes import Axes
     from matplotlib.figure import Figure
+    from matplotlib.legend import Legend
 
 # Closed-form predictions: thin dashed black, under the measured colours.
 THEORY: dict[str, Any] = {"color": "black", "linestyle": (0, (4, 3)), "linewidth": 0.9,
@@ -116,12 +119,12 @@ def band_line(ax: Axes, trace: Trace, quantity: Quantity, color: str, label: str
 
 
 def theory_line(ax: Axes, trace: Trace, quantity: TheoryQuantity, label: str | None = None,
-                x: Callable[[int], float] = float) -> None:
+                x: Callable[[int], float] = float, color: str | None = None) -> None:
     """The closed form of ``quantity`` for ``trace``, where :func:`predict` knows one.
 
     It stops at the last block any run measured finitely: past an overflow the prediction (e.g.
     2^l) leaves float32's range and only squashes the axis. Without ``label`` it has no legend
-    entry.
+    entry; ``color`` replaces the theory's black (an overlay gives each trace its own).
     """
     prediction = predict(trace)
     if prediction is None:
@@ -130,7 +133,8 @@ def theory_line(ax: Axes, trace: Trace, quantity: TheoryQuantity, label: str | N
     values = [quantity(p) for p in blocks]
     if all(not math.isfinite(v) for v in values):
         return
-    ax.plot([x(p.index) for p in blocks], values, label=label or "_theory", **THEORY)
+    look = THEORY if color is None else {**THEORY, "color": color, "alpha": 1.0}
+    ax.plot([x(p.index) for p in blocks], values, label=label or "_theory", **look)
 
 
 def theory_legend_entry(ax: Axes, label: str = "theory") -> None:
@@ -162,13 +166,30 @@ def mark_overflow(axes: Sequence[Axes], trace: Trace, label: str | None = None) 
                      color=OVERFLOW["color"], ha="left", va="center")
 
 
-def mark_stages(ax: Axes, trace: Trace, label: str | None = None) -> None:
-    """A vertical line where each stage after the first starts; ``label`` names them."""
+def mark_stages(ax: Axes, trace: Trace, label: str | None = None, numbered: bool = False
+                ) -> None:
+    """A vertical line where each stage after the first starts; ``label`` names them.
+
+    ``numbered`` writes each stage's number at the top of its line.
+    """
+    from matplotlib.transforms import blended_transform_factory
+
+    where = blended_transform_factory(ax.transData, ax.transAxes)
     for stage, blocks in trace.by_stage().items():
         if stage > 0:
             ax.axvline(blocks[0].index, **STAGE)
+            if numbered:
+                ax.text(blocks[0].index, 0.98, f"stage {stage}", transform=where, rotation=90,
+                        ha="right", va="top", fontsize=5.5, color=STAGE["color"])
     if label:
         ax.plot([], [], label=label, **STAGE)
+
+
+def integer_blocks(ax: Axes) -> None:
+    """Block-index ticks on integers only (short networks would get 0.5, 1.5, ...)."""
+    from matplotlib.ticker import MaxNLocator
+
+    ax.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True, steps=[1, 2, 5, 10]))
 
 
 def scale_y(ax: Axes, log_from: float) -> None:
@@ -185,12 +206,42 @@ def scale_y(ax: Axes, log_from: float) -> None:
     values = np.concatenate(data) if data else np.array([])
     finite = values[np.isfinite(values)]
     positive = finite[finite > 0]
+    from matplotlib.ticker import ScalarFormatter
+
     if positive.size and positive.max() / np.median(positive) >= 10.0**log_from:
         ax.set_yscale("log")
-        ax.set_ylim(positive.min() / 2, positive.max() * 2)
+        lo, hi = positive.min() / 2, positive.max() * 2
+        ax.set_ylim(lo, hi)
+        _decade_ticks(ax, lo, hi)
+        if math.floor(math.log10(hi)) > math.ceil(math.log10(lo)):
+            # Two powers of ten are labelled: the minor ticks (2x10^0, 3x10^0, ...) stay bare.
+            from matplotlib.ticker import NullFormatter
+
+            ax.yaxis.set_minor_formatter(NullFormatter())
     elif finite.size and finite.max() > finite.min():
-        pad = 0.05 * (finite.max() - finite.min())
+        # At least 1% of the largest magnitude: a quantity that is constant to 1e-6 (a BN
+        # output) is drawn flat, not as noise around an offset.
+        pad = max(0.05 * (finite.max() - finite.min()), 0.01 * np.abs(finite).max())
         ax.set_ylim(finite.min() - pad, finite.max() + pad)
+        formatter = ax.yaxis.get_major_formatter()
+        if isinstance(formatter, ScalarFormatter):
+            formatter.set_useOffset(False)
+
+
+def _decade_ticks(ax: Axes, lo: float, hi: float, most: int = 6) -> None:
+    """Major ticks every 1, 2, 5, 10, 20, ... decades: at most ``most`` of them, evenly spaced."""
+    from matplotlib.ticker import FixedLocator, LogFormatterSciNotation, NullLocator
+
+    first, last = math.ceil(math.log10(lo)), math.floor(math.log10(hi))
+    span = last - first
+    if span < most:
+        return  # matplotlib's own decades are regular here
+    step = next(k for k in (1, 2, 5, 10, 20, 50, 100, 200, 500) if span / k <= most - 1
+                ) if span <= 500 * (most - 1) else math.ceil(span / (most - 1))
+    start = math.ceil(first / step) * step
+    ax.yaxis.set_major_locator(FixedLocator([10.0**e for e in range(start, last + 1, step)]))
+    ax.yaxis.set_major_formatter(LogFormatterSciNotation())
+    ax.yaxis.set_minor_locator(NullLocator())
 
 
 def all_zero(trace: Trace, quantity: Quantity) -> bool:
@@ -209,11 +260,60 @@ def legend(ax: Axes, **kwargs: Any) -> None:
     ax.legend(frameon=False, handlelength=2.2, **kwargs)
 
 
-def outside_legend(fig: Figure, ax: Axes, own_figure: bool, **kwargs: Any) -> None:
-    """The legend of ``ax`` under the figure (when the figure is ours), else inside ``ax``."""
-    if own_figure:
-        handles, labels = ax.get_legend_handles_labels()
-        fig.legend(handles, labels, loc="outside lower center", frameon=False,
-                   handlelength=2.2, **kwargs)
-    else:
-        legend(ax, **{k: v for k, v in kwargs.items() if k != "ncol"})
+def outside_legend(fig: Figure, ax: Axes, own_figure: bool, ncol: int = 1,
+                   more: Sequence[Axes] = (), **kwargs: Any) -> None:
+    """The legend of ``ax`` (and of the ``more`` axes) under the figure when the figure is
+    ours, else inside ``ax``.
+
+    Under the figure it takes at most ``ncol`` columns, fewer when a row would be wider than the
+    figure (measured after layout), so that it never leaves the canvas; an entry repeated on
+    several axes is listed once.
+    """
+    if not own_figure:
+        legend(ax, **kwargs)
+        return
+    entries: dict[str, Any] = {}
+    for source in (ax, *more):
+        for handle, label in zip(*source.get_legend_handles_labels(), strict=True):
+            entries.setdefault(label, handle)
+    handles, labels = list(entries.values()), list(entries)
+    for columns in range(max(ncol, 1), 0, -1):
+        below = fig.legend(handles, labels, loc="outside lower center", frameon=False,
+                           handlelength=2.2, ncols=columns, **kwargs)
+        fig.draw_without_rendering()
+        box = below.get_window_extent()
+        if columns == 1 or (box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1):
+            return
+        below.remove()
+
+
+def legend_panel(ax: Axes, entries: Sequence[tuple[Artist, str]]) -> Legend:
+    """Turn ``ax`` into the figure's legend: a panel with no data, so the legend covers none.
+
+    Labels are wrapped to the panel's width; the font shrinks (7 to 5 pt), then the entries
+    spread over two columns, until the legend lies inside the panel (the smallest is kept if
+    none does). The figure is laid out (drawn without rendering) to measure it.
+    """
+    ax.set_axis_off()
+    handles = [handle for handle, _ in entries]
+    fig = ax.get_figure(root=True)
+    assert fig is not None
+    fig.draw_without_rendering()
+    room = ax.get_window_extent()
+    points = room.width * 72 / fig.dpi
+    legend = None
+    for columns in (1, 2):
+        for size in (7.0, 6.0, 5.0):
+            # About 0.55 em per character, 5 em for the handle and its padding per column.
+            chars = max(12, int((points / columns - 5 * size) / (0.55 * size)))
+            labels = [textwrap.fill(label, chars) for _, label in entries]
+            legend = ax.legend(handles, labels, loc="upper left", bbox_to_anchor=(0.0, 1.0),
+                               frameon=False, fontsize=size, ncols=columns, handlelength=2.2,
+                               borderaxespad=0.0)
+            legend.set_in_layout(False)  # the panel is its room; the layout does not grow it
+            fig.draw_without_rendering()
+            box, room = legend.get_window_extent(), ax.get_window_extent()
+            if box.y0 >= room.y0 - 0.5 and box.x1 <= room.x1 + 0.5:
+                return legend
+    assert legend is not None
+    return legend

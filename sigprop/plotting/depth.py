@@ -11,11 +11,15 @@ import numpy as np
 
 from sigprop import stats
 from sigprop.plotting._helpers import (
+    LINEAR,
     band_line,
     canvas,
-    legend,
+    integer_blocks,
     log_or_nan,
+    outside_legend,
+    scale_y,
     series,
+    theory_legend_entry,
     theory_line,
 )
 from sigprop.plotting.quantities import MEASURED, PREDICTED, fit_text, network_depth
@@ -35,17 +39,19 @@ _SWEEP_THEORY: dict[str, Any] = {"linestyle": (0, (2, 2)), "linewidth": 0.9}
 
 def plot_sqrt_depth_law(traces: Sequence[Trace], labels: Sequence[str] | None = None, *,
                         ax: Axes | None = None) -> Figure:
-    """The residual/skip ratio of second moments against block position, log-log.
+    """The sqrt(depth) law as a straight line: skip/residual second moments against the block.
 
-    One colour per trace (e.g. BN v2 at several depths; mean over runs with a 95% band), the
-    theory ``1/(m2_0 + l)`` dashed, and the exponent fitted by :func:`sigprop.stats.fit`
-    (``ratio_exponent``) with its 95% interval in the legend, beside the same fit of the
-    theory at that depth (-1 only at infinite depth).
+    ``1/ratio = E[x_l^2] / E[f_l(x_l)^2]`` is ``(m2_0 + f l) / f`` in theory: a line of slope 1
+    whatever the network's depth (the branch is downscaled by sqrt(l) in standard deviation).
+    One colour per trace (e.g. BN v2 at several depths; mean over runs with a 95% band), each
+    trace's theory dashed in its colour, and the slope fitted by :func:`sigprop.stats.fit`
+    (``inverse_ratio_slope``) with its calibrated 95% interval in the legend, beside the same
+    fit of the theory.
 
     Args:
         traces: the traces (one stage each is assumed; the first stage is fitted).
         labels: legend entry per trace (default: ``d = depth``).
-        ax: axes to draw into (default: a new single-column figure).
+        ax: axes to draw into (default: a new single-column figure, legend under it).
 
     Returns:
         The figure.
@@ -54,30 +60,32 @@ def plot_sqrt_depth_law(traces: Sequence[Trace], labels: Sequence[str] | None = 
     >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
     ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
     >>> plot_sqrt_depth_law([trace]).axes[0].get_xscale()
-    'log'
+    'linear'
     """
     lines = series(traces, labels or [f"d = {network_depth(t)}" for t in traces])
     deepest_first = sorted(lines, key=lambda line: -network_depth(line.trace))
-    position = lambda i: i + 1.0  # noqa: E731 -- log axis: block l is the (l+1)-th
-    with canvas(None if ax is None else [ax], 1, 1, (SINGLE_COLUMN, 2.9)) as (fig, (axis,)):
-        for n, (trace, label, color) in enumerate(deepest_first):
-            text = f"{label}: {fit_text(trace, stats.FitId.RATIO_EXPONENT)}"
-            band_line(axis, trace, MEASURED["ratio"], color, text, x=position, log=True)
-            last = n == len(deepest_first) - 1  # one legend entry for the theory, at the end
-            theory_line(axis, trace, PREDICTED["ratio"],
-                        "theory $1/(m_{2,0} + l)$" if last else None, x=position)
-        axis.set_xscale("log")
-        axis.set_yscale("log")
-        axis.set_xlabel("block position $l + 1$")
-        axis.set_ylabel(r"$E[f_l(x_l)^2]\,/\,E[x_l^2]$")
+    with canvas(None if ax is None else [ax], 1, 1, (SINGLE_COLUMN, 3.3)) as (fig, (axis,)):
+        for trace, label, color in deepest_first:
+            text = f"{label}: slope {fit_text(trace, stats.FitId.INVERSE_RATIO_SLOPE)}"
+            band_line(axis, trace, MEASURED["inverse_ratio"], color, text)
+            theory_line(axis, trace, PREDICTED["inverse_ratio"], color=color)
+        theory_legend_entry(axis, "theory $(m_{2,0} + f\\,l)/f$, slope 1 (dashed)")
+        axis.set_xlabel("block index $l$")
+        axis.set_ylabel(r"$E[x_l^2]\,/\,E[f_l(x_l)^2]$")
         axis.set_title("The sqrt(depth) law")
-        legend(axis, loc="lower left", title="fitted exponent [95% CI] (theory)")
+        integer_blocks(axis)
+        scale_y(axis, LINEAR)
+        outside_legend(fig, axis, ax is None, title="fitted slope [95% CI] (theory)")
     return fig
 
 
 @dataclass(frozen=True, slots=True)
 class SweepPoint:
-    """The end of one network of a depth sweep: geometric mean over runs, theory where known."""
+    """The growth of one network of a depth sweep: geometric mean over runs, theory where known.
+
+    ``value`` is ``E[x_d^2] / E[x_0^2]``, the skip path's second moment after the last block
+    over the one entering the first; ``lo, hi`` its 95% interval; ``theory`` the closed form's.
+    """
 
     depth: int
     value: float
@@ -86,15 +94,21 @@ class SweepPoint:
     theory: float
     overflow: bool
 
+    def per_block(self) -> SweepPoint:
+        """The same point as a factor per block, ``value ** (1/d)`` (interval and theory too)."""
+        root = 1 / self.depth
+        return SweepPoint(self.depth, self.value**root, self.lo**root, self.hi**root,
+                          self.theory**root, self.overflow)
+
 
 def sweep_points(traces: Sequence[Trace]) -> list[SweepPoint]:
-    """For each trace: the second moment of the skip path after its last block, ``E[x_d^2]``.
+    """For each trace: the skip path's growth over the network, ``E[x_d^2] / E[x_0^2]``.
 
-    That is the last block's output (the skip path's next value), whose closed forms are
-    ``m2_0 + d`` (BN v2), ``2^d m2_0`` (unnormalized), ``m2_0`` (SkipInit, alpha = 0) and
-    ``(1 + 1/d)^d m2_0 ~ e m2_0`` (branch / sqrt(d)). Seeds of a geometric quantity differ by
-    factors, so ``value`` is the geometric mean over runs and ``lo, hi`` the 95% interval of the
-    mean log value.
+    ``E[x_d^2]`` is the last block's output (the skip path's next value), ``E[x_0^2]`` the skip
+    path entering the first block; their closed forms are ``1 + f d / m2_0`` (BN v2), ``(1 +
+    f)^d`` (unnormalized), 1 (SkipInit, alpha = 0) and ``(1 + f/d)^d ~ e^f`` (branch /
+    sqrt(d)). Seeds differ by factors, so ``value`` is the geometric mean over runs and ``lo,
+    hi`` the 95% interval of the mean log value.
 
     Args:
         traces: one trace per depth.
@@ -105,15 +119,17 @@ def sweep_points(traces: Sequence[Trace]) -> list[SweepPoint]:
     >>> import sigprop
     >>> trace = sigprop.measure(sigprop.models.resnet(3, width=4, seed=0),
     ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
-    >>> [(p.depth, p.overflow) for p in sweep_points([trace])]
-    [(3, False)]
+    >>> [(p.depth, p.overflow, p.value > 1) for p in sweep_points([trace])]
+    [(3, False, True)]
     """
     points = []
     for trace in traces:
-        last = [log_or_nan(run.blocks[-1].output.m2) for run in trace.runs]
-        mean, (lo, hi) = _mean_interval(np.array([v for v in last if math.isfinite(v)]))
+        growth = [log_or_nan(run.blocks[-1].output.m2) - log_or_nan(run.blocks[0].skip.m2)
+                  for run in trace.runs]
+        mean, (lo, hi) = _mean_interval(np.array([v for v in growth if math.isfinite(v)]))
         prediction = predict(trace)
-        theory = prediction.blocks[-1].output_m2 if prediction is not None else math.nan
+        theory = (prediction.blocks[-1].output_m2 / prediction.blocks[0].skip_m2
+                  if prediction is not None else math.nan)
         points.append(SweepPoint(network_depth(trace), math.exp(mean), math.exp(lo),
                                  math.exp(hi), theory, trace.first_overflow is not None))
     return sorted(points, key=lambda p: p.depth)
@@ -130,12 +146,14 @@ def _mean_interval(samples: np.ndarray) -> tuple[float, tuple[float, float]]:
 def plot_depth_sweep(sweeps: Mapping[str, Sequence[Trace]], *,
                      explosive: Sequence[str] = (), axes: Sequence[Axes] | None = None
                      ) -> Figure:
-    """``E[x_d^2]`` after the last block against the number of blocks ``d``.
+    """The skip path's growth over the network, ``E[x_d^2] / E[x_0^2]``, against ``d`` blocks.
 
     One line per variant (geometric mean over runs with 95% error bars), its theory dashed in
     the same colour; depths at which a variant overflows are left out and said in the legend.
-    Variants named in ``explosive`` get a second panel with a linear ``d`` axis, where geometric
-    growth is a straight line and cannot squash the others.
+    Variants named in ``explosive`` get a second panel showing their growth *per block*,
+    ``(E[x_d^2] / E[x_0^2])^(1/d)``, on linear axes: a geometric explosion is a constant there,
+    and its finite-width gap to the theory is read off directly instead of compounding over
+    ``d`` blocks.
 
     Args:
         sweeps: legend label -> the traces of that variant at several depths.
@@ -158,12 +176,14 @@ def plot_depth_sweep(sweeps: Mapping[str, Sequence[Trace]], *,
         raise ValueError(f"explosive names {unknown} that are not in sweeps: {list(sweeps)}")
     colors = palette()
     markers = "osD^v<>"
+    depths = sorted({network_depth(t) for traces in sweeps.values() for t in traces})
     with canvas(axes, 2 if explosive else 1, 1,
-                (DOUBLE_COLUMN if explosive else SINGLE_COLUMN, 3.0)) as (fig, axs):
+                (DOUBLE_COLUMN if explosive else SINGLE_COLUMN, 3.2)) as (fig, axs):
         for k, (label, traces) in enumerate(sweeps.items()):
-            axis = axs[1] if label in explosive else axs[0]
+            per_block = label in explosive
+            axis = axs[1] if per_block else axs[0]
             color = colors[k % len(colors)]
-            points = sweep_points(traces)
+            points = [p.per_block() if per_block else p for p in sweep_points(traces)]
             finite = [p for p in points if not p.overflow]
             overflowed = [p.depth for p in points if p.overflow]
             text = label + (f" (non-finite at d = {overflowed[0]})" if overflowed else "")
@@ -174,18 +194,21 @@ def plot_depth_sweep(sweeps: Mapping[str, Sequence[Trace]], *,
             theory = [p for p in finite if math.isfinite(p.theory)]
             axis.plot([p.depth for p in theory], [p.theory for p in theory], color=color,
                       **_SWEEP_THEORY)
-        depths = sorted({network_depth(t) for traces in sweeps.values() for t in traces})
         for n, axis in enumerate(axs):
             axis.plot([], [], color="0.3", label="theory (same colour)", **_SWEEP_THEORY)
-            axis.set_yscale("log")
-            axis.set_ylabel(r"$E[x_d^2]$ after the last block")
             axis.set_xlabel("number of residual blocks $d$")
-            legend(axis, loc="upper left")
+            axis.set_xscale("log", base=2)
+            shown = [d for d in depths if any(x == d for line in axis.get_lines()
+                                              for x in np.asarray(line.get_xdata()))]
+            axis.set_xticks(shown, [str(d) for d in shown])
+            axis.minorticks_off()
             if n == 0:
-                axis.set_xscale("log", base=2)
-                axis.set_xticks(depths, [str(d) for d in depths])
-                axis.minorticks_off()
-                axis.set_title("Skip path at the end of the network")
+                axis.set_yscale("log")
+                axis.set_ylabel(r"$E[x_d^2]\,/\,E[x_0^2]$ over the network")
+                axis.set_title("Growth of the skip path over the network")
             else:
-                axis.set_title("Geometric growth (linear $d$ axis)")
+                axis.set_ylabel(r"$(E[x_d^2]\,/\,E[x_0^2])^{1/d}$")
+                axis.set_title("Geometric growth: factor per block")
+                scale_y(axis, LINEAR)
+        outside_legend(fig, axs[0], axes is None, ncol=3, more=axs[1:])
     return fig

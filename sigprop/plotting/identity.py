@@ -12,6 +12,7 @@ from sigprop.plotting._helpers import (
     all_zero,
     band_line,
     canvas,
+    integer_blocks,
     log_label,
     mark_overflow,
     outside_legend,
@@ -92,16 +93,19 @@ def plot_identity_bias(traces: Sequence[Trace], labels: Sequence[str] | None = N
                        ) -> Figure:
     """Per-block closeness of the output to the skip path, with the theory dashed.
 
-    (a) cosine between skip and output (:attr:`sigprop.BlockStats.cosine`; theory
-    ``1/sqrt(1 + ratio)``); (b) branch/skip norm ratio
-    (:attr:`sigprop.BlockStats.branch_norm_ratio`; theory ``sqrt(ratio)``), log axis.
+    (a) the identity bias ``1 - cos`` between skip and output
+    (:attr:`sigprop.BlockStats.cosine`; theory ``1 - 1/sqrt(1 + ratio)``), log axis: 0 is the
+    identity, so a deep BN block's 1e-3 and an unnormalized block's 0.3 are both visible;
+    (b) branch/skip norm ratio (:attr:`sigprop.BlockStats.branch_norm_ratio`; theory
+    ``sqrt(ratio)``), log axis. Theory dashed in each trace's colour; a trace that is exactly
+    the identity (both 0) is named in the legend as not drawn.
 
     Args:
         traces: the traces to overlay.
         labels: legend entry per trace (default: from the model, as in
             :func:`sigprop.plotting.plot_spp`).
         colors: colour per trace (default: sigprop's palette in order).
-        axes: the cosine and the norm-ratio axes (default: a new 1x2 figure, 7 in wide).
+        axes: the identity-bias and the norm-ratio axes (default: a new 1x2 figure, 7 in wide).
 
     Returns:
         The figure; the legend is under the panels when the figure is new, else in the
@@ -111,25 +115,25 @@ def plot_identity_bias(traces: Sequence[Trace], labels: Sequence[str] | None = N
     >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
     ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
     >>> [ax.get_yscale() for ax in plot_identity_bias([trace]).axes]
-    ['linear', 'log']
+    ['log', 'log']
     """
-    norm_ratio = MEASURED["branch_norm_ratio"]
+    norm_ratio, gap = MEASURED["branch_norm_ratio"], MEASURED["one_minus_cosine"]
     with canvas(axes, 2, 1, (DOUBLE_COLUMN, 2.9)) as (fig, axs):
         for trace, label, color in series(traces, labels, colors):
-            band_line(axs[0], trace, MEASURED["cosine"], color, label)
-            theory_line(axs[0], trace, PREDICTED["cosine"])
+            band_line(axs[0], trace, gap, color, label, log=True)
+            theory_line(axs[0], trace, PREDICTED["one_minus_cosine"], color=color)
             band_line(axs[1], trace, norm_ratio, color, log_label(trace, norm_ratio, label),
                       log=True)
-            theory_line(axs[1], trace, PREDICTED["branch_norm_ratio"])
+            theory_line(axs[1], trace, PREDICTED["branch_norm_ratio"], color=color)
             mark_overflow(axs, trace, label)
-        axs[0].set_ylabel(_COSINE_LABEL)
-        axs[0].set_title("Cosine between skip path and block output")
+        axs[0].set_ylabel(r"$1 - \cos(x_l,\ x_l + f_l(x_l))$")
+        axs[0].set_title("Identity bias: 1 - cosine of skip path and block output")
         axs[1].set_ylabel(_NORM_RATIO_LABEL)
         axs[1].set_title("Branch / skip norm ratio")
-        scale_y(axs[1], LOG)
-        scale_y(axs[0], LINEAR)
         for ax in axs:
+            scale_y(ax, LOG)
             ax.set_xlabel("block index $l$")
-        theory_legend_entry(axs[1])
+            integer_blocks(ax)
+        theory_legend_entry(axs[1], "theory (dashed, in its network's colour)")
         outside_legend(fig, axs[1], axes is None, ncol=5)
     return fig

@@ -26,7 +26,9 @@ MEASURED: dict[str, Quantity] = {
     "output_var": lambda b: b.output.var,
     "output_sq_mean": lambda b: b.output.sq_mean,
     "ratio": lambda b: b.ratio,
+    "inverse_ratio": lambda b: 1 / b.ratio if b.ratio > 0 else math.nan,
     "cosine": lambda b: b.cosine,
+    "one_minus_cosine": lambda b: 1 - b.cosine,
     "branch_norm_ratio": lambda b: b.branch_norm_ratio,
 }
 
@@ -36,9 +38,14 @@ PREDICTED: dict[str, TheoryQuantity] = {
     "skip_var": lambda p: p.skip_var,
     "skip_sq_mean": lambda p: p.skip_sq_mean,
     "residual_m2": lambda p: p.residual_m2,
+    "residual_var": lambda p: p.residual_var,
     "output_m2": lambda p: p.output_m2,
+    "output_var": lambda p: p.output_var,
+    "output_sq_mean": lambda p: p.output_sq_mean,
     "ratio": lambda p: p.ratio,
+    "inverse_ratio": lambda p: 1 / p.ratio if p.ratio > 0 else math.nan,
     "cosine": lambda p: 1 / math.sqrt(1 + p.ratio),
+    "one_minus_cosine": lambda p: -math.expm1(-0.5 * math.log1p(p.ratio)),
     "branch_norm_ratio": lambda p: math.sqrt(p.ratio),
 }
 
