@@ -138,7 +138,9 @@ class GradientRecorder:
         self.forward.commit(slot.forward, block)
         slot.block = block
         self._slots.append(slot)
-        if block.shortcut is Shortcut.PROJECTION:
+        if block.shortcut is Shortcut.IDENTITY:
+            slot.skip_edge = None  # a node of the graph whose hooks hold the slot: let it go
+        else:
             ref = self._inputs.get(block.name)
             x = None if ref is None else ref()
             if x is not None and x.requires_grad:
@@ -167,6 +169,7 @@ class GradientRecorder:
                                               retain_graph=True)
             finally:
                 self._nested = False
+                slot.skip_edge = slot.input_edge = None
             slot.skip, slot.pending = self._reduce(part, slot.channel), part
 
     def _on_skip_operand(self, slot: _Slot, grad: torch.Tensor) -> None:
