@@ -12,10 +12,10 @@ from sigprop.plotting._helpers import (
     band_line,
     canvas,
     last_finite,
-    legend,
     log_label,
     mark_overflow,
     mark_stages,
+    outside_legend,
     scale_y,
     series,
 )
@@ -66,7 +66,8 @@ def plot_spp_backward(
         axes: two axes to draw into (default: a new 1x2 figure).
 
     Returns:
-        The figure holding the axes.
+        The figure holding the axes, with one legend under both panels (inside the first when
+        ``axes`` are given).
 
     Raises:
         ValueError: a trace has no gradient statistics.
@@ -83,7 +84,7 @@ def plot_spp_backward(
             raise ValueError(f"{line.label}: the trace has no gradient statistics; measure it "
                              "with backward=True (sigprop analyze ... --backward)")
     several = len(lines) > 1
-    with canvas(axes, 2, 1, (DOUBLE_COLUMN, 2.8)) as (fig, axs):
+    with canvas(axes, 2, 1, (DOUBLE_COLUMN, 3.4)) as (fig, axs):
         for trace, label, color in lines:
             prefix = f"{label}: " if several else ""
             for role, linestyle in _LINES:
@@ -109,6 +110,6 @@ def plot_spp_backward(
             ax.set_title(title)
             ax.set_xlabel("block index $l$")
             ax.set_ylabel(ylabel)
-            legend(ax, fontsize=6)
             scale_y(ax, LOG)
+        outside_legend(fig, axs[0], axes is None, ncol=2, more=[axs[1]], fontsize=6)
     return fig
