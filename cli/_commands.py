@@ -10,17 +10,27 @@ the ``--out``/``--json`` aliases are local to :func:`add_source_commands`.
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from sigprop import BNMode
-from sigprop.models import Norm, Order, Padding, Variant
-from sigprop.sources import ModelSource, Source
+from sigprop.config import Norm, Order, Padding, Variant
+from sigprop.trace import BNMode
 
 from ._errors import UsageError, reports_usage_errors
-from ._run import Analysis, RunOptions, check_positive
+from ._files import check_writable
+from ._options import (
+    Analysis,
+    RunOptions,
+    check_positive,
+    check_seeds,
+    check_threads,
+    parse_blocks,
+)
 from ._sources import parse_kwargs, parse_shape
+
+if TYPE_CHECKING:
+    from sigprop.sources import ModelSource
 
 Action = Callable[[Analysis, RunOptions], None]
 
@@ -31,6 +41,16 @@ Seeds = Annotated[int, typer.Option(
 Device = Annotated[str, typer.Option(help="Torch device: cpu, cuda or cuda:N.")]
 BatchSize = Annotated[int, typer.Option(help="Images in the Gaussian input batch.")]
 ImageSize = Annotated[int, typer.Option(help="Height and width of the Gaussian input images.")]
+Blocks = Annotated[str | None, typer.Option(
+    metavar="NAME[,NAME...]",
+    help="Qualified names of the block modules (e.g. layer1.0,layer1.1), whose forward returns "
+    "skip + residual: overrides automatic discovery (see docs/discovery.md).",
+    show_default=False)]
+DEFAULT_THREADS = 1
+Threads = Annotated[int, typer.Option(
+    help="Torch CPU threads while measuring (1 to the machine's cores). The default, one, was "
+    "the fastest measured; on cores other jobs use, more threads wait on each other and ran "
+    "up to 10x slower (docs/performance.md).")]
 Backward = Annotated[bool, typer.Option(
     "--backward",
     help="Also run one backward pass (cotangent i.i.d. N(0, 1) from the seed) and record the "
@@ -64,9 +84,12 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
     Json = Annotated[bool, typer.Option("--json", help=json_help)]
 
     def options(seed: int, seeds: int, device: str, bn_mode: BNMode, out: Path | None,
-                json_output: bool, backward: bool) -> RunOptions:
-        check_positive("--seeds", seeds, "run")
-        return RunOptions(seed, seeds, device, bn_mode, out, json_output, backward)
+                json_output: bool, threads: int, backward: bool) -> RunOptions:
+        check_seeds(seed, seeds)
+        check_threads(threads)
+        if out is not None:
+            check_writable(out)
+        return RunOptions(seed, seeds, device, bn_mode, out, json_output, threads, backward)
 
     @app.command("resnet", help=f"{verb} the paper's CIFAR-style ResNet with --depth residual "
                  f"blocks.\n\nExample: sigprop {group} resnet --depth 512")
@@ -115,26 +138,31 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         seeds: Seeds = 1,
         device: Device = "cpu",
         bn_mode: BN = BNMode.TRAIN,
+        blocks: Blocks = None,
+        threads: Threads = DEFAULT_THREADS,
         out: Out = out_default,
         json_output: Json = False,
         backward: Backward = False,
     ) -> None:
+        from sigprop.sources import ModelSource
+
         input_shape = image_batch(batch_size, image_size)
         model = ModelSource.parse("resnet", depth=depth, variant=variant, norm=norm, width=width,
                                   stages=stages, alpha=alpha, order=order, padding=padding,
                                   nf_zero_init=nf_zero_init, fixup_zero_last=fixup_zero_last)
-        source(model, input_shape, depth,
-               options(seed, seeds, device, bn_mode, out, json_output, backward))
+        source(model, input_shape, depth, blocks,
+               options(seed, seeds, device, bn_mode, out, json_output, threads, backward))
 
-    def source(model: ModelSource, input_shape: tuple[int, ...], expected_blocks: int | None,
-               run_options: RunOptions) -> None:
+    def source(model: "ModelSource", input_shape: tuple[int, ...], expected_blocks: int | None,
+               blocks: str | None, run_options: RunOptions, shape_option: bool = False) -> None:
+        names = parse_blocks(blocks)
         try:
             build = model.builder()
         except ValueError as e:
             raise UsageError(str(e)) from e
-        action(Analysis(build, input_shape, expected_blocks), run_options)
+        action(Analysis(build, input_shape, expected_blocks, names, shape_option), run_options)
 
-    def zoo_command(library: Source, built: str, example: str) -> None:
+    def zoo_command(library: str, built: str, example: str) -> None:
         @app.command(library, help=f"{verb} a {library} model, built with {built}.\n\n"
                      "Residual blocks are found automatically (see docs/discovery.md).\n\n"
                      f"Example: sigprop {group} {library} {example}")
@@ -149,20 +177,27 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             seeds: Seeds = 1,
             device: Device = "cpu",
             bn_mode: BN = BNMode.TRAIN,
+            blocks: Blocks = None,
+            threads: Threads = DEFAULT_THREADS,
             out: Out = out_default,
             json_output: Json = False,
             backward: Backward = False,
         ) -> None:
-            source(ModelSource(library, name), image_batch(batch_size, image_size), None,
-                   options(seed, seeds, device, bn_mode, out, json_output, backward))
+            from sigprop.sources import ModelSource, Source
 
-    zoo_command(Source.TORCHVISION, "no weights (classification models)", "resnet50")
-    zoo_command(Source.TIMM, "pretrained=False", "resnetv2_50")
+            source(ModelSource(Source(library), name), image_batch(batch_size, image_size), None,
+                   blocks,
+                   options(seed, seeds, device, bn_mode, out, json_output, threads, backward))
+
+    zoo_command("torchvision", "no weights (classification models)", "resnet50")
+    zoo_command("timm", "pretrained=False", "resnetv2_50")
 
     @app.command("model", help=f"{verb} your own model: the callable SPEC builds it (torch RNG "
                  "seeded with --seed).\n\nResidual blocks are found automatically (see "
-                 f"docs/discovery.md).\n\nExample: sigprop {group} model "
-                 "examples/custom_net.py:build --input-shape 3,32,32")
+                 f"docs/discovery.md).\n\nThis runs SPEC's Python file (or imports its module) "
+                 "with your permissions, as `python` would: only run code you trust.\n\n"
+                 f"Example: sigprop {group} model examples/custom_net.py:build --input-shape "
+                 "3,32,32")
     @reports_usage_errors
     def custom_model(
         ctx: typer.Context,
@@ -179,6 +214,8 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         seeds: Seeds = 1,
         device: Device = "cpu",
         bn_mode: BN = BNMode.TRAIN,
+        blocks: Blocks = None,
+        threads: Threads = DEFAULT_THREADS,
         out: Out = out_default,
         json_output: Json = False,
         backward: Backward = False,
@@ -189,6 +226,9 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             kwargs = parse_kwargs(arg or [])
         except ValueError as e:
             raise UsageError(str(e)) from e
+        from sigprop.sources import ModelSource, Source
+
         source(ModelSource(Source.MODEL, spec, tuple(sorted(kwargs.items()))),
-               (batch_size, *shape), None,
-               options(seed, seeds, device, bn_mode, out, json_output, backward))
+               (batch_size, *shape), None, blocks,
+               options(seed, seeds, device, bn_mode, out, json_output, threads, backward),
+               shape_option=True)

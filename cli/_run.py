@@ -6,7 +6,8 @@ import json
 import math
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import reduce
 from pathlib import Path
@@ -21,56 +22,12 @@ from torch import nn
 
 import sigprop
 from sigprop import stats
-from sigprop._validate import check_int, resolve_device
+from sigprop._validate import resolve_device
 from sigprop.plotting import plot_spp, plot_spp_backward
 
 from ._errors import UsageError
-
-STATS_JSON, STATS_CSV, SPP_PNG = "stats.json", "stats.csv", "spp.png"
-SPP_BACKWARD_PNG = "spp-backward.png"
-
-
-@dataclass(frozen=True)
-class Analysis:
-    """What to measure: a builder (seed -> model and its configuration) and its input shape."""
-
-    build: Callable[[int], tuple[nn.Module, dict[str, Any]]]
-    input_shape: tuple[int, ...]
-    expected_blocks: int | None
-
-
-def check_positive(option: str, value: int, unit: str) -> None:
-    """Exit with a usage error unless ``value`` is an integer >= 1."""
-    try:
-        check_int(option, value, 1, unit)
-    except (ValueError, TypeError) as e:
-        raise UsageError(str(e)) from e
-
-
-def prepare_out(out: Path) -> Path:
-    """Create ``out`` and check it is writable before any work is done."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".sigprop-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise UsageError(f"cannot write to --out {str(out)!r} ({e.strerror or e}): "
-                         "choose a writable folder") from e
-    return out
-
-
-@dataclass(frozen=True)
-class RunOptions:
-    """Options every model source shares."""
-
-    seed: int
-    seeds: int
-    device: str
-    bn_mode: sigprop.BNMode
-    out: Path | None
-    json: bool
-    backward: bool = False
+from ._files import write_files
+from ._options import SPP_BACKWARD_PNG, SPP_PNG, STATS_CSV, STATS_JSON, Analysis, RunOptions
 
 
 @dataclass(frozen=True)
@@ -86,42 +43,94 @@ class Collected:
         return self.trace.to_dict() | self.report.to_dict()
 
 
-def collect(analysis: Analysis, options: RunOptions, out: Path | None) -> Collected:
+def collect(analysis: Analysis, options: RunOptions) -> Collected:
     """Measure ``options.seeds`` runs (seeds ``seed, seed + 1, ...``: weights and input).
 
-    Bad usage exits with code 2 before any forward pass. A model without residual blocks raises
-    ``sigprop.NoResidualBlockError``, for the caller to judge (bad usage or a failed check).
+    Bad usage, and the model failing, raise a :class:`UsageError`; a model without residual
+    blocks raises ``sigprop.NoResidualBlockError`` (its message names ``--blocks``), for the
+    caller to judge (bad usage or a failed check). Anything else is sigprop's own failure.
     """
     try:
         device = resolve_device(options.device)
     except ValueError as e:
         raise UsageError(str(e)) from e
-    if out is not None:
-        prepare_out(out)
     started = time.perf_counter()
     traces = []
     total = analysis.expected_blocks * options.seeds if analysis.expected_blocks else None
-    with _progress(total) as advance:
+    with use_threads(options.threads), _progress(total) as advance:
         for k in range(options.seeds):
             model, model_info = _build(analysis, options.seed + k, device)
             spec = sigprop.InputSpec("gaussian", analysis.input_shape, options.seed + k)
-            try:
-                traces.append(sigprop.measure(model, spec, bn_mode=options.bn_mode,
-                                              model_info=model_info, progress=advance,
-                                              backward=options.backward))
-            except (sigprop.ForwardError, sigprop.BackwardError) as e:
-                raise UsageError(str(e)) from e
+            traces.append(_measure(analysis, options, model, spec, model_info, advance))
     trace = reduce(sigprop.Trace.merge, traces)
     return Collected(trace, stats.report(trace), time.perf_counter() - started)
+
+
+def _measure(analysis: Analysis, options: RunOptions, model: nn.Module, spec: sigprop.InputSpec,
+             model_info: dict[str, Any], advance: Callable[[int], None]) -> sigprop.Trace:
+    try:
+        return sigprop.measure(model, spec, bn_mode=options.bn_mode, model_info=model_info,
+                               progress=advance, blocks=analysis.blocks,
+                               backward=options.backward)
+    except sigprop.BackwardError as e:
+        raise UsageError(str(e)) from e
+    except sigprop.ForwardError as e:
+        note = ""
+        if analysis.shape_option:
+            note = (f" (the input batch had shape {tuple(spec.shape)}: --input-shape is the "
+                    "shape of one input, without the batch, e.g. 3,32,32 for RGB images)")
+        raise UsageError(f"{e}{note}") from e
+    except sigprop.NoResidualBlockError as e:
+        raise sigprop.NoResidualBlockError(
+            str(e).replace("blocks=[...]", "--blocks NAME[,NAME...]")) from e
+    except (ValueError, TypeError) as e:  # the library's checks of the model and its input
+        raise UsageError(str(e)) from e
+    except (RuntimeError, MemoryError) as e:
+        if _too_big(e) and not isinstance(e, sigprop.MeasurementError):
+            raise UsageError(f"the input batch of shape {tuple(spec.shape)} does not fit in "
+                             f"memory ({_first_line(e)}): use a smaller --batch-size or input "
+                             "size") from e
+        raise
+
+
+@contextmanager
+def use_threads(threads: int) -> Iterator[None]:
+    """Torch's intra-op thread count set to ``threads`` for a while, then restored."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
 
 
 def _build(analysis: Analysis, seed: int, device: torch.device) -> tuple[nn.Module, dict[str, Any]]:
     try:
         model, model_info = analysis.build(seed)
-        model.to(device)
     except (ValueError, TypeError) as e:
         raise UsageError(str(e)) from e
+    except (RuntimeError, MemoryError) as e:
+        if _too_big(e):
+            raise UsageError(f"the model does not fit in memory ({_first_line(e)}): build a "
+                             "smaller one") from e
+        raise
+    try:
+        model.to(device)
+    except Exception as e:  # e.g. a model on the meta device: the model's, not sigprop's
+        raise UsageError(f"cannot move the model to {device}: {type(e).__name__}: "
+                         f"{_first_line(e)}") from e
     return model, model_info
+
+
+def _too_big(e: BaseException) -> bool:
+    """An allocation that cannot succeed: out of memory, or sizes beyond what torch indexes."""
+    return isinstance(e, MemoryError | torch.OutOfMemoryError) or (
+        isinstance(e, RuntimeError) and ("can't allocate memory" in str(e)
+                                         or "size calculation overflowed" in str(e)))
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
 def print_json(doc: Any) -> None:
@@ -153,21 +162,31 @@ def written(trace: sigprop.Trace) -> tuple[str, ...]:
 
 
 def write_outputs(collected: Collected, out: Path) -> None:
-    """stats.json (trace, fits, verdicts), stats.csv (long format) and spp.png into ``out``;
-    spp-backward.png too when the trace has gradients."""
-    trace = collected.trace
-    (out / STATS_JSON).write_text(
-        json.dumps(collected.document(), indent=1, allow_nan=False) + "\n")
-    trace.to_frame().to_csv(out / STATS_CSV, index=False)
+    """stats.json (trace, fits, verdicts), stats.csv (long format) and spp.png into ``out``,
+    and spp-backward.png when the trace has gradients: all of them or none
+    (:func:`write_files`)."""
     import matplotlib.pyplot as plt
 
-    fig = plot_spp(trace)
-    fig.savefig(out / SPP_PNG)
-    plt.close(fig)
+    trace = collected.trace
+
+    def plot(draw: Callable[[sigprop.Trace], Any]) -> Callable[[Path], None]:
+        def write_plot(path: Path) -> None:
+            fig = draw(trace)
+            try:
+                fig.savefig(path)
+            finally:
+                plt.close(fig)
+        return write_plot
+
+    writers: dict[str, Callable[[Path], object]] = {
+        STATS_JSON: lambda path: path.write_text(
+            json.dumps(collected.document(), indent=1, allow_nan=False) + "\n"),
+        STATS_CSV: lambda path: trace.to_frame().to_csv(path, index=False),
+        SPP_PNG: plot(plot_spp),
+    }
     if trace.has_gradients:
-        fig = plot_spp_backward(trace)
-        fig.savefig(out / SPP_BACKWARD_PNG)
-        plt.close(fig)
+        writers[SPP_BACKWARD_PNG] = plot(plot_spp_backward)
+    write_files(out, writers)
 
 
 def summarize(collected: Collected, out: Path) -> None:

@@ -6,11 +6,9 @@ from pathlib import Path
 
 import typer
 
-from sigprop import NoResidualBlockError
-
 from ._commands import add_source_commands
 from ._errors import UsageError
-from ._run import Analysis, RunOptions, collect, print_json, summarize, write_outputs
+from ._options import Analysis, RunOptions
 
 DEFAULT_OUT = Path("sigprop-out")
 
@@ -20,9 +18,13 @@ app = typer.Typer(help="Measure a network and write stats.json, stats.csv and sp
 
 def analyze(analysis: Analysis, options: RunOptions) -> None:
     """Measure, write the three files, print the summary and the verdicts (or JSON)."""
+    from sigprop import NoResidualBlockError
+
+    from ._run import collect, print_json, summarize, write_outputs
+
     out = options.out if options.out is not None else DEFAULT_OUT
     try:
-        collected = collect(analysis, options, out=out)
+        collected = collect(analysis, options)
     except NoResidualBlockError as e:
         raise UsageError(str(e)) from e
     write_outputs(collected, out)

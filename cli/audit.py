@@ -2,29 +2,31 @@
 
 from __future__ import annotations
 
-import typer
-from rich.console import Console
-from rich.table import Table
+from typing import TYPE_CHECKING
 
-from sigprop import NoResidualBlockError
-from sigprop.audit import Finding, Status, audit, no_blocks
+import typer
 
 from ._commands import add_source_commands
-from ._run import Analysis, RunOptions, collect, print_json, write_outputs
+from ._options import Analysis, RunOptions
+
+if TYPE_CHECKING:
+    from sigprop.audit import Finding
 
 app = typer.Typer(
     help="Check an architecture at initialization: exit code 0 when no check fails, 1 when one "
-    "fails, 2 for bad usage.",
+    "fails, 2 for bad usage (the model failing included), 3 for an internal error of sigprop.",
     no_args_is_help=True,
 )
 
-_STYLE = {Status.PASS: "green", Status.FAIL: "bold red", Status.INFO: "yellow"}
-
-
 def run_audit(analysis: Analysis, options: RunOptions) -> None:
     """Measure, run every check, print the findings (or JSON) and exit 1 if one fails."""
+    from sigprop import NoResidualBlockError
+    from sigprop.audit import Status, audit, no_blocks
+
+    from ._run import collect, print_json, write_outputs
+
     try:
-        collected = collect(analysis, options, out=options.out)
+        collected = collect(analysis, options)
     except NoResidualBlockError as e:
         findings = no_blocks(str(e))
     else:
@@ -40,11 +42,17 @@ def run_audit(analysis: Analysis, options: RunOptions) -> None:
 
 
 def _print(findings: list[Finding]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    from sigprop.audit import Status
+
+    style = {Status.PASS: "green", Status.FAIL: "bold red", Status.INFO: "yellow"}
     table = Table(title="sigprop audit")
     for column in ("check", "status", "finding"):
         table.add_column(column)
     for f in findings:
-        table.add_row(f.id, f"[{_STYLE[f.status]}]{f.status.value}[/]", f.message)
+        table.add_row(f.id, f"[{style[f.status]}]{f.status.value}[/]", f.message)
     Console(width=max(Console().width, 110)).print(table)
 
 

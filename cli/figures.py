@@ -4,17 +4,16 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
-import torch
 import typer
-from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-from sigprop import paper
 
 from ._errors import UsageError, reports_usage_errors
-from ._run import prepare_out
+from ._files import Writer, check_writable, write_files
+from ._options import check_threads
+
+if TYPE_CHECKING:
+    from sigprop import paper
 
 FORMATS = ("png", "svg", "pdf")
 # Without these, SVG and PDF files carry the date they were written: not reproducible.
@@ -51,40 +50,57 @@ def figures_command(
     Example: sigprop figures --out figures --format png,pdf
     """
     formats = parse_formats(fmt)
-    if threads < 1:
-        raise UsageError(f"--threads must be >= 1 thread, got {threads}")
-    prepare_out(out)
+    check_threads(threads)
+    check_writable(out)
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+    )
+
+    from sigprop import paper
+
+    from ._run import use_threads
+
     config = paper.QUICK if quick else paper.FULL
     specs = paper.figure_specs(config)
     started = time.perf_counter()
     written: list[str] = []
-    previous_threads = torch.get_num_threads()
-    torch.set_num_threads(threads)
     bar = Progress(TextColumn("{task.description:<24}"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("blocks"), TimeElapsedColumn(), console=Console(stderr=True),
                    transient=True)
     task = bar.add_task("measuring", total=paper.total_blocks(specs, config))
-    try:
-        import matplotlib.pyplot as plt
+    import matplotlib.pyplot as plt
 
-        with bar:
-            for result in paper.generate(
-                    config, specs, progress=lambda name: bar.update(task, advance=1,
-                                                                    description=name)):
-                bar.update(task, description=f"writing {result.name}")
-                # A fixed salt: SVG element ids are otherwise random on every run.
-                with plt.rc_context({"svg.hashsalt": "sigprop"}):
-                    for ext in formats:
-                        result.figure.savefig(out / f"{result.name}.{ext}",
-                                              metadata=_METADATA.get(ext))
-                plt.close(result.figure)
-                (out / f"{result.name}.txt").write_text(result.caption + "\n")
-                # Six significant digits: far below the seed-to-seed scatter, half the size.
-                result.data.to_csv(out / f"{result.name}.csv", index=False, float_format="%.6g")
-                written.append(result.name)
-    finally:
-        torch.set_num_threads(previous_threads)
+    with use_threads(threads), bar:
+        for result in paper.generate(
+                config, specs, progress=lambda name: bar.update(task, advance=1,
+                                                                description=name)):
+            bar.update(task, description=f"writing {result.name}")
+            write_files(out, _writers(result, formats))
+            plt.close(result.figure)
+            written.append(result.name)
     elapsed = time.perf_counter() - started
     typer.echo(f"wrote {len(written)} figures ({config.name} set) to {out}/ in {elapsed:.0f} s:")
     for name in written:
         typer.echo(f"  {name}.{{{','.join(formats)},txt,csv}}")
+
+
+def _writers(result: paper.FigureResult, formats: list[str]) -> dict[str, Writer]:
+    """The files of one figure: its images, caption (NAME.txt) and data (NAME.csv)."""
+    import matplotlib.pyplot as plt
+
+    def image(path: Path) -> None:
+        # A fixed salt: SVG element ids are otherwise random on every run.
+        with plt.rc_context({"svg.hashsalt": "sigprop"}):
+            result.figure.savefig(path, metadata=_METADATA.get(path.suffix.lstrip(".")))
+
+    writers: dict[str, Writer] = {f"{result.name}.{ext}": image for ext in formats}
+    writers[f"{result.name}.txt"] = lambda path: path.write_text(result.caption + "\n")
+    # Six significant digits: far below the seed-to-seed scatter, half the size.
+    writers[f"{result.name}.csv"] = lambda path: result.data.to_csv(
+        path, index=False, float_format="%.6g")
+    return writers

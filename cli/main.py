@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import signal
+from typing import NoReturn
+
 import typer
 
-import sigprop
+from sigprop._version import __version__
 
 from ._allocator import pin_glibc_allocator
 from ._errors import DEBUG
@@ -30,7 +33,7 @@ app.command("plot")(plot_command)
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"sigprop {sigprop.__version__}")
+        typer.echo(f"sigprop {__version__}")
         raise typer.Exit()
 
 
@@ -41,7 +44,8 @@ def main(
         False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
     ),
     debug: bool = typer.Option(
-        False, "--debug", help="On a usage error, also print the Python traceback behind it."
+        False, "--debug", help="On an error, also print the Python traceback behind it (include it "
+        "when you report an internal error)."
     ),
 ) -> None:
     """Measure signal propagation at initialization in PyTorch residual networks."""
@@ -49,6 +53,14 @@ def main(
 
 
 def run() -> None:
-    """The ``sigprop`` console script: the allocator is pinned for this process, then the app."""
+    """The ``sigprop`` console script: the allocator is pinned for this process, then the app.
+
+    SIGTERM exits like Ctrl-C does, through every ``finally``: temporary files are removed.
+    """
     pin_glibc_allocator()
+    signal.signal(signal.SIGTERM, _terminated)
     app()
+
+
+def _terminated(signum: int, frame: object) -> NoReturn:
+    raise SystemExit(128 + signum)

@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-import sigprop
-from sigprop.plotting import plot_spp, plot_spp_backward
-
 from ._errors import UsageError, reports_usage_errors
-from ._run import STATS_JSON
+from ._files import write_files
+from ._options import STATS_JSON
+
+if TYPE_CHECKING:
+    import sigprop
 
 SUFFIXES = (".png", ".svg", ".pdf")
 
 
 def load(path: Path) -> sigprop.Trace:
     """Read a stats.json (or the stats.json inside a folder); usage error if it is not one."""
+    import sigprop
+
     if path.is_dir():
         path = path / STATS_JSON
     try:
@@ -83,14 +86,18 @@ def plot_command(
                          "exist")
     import matplotlib.pyplot as plt
 
+    from sigprop.plotting import plot_spp, plot_spp_backward
+
     draw = plot_spp_backward if backward else plot_spp
     fig = draw(traces, labels=label or None, theory=theory)
     metadata = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}.get(out.suffix.lower())
-    try:
+
+    def write(path: Path) -> None:
         with plt.rc_context({"svg.hashsalt": "sigprop"}):  # reproducible SVG element ids
-            fig.savefig(out, metadata=metadata)
-    except OSError as e:
-        raise UsageError(f"cannot write --out {str(out)!r} ({e.strerror or e})") from e
+            fig.savefig(path, metadata=metadata)
+
+    try:
+        write_files(out.parent, {out.name: write})
     finally:
         plt.close(fig)
     typer.echo(f"wrote {out} ({len(traces)} run file{'s' if len(traces) > 1 else ''})")

@@ -5,38 +5,62 @@
 >>> trace = sigprop.measure(net, sigprop.InputSpec("gaussian", (8, 3, 16, 16), seed=0))
 >>> trace.n_blocks
 16
+
+Names are imported on first use (PEP 562), so that ``import sigprop`` and the command line's
+``--help`` do not import torch until something needs it.
 """
 
-from sigprop import models
-from sigprop._moments import moments
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from sigprop._version import __version__
-from sigprop.blocks import ResidualAdd
-from sigprop.finding import NoResidualBlockError
-from sigprop.recording import (
-    BackwardError,
-    BNMode,
-    ForwardError,
-    find_blocks,
-    gaussian_input,
-    measure,
-)
-from sigprop.trace import (
-    BatchNorms,
-    Block,
-    BlockStats,
-    Direction,
-    Gradients,
-    GradRole,
-    InputKind,
-    InputSpec,
-    Moments,
-    Run,
-    Shortcut,
-    Stat,
-    TensorRole,
-    Trace,
-    TraceFormatError,
-)
+
+if TYPE_CHECKING:
+    from sigprop import models
+    from sigprop._moments import moments
+    from sigprop.blocks import ResidualAdd
+    from sigprop.finding import NoResidualBlockError
+    from sigprop.recording import (
+        BackwardError,
+        ForwardError,
+        MeasurementError,
+        find_blocks,
+        gaussian_input,
+        measure,
+    )
+    from sigprop.trace import (
+        BatchNorms,
+        Block,
+        BlockStats,
+        BNMode,
+        Direction,
+        Gradients,
+        GradRole,
+        InputKind,
+        InputSpec,
+        Moments,
+        Run,
+        Shortcut,
+        Stat,
+        TensorRole,
+        Trace,
+        TraceFormatError,
+    )
+
+_WHERE = {
+    "models": "sigprop.models",
+    "moments": "sigprop._moments",
+    "ResidualAdd": "sigprop.blocks",
+    "NoResidualBlockError": "sigprop.finding",
+    **dict.fromkeys(["BackwardError", "ForwardError", "MeasurementError", "find_blocks",
+                     "gaussian_input", "measure"], "sigprop.recording"),
+    **dict.fromkeys(["BatchNorms", "Block", "BlockStats", "BNMode", "Direction", "Gradients",
+                     "GradRole", "InputKind", "InputSpec",
+                     "Moments", "Run", "Shortcut", "Stat", "TensorRole", "Trace",
+                     "TraceFormatError"], "sigprop.trace"),
+}
 
 __all__ = [
     "BNMode",
@@ -50,6 +74,7 @@ __all__ = [
     "Gradients",
     "InputKind",
     "InputSpec",
+    "MeasurementError",
     "Moments",
     "NoResidualBlockError",
     "ResidualAdd",
@@ -66,3 +91,20 @@ __all__ = [
     "models",
     "moments",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    where = _WHERE.get(name, f"sigprop.{name}")  # else a submodule: sigprop.stats ...
+    try:
+        module = importlib.import_module(where)
+    except ModuleNotFoundError as e:
+        if e.name != where:
+            raise
+        raise AttributeError(f"module 'sigprop' has no attribute {name!r}") from None
+    value = module if where == f"sigprop.{name}" else getattr(module, name)
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

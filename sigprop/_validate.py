@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from enum import StrEnum
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 E = TypeVar("E", bound=StrEnum)
 
@@ -33,6 +34,8 @@ def resolve_device(device: str) -> torch.device:
     >>> resolve_device("cpu")
     device(type='cpu')
     """
+    import torch  # here: the command line's choices import this module without torch
+
     try:
         resolved = torch.device(device)
     except RuntimeError:

@@ -10,10 +10,11 @@ from typing import Any
 
 import numpy as np
 
+from sigprop._html import html_table
 from sigprop.stats import Outcome, Report, Tolerances, VerdictId, band, projected_growth, report
 from sigprop.trace import Trace
 
-__all__ = ["AuditTolerances", "Finding", "Status", "audit", "no_blocks"]
+__all__ = ["AuditTolerances", "Finding", "Findings", "Status", "audit", "no_blocks"]
 
 
 class Status(StrEnum):
@@ -74,8 +75,16 @@ def no_blocks(reason: str) -> list[Finding]:
     return [Finding("residual_blocks", Status.FAIL, f"no residual block found: {reason}")]
 
 
+class Findings(list[Finding]):
+    """The audit's findings, one per check: a list that renders as a table in Jupyter."""
+
+    def _repr_html_(self) -> str:
+        return html_table("sigprop audit: one finding per check", ["check", "status", "finding"],
+                          [(f.id, f.status.value, f.message) for f in self])
+
+
 def audit(trace: Trace, tol: AuditTolerances | None = None,
-          result: Report | None = None) -> list[Finding]:
+          result: Report | None = None) -> Findings:
     """Run every check on a measured trace.
 
     Args:
@@ -84,7 +93,7 @@ def audit(trace: Trace, tol: AuditTolerances | None = None,
         result: the trace's :func:`sigprop.stats.report`, if already computed.
 
     Returns:
-        One finding per check, in a fixed order.
+        One finding per check, in a fixed order (a list; a table in Jupyter).
 
     >>> import sigprop
     >>> net = sigprop.models.resnet(64, norm="none", seed=0)
@@ -94,7 +103,7 @@ def audit(trace: Trace, tol: AuditTolerances | None = None,
     """
     tol = tol or AuditTolerances()
     result = result or report(trace, tol.stats)
-    return [
+    return Findings([
         Finding("residual_blocks", Status.PASS,
                 f"{trace.n_blocks} residual blocks in {len(trace.by_stage())} stage(s)",
                 float(trace.n_blocks)),
@@ -103,7 +112,7 @@ def audit(trace: Trace, tol: AuditTolerances | None = None,
         _zero_branches(trace, tol),
         _bn_mode(trace),
         _gradient_propagation(trace, result),
-    ]
+    ])
 
 
 def _explosion(trace: Trace, result: Report) -> Finding:

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from sigprop._blame import runs_model_code
 from sigprop._gains import GainTerm
 from sigprop.finding import BlockFinder, FoundBlocks
 from sigprop.trace import Shortcut
@@ -45,6 +46,7 @@ class ResidualAdd(nn.Module):
         self.channels_last = channels_last
         self.gain = gain
 
+    @runs_model_code  # a shape mismatch here is the model's error
     def forward(self, skip: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
         return skip + residual
 

@@ -33,6 +33,7 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.overrides import TorchFunctionMode
 
+from sigprop._blame import runs_model_code
 from sigprop._gains import BranchGains, GainTerm, OpKind, ParamNames
 from sigprop._provenance import Call, Label, Provenance
 from sigprop.finding import BlockFinder, FoundBlocks, NoResidualBlockError
@@ -165,6 +166,7 @@ class _Engine(ABC):
 
         return hook
 
+    @runs_model_code  # its own frame runs the model's operation: errors there are the model's
     def handle(self, func: Callable[..., Any], args: Sequence[Any],
                kwargs: dict[str, Any]) -> Any:
         """Run one torch operation, recording it first if it is a residual addition."""
@@ -215,6 +217,7 @@ class _Engine(ABC):
                                 stays=kind != "other")
         self._gains.derive(kind, func, args, kwargs, labeled[0], outputs)
 
+    @runs_model_code  # its own frame runs the model's addition
     def _run(self, name: str, func: Callable[..., Any], args: Sequence[Any],
              kwargs: dict[str, Any], skip: torch.Tensor, residual: torch.Tensor
              ) -> tuple[Any, bool, Any]:

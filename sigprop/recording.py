@@ -5,7 +5,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import replace
-from enum import StrEnum
 from typing import Any
 
 import torch
@@ -15,32 +14,32 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from sigprop import _backward
 from sigprop._accumulators import Accumulator, FastAccumulator, SafeAccumulator
 from sigprop._backward import BackwardError
+from sigprop._blame import sigprop_raised
 from sigprop._validate import parse_choice
 from sigprop.blocks import MarkedAdditions
 from sigprop.config import ResNetConfig
 from sigprop.discovery import Discovery, NamedBlocks
 from sigprop.finding import BlockFinder, FoundBlocks, Recorder
-from sigprop.trace import BatchNorms, Block, BlockStats, InputKind, InputSpec, Run, Trace
+from sigprop.trace import BatchNorms, Block, BlockStats, BNMode, InputKind, InputSpec, Run, Trace
 
 __all__ = [
     "BNMode",
     "BackwardError",
     "ForwardError",
+    "MeasurementError",
     "find_blocks",
     "gaussian_input",
     "measure",
 ]
 
 
-class BNMode(StrEnum):
-    """Which statistics batch-norm layers normalize with while measuring."""
-
-    TRAIN = "train"  # batch statistics: the paper's setting at initialization
-    EVAL = "eval"  # running statistics (mean 0 / var 1 when fresh: BN is then the identity)
-
-
 class ForwardError(RuntimeError):
     """The model's own forward pass raised; the message says after which block."""
+
+
+class MeasurementError(RuntimeError):
+    """sigprop's own code (hooks, reducers, discovery) or the progress callback raised during
+    the forward pass: not the model's fault; the message says after which block."""
 
 
 def gaussian_input(
@@ -86,8 +85,13 @@ def _measurement_state(model: nn.Module, bn_mode: BNMode) -> Iterator[None]:
     # the buffers of other modules, and of batch norms with their own forward, are saved.
     saved = [(b, b.detach().clone()) for m in modules if not _plain_batch_norm(m)
              for b in m._buffers.values() if b is not None]
+    overridden = any(_overrides_train(m) for m in modules)
+    # An override of train() may do more than set flags (freeze parameters, set attributes):
+    # every module's attributes and every requires_grad are put back as they were.
+    attributes = [(m, dict(m.__dict__)) for m in modules] if overridden else []
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()] if overridden else []
     try:
-        if any(_overrides_train(m) for m in modules):
+        if overridden:
             model.eval()  # let the overrides run
         else:
             for module in modules:
@@ -101,6 +105,11 @@ def _measurement_state(model: nn.Module, bn_mode: BNMode) -> Iterator[None]:
                 _set_flag(bn, "track_running_stats", False)
         yield
     finally:
+        for module, saved_attributes in attributes:
+            module.__dict__.clear()
+            module.__dict__.update(saved_attributes)
+        for parameter, required in requires_grad:
+            parameter.requires_grad_(required)
         for module, training in zip(modules, modes, strict=True):
             _set_flag(module, "training", training)
         for bn, tracked in zip(batch_norms, tracking, strict=True):
@@ -158,6 +167,10 @@ def _forward(model: nn.Module, inputs: torch.Tensor, finder: BlockFinder, record
             except Exception as e:
                 last = found.last
                 where = f"after block {last.index} ({last.name})" if last else "before block 0"
+                if sigprop_raised(e.__traceback__.tb_next if e.__traceback__ else None):
+                    raise MeasurementError(
+                        f"sigprop failed while measuring, {where}, in its own code or the "
+                        f"progress callback, not in the model: {type(e).__name__}: {e}") from e
                 raise ForwardError(
                     f"the model's forward pass failed {where}: {type(e).__name__}: {e}"
                 ) from e

@@ -9,6 +9,7 @@ user can fix is a ``ValueError`` with one readable line. torchvision and timm ar
 from __future__ import annotations
 
 import difflib
+import hashlib
 import importlib
 import importlib.util
 import sys
@@ -168,7 +169,9 @@ def _load(spec: str) -> Callable[..., Any]:
         path = Path(target)
         if not path.is_file():
             raise ValueError(f"cannot load model {spec!r}: no such file {str(path)!r}")
-        name = f"_sigprop_user_{path.stem}"
+        # Named after the whole path: two files with the same stem are two modules.
+        digest = hashlib.sha1(str(path.resolve()).encode()).hexdigest()[:12]
+        name = f"_sigprop_user_{_identifier(path.stem)}_{digest}"
         file_spec = importlib.util.spec_from_file_location(name, path)
         if file_spec is None or file_spec.loader is None:
             raise ValueError(f"cannot load model {spec!r}: {str(path)!r} is not a Python file")
@@ -192,6 +195,10 @@ def _load(spec: str) -> Callable[..., Any]:
     if not callable(builder):
         raise ValueError(f"cannot load model {spec!r}: {attribute!r} is not callable")
     return builder  # type: ignore[no-any-return]
+
+
+def _identifier(text: str) -> str:
+    return "".join(c if c.isalnum() or c == "_" else "_" for c in text)
 
 
 def _plain(value: Any) -> Any:

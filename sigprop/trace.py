@@ -14,8 +14,10 @@ from sigprop._version import __version__
 
 if TYPE_CHECKING:
     import pandas as pd
+    from matplotlib.figure import Figure
 
 __all__ = [
+    "BNMode",
     "BatchNorms",
     "Block",
     "BlockStats",
@@ -32,6 +34,13 @@ __all__ = [
     "Trace",
     "TraceFormatError",
 ]
+
+
+class BNMode(StrEnum):
+    """Which statistics batch-norm layers normalize with while measuring."""
+
+    TRAIN = "train"  # batch statistics: the paper's setting at initialization
+    EVAL = "eval"  # running statistics (mean 0 / var 1 when fresh: BN is then the identity)
 
 
 class Shortcut(StrEnum):
@@ -366,6 +375,16 @@ class Trace:
             )
         return Trace(self.model, self.input, self.bn_mode, self.runs + other.runs,
                      self.batchnorms)
+
+    def plot(self, **kwargs: Any) -> Figure:
+        """The signal-propagation plot of this trace (:func:`sigprop.plotting.plot_spp`).
+
+        Keyword arguments go to ``plot_spp`` (``theory``, ``labels``, ``axes``). In a notebook
+        the returned figure is shown inline.
+        """
+        from sigprop.plotting import plot_spp
+
+        return plot_spp(self, **kwargs)
 
     def to_frame(self) -> pd.DataFrame:
         """Long-format table: columns ``seed, block, name, stage, direction, tensor, stat,

@@ -1,7 +1,10 @@
-"""Test helpers: tiny models with known answers, inputs with known moments, state snapshots."""
+"""Test helpers: tiny models with known answers, inputs with known moments, and the one snapshot
+of a model's (and torch's global) state that every path must leave unchanged."""
 
 from __future__ import annotations
 
+import pickle
+import random
 from collections.abc import Sequence
 from typing import Any
 
@@ -42,29 +45,72 @@ def offset_input(shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = tor
     return torch.randn(shape, generator=g, dtype=dtype) * scale + mean
 
 
-def snapshot(model: nn.Module) -> dict[str, Any]:
-    """Everything measuring must leave unchanged: tensors bitwise, modes, flags and hooks."""
+def _hooks(holder: Any) -> dict[str, Any]:
+    """Every hook dict (or flag) of a module, or of ``torch.nn.modules.module`` (global hooks),
+    as plain lists of keys and the hooks' identities."""
+    found: dict[str, Any] = {}
+    for name, value in vars(holder).items():
+        if "hook" in name:
+            found[name] = [(k, id(v)) for k, v in value.items()] if isinstance(value, dict) \
+                else value
+    return found
+
+
+def global_state() -> dict[str, Any]:
+    """torch's global state that sigprop must leave unchanged: global module hooks, the RNG
+    states (torch, random, numpy), grad mode, the function-mode stack, the thread count."""
+    from torch.nn.modules import module as torch_module
+    from torch.overrides import _get_current_function_mode_stack
+
     return {
-        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
-        "training": [m.training for m in model.modules()],
-        "track": [getattr(m, "track_running_stats", None) for m in model.modules()],
-        "hooks": [
-            (len(m._forward_hooks), len(m._forward_pre_hooks), len(m._backward_hooks))
-            for m in model.modules()
-        ],
-        "requires_grad": [p.requires_grad for p in model.parameters()],
+        "global_hooks": _hooks(torch_module),
+        "rng": (torch.get_rng_state(), random.getstate(), pickle.dumps(np.random.get_state())),
+        "grad_mode": (torch.is_grad_enabled(), torch.is_inference_mode_enabled()),
+        "function_modes": list(
+            _get_current_function_mode_stack()),  # type: ignore[no-untyped-call]
+        "threads": torch.get_num_threads(),
     }
 
 
-def assert_unchanged(model: nn.Module, before: dict[str, Any]) -> None:
-    after = snapshot(model)
-    assert after["training"] == before["training"]
-    assert after["track"] == before["track"]
-    assert after["hooks"] == before["hooks"]
-    assert after["requires_grad"] == before["requires_grad"]
-    assert after["state"].keys() == before["state"].keys()
-    for key, value in before["state"].items():
-        assert torch.equal(after["state"][key], value), key
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything measuring must leave unchanged: parameters and buffers (bitwise), gradients,
+    every module's ``training`` and plain flags, ``requires_grad``, hooks of every kind (module,
+    global and tensor hooks), the global RNG states, grad mode and the function-mode stack."""
+    parameters = dict(model.named_parameters(remove_duplicate=False))
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict(keep_vars=True).items()},
+        "grads": {k: None if p.grad is None else p.grad.clone() for k, p in parameters.items()},
+        "requires_grad": {k: p.requires_grad for k, p in parameters.items()},
+        "tensor_hooks": {k: None if p._backward_hooks is None else list(p._backward_hooks)
+                         for k, p in parameters.items()},
+        "training": [m.training for m in model.modules()],
+        "flags": [{k: v for k, v in vars(m).items() if isinstance(v, bool | int | float | str)
+                   or v is None} for m in model.modules()],
+        "hooks": [_hooks(m) for m in model.modules()],
+        **global_state(),
+    }
+
+
+def assert_unchanged(model: nn.Module | None, before: dict[str, Any]) -> None:
+    """Fails naming the first part of :func:`snapshot` (or :func:`global_state`, without a
+    model) that changed."""
+    after = global_state() if model is None else snapshot(model)
+    assert after.keys() == before.keys()
+    for part in before:
+        if part in ("state", "grads"):
+            assert after[part].keys() == before[part].keys(), part
+            for key, value in before[part].items():
+                changed = after[part][key]
+                same = (value is None and changed is None) or (
+                    value is not None and changed is not None and torch.equal(changed, value))
+                assert same, f"{part}: {key}"
+        elif part == "rng":
+            torch_rng, python_rng, numpy_rng = after[part]
+            assert torch.equal(torch_rng, before[part][0]), "torch RNG state"
+            assert python_rng == before[part][1], "random's state"
+            assert numpy_rng == before[part][2], "numpy's RNG state"
+        else:
+            assert after[part] == before[part], part
 
 
 def synthetic_trace(skip_m2: Sequence[Sequence[float] | np.ndarray],

@@ -3,6 +3,7 @@ tables show the shapes the theory predicts (the data are tested, not the pixels)
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import matplotlib
@@ -50,7 +51,7 @@ def measured(frame: pd.DataFrame, series: str, quantity: str) -> pd.DataFrame:
 
 def test_every_figure_caption_and_table_is_written(quick: Path) -> None:
     assert NAMES == ["spp-resnet-v2-batchnorm", "spp-trio", "identity-bias", "normalizer-free",
-                     "sqrt-depth-law", "depth-sweep", "orderings", "zoo"]
+                     "sqrt-depth-law", "depth-sweep", "finite-size", "orderings", "zoo"]
     for name in NAMES:
         assert (quick / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (quick / f"{name}.svg").read_text().lstrip().startswith("<?xml")
@@ -134,6 +135,23 @@ def test_depth_sweep_bn_linear_unnormalized_explodes_sqrt_depth_flat(quick: Path
                        theory.value.iloc[0] - step * theory.depth.iloc[0], atol=1.0)
 
 
+def test_finite_size_fits_with_intervals_and_padding_theory(quick: Path) -> None:
+    frame = table(quick, "finite-size")
+    for side in QUICK.finite_images:
+        series = f"BN v2, {side}x{side} images"
+        for name in ("skip_sq_mean_slope", "skip_var_slope"):
+            rows = frame[frame.series == series].set_index(["source", "quantity"]).value
+            lo, value, hi = (rows["measured", name + suffix] for suffix in ("_ci_lo", "", "_ci_hi"))
+            assert lo < value < hi
+            # Zero padding lowers the theory below the infinite-image increments.
+            assert 0 < rows["theory", name] < (1 / math.pi if "sq_mean" in name
+                                               else 1 - 1 / math.pi)
+    theory = frame[(frame.source == "theory") & (frame.quantity == "growth_rate")].value
+    assert len(theory) == len(QUICK.finite_widths) and theory.nunique() == 1  # width-free
+    assert 1 < theory.iloc[0] < 2
+    assert "growth factor per block" in (quick / "finite-size.txt").read_text()
+
+
 def test_orderings_and_stage_resets(quick: Path) -> None:
     frame = table(quick, "orderings")
     blocks = np.arange(QUICK.variants_depth)
@@ -177,7 +195,7 @@ def test_normalizer_free_family_beside_batch_norm(quick: Path) -> None:
     assert set(frame.depth) == {depth}
     # Fixup with its zero last layers: every block exactly the identity, in theory too.
     assert (measured(frame, fixup, "residual_m2").to_numpy() == 0).all()
-    assert (measured(frame, fixup, "cosine").to_numpy() == 1).all()
+    assert (measured(frame, fixup, "one_minus_cosine").to_numpy() == 0).all()
     skip = measured(frame, fixup, "skip_m2").to_numpy()
     assert np.allclose(skip, skip[:, :1], rtol=0, atol=0)
     theory = frame[frame.source == "theory"]

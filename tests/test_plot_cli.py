@@ -14,7 +14,7 @@ import pytest
 from matplotlib.figure import Figure
 from typer.testing import CliRunner
 
-import sigprop_cli.plot
+import sigprop.plotting
 from sigprop.plotting import plot_spp
 from sigprop_cli.main import app
 
@@ -43,7 +43,7 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
         figures.append(fig)
         return fig
 
-    monkeypatch.setattr(sigprop_cli.plot, "plot_spp", spy)
+    monkeypatch.setattr(sigprop.plotting, "plot_spp", spy)
     return figures
 
 

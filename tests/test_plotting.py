@@ -16,7 +16,6 @@ import torch
 import sigprop
 from sigprop import InputSpec, measure
 from sigprop.plotting import (
-    plot_comparison,
     plot_depth_sweep,
     plot_identity_bias,
     plot_spp,
@@ -156,7 +155,7 @@ def test_legends_stay_on_the_canvas_and_off_the_data(depth: int, overlaid: int,
 def test_panels_take_traces_and_axes() -> None:
     trace = traced(6, seeds=2)
     fig, axes = plt.subplots(1, 2)
-    assert plot_zoo([trace], ["BN"], axes=list(axes)) is fig
+    assert plot_zoo([trace, trace], ["BN", "BN 2"], groups=["a", "b"], axes=list(axes)) is fig
     assert plot_identity_bias([trace], axes=list(axes)) is fig
     default = "ResNet-v2 batchnorm, d=6"
     assert default in [line.get_label() for line in axes[0].get_lines()]
@@ -171,30 +170,35 @@ def test_panels_take_traces_and_axes() -> None:
     plt.close("all")
 
 
-def test_zoo_takes_traces_of_any_model() -> None:
+def test_zoo_takes_traces_of_any_model_in_small_multiples() -> None:
     """Not only built-in ResNets: a model without theory or config is drawn."""
     net = torch.nn.Sequential(ScaledBlock(3, 0.5), ScaledBlock(3, 0.5), ScaledBlock(3, 0.0))
     custom = sigprop.measure(net, sigprop.gaussian_input((4, 3, 8, 8), seed=0))
-    fig = plot_zoo([custom, traced(6)], ["custom", "BN v2"])
-    legend = [t.get_text() for t in fig.legends[0].get_texts()]
-    assert legend[0] == "custom: 2/3"  # branch 0.5 x skip in norm twice, then exactly 0
-    norm_ratio = np.asarray(fig.axes[0].get_lines()[0].get_ydata())
+    zero = sigprop.measure(torch.nn.Sequential(ScaledBlock(3, 0.0), ScaledBlock(3, 0.0)),
+                           sigprop.gaussian_input((4, 3, 8, 8), seed=0))
+    fig = plot_zoo([custom, traced(6), zero], ["custom", "BN v2", "zero"],
+                   groups=["mine", "built-in", "mine"])
+    mine, built_in = fig.axes
+    assert [mine.get_title(), built_in.get_title()] == ["mine", "built-in"]
+    legend = mine.get_legend()
+    assert legend is not None
+    texts = [t.get_text().replace("\n", " ") for t in legend.get_texts()]
+    assert texts[0] == "custom: 2/3"  # branch 0.5 x skip in norm twice, then exactly 0
+    assert texts[1] == r"zero: 0/2 (branch $\equiv 0$: bottom edge)"
+    norm_ratio = np.asarray(mine.get_lines()[0].get_ydata())
     assert np.allclose(norm_ratio[:2], 0.5) and np.isnan(norm_ratio[2])  # log axis: 0 not drawn
+    edge = next(line for line in mine.get_lines() if str(line.get_label()).startswith("zero"))
+    assert np.asarray(edge.get_ydata()) == pytest.approx([mine.get_ylim()[0]] * 2)
+    # Colours restart in each panel; legends under the panels do not meet or leave the canvas.
+    assert mine.get_lines()[0].get_color() == built_in.get_lines()[0].get_color()
+    fig.canvas.draw()
+    boxes = [ax.get_legend().get_window_extent() for ax in fig.axes]
+    assert not boxes[0].overlaps(boxes[1])
+    assert all(fig.bbox.x0 <= b.x0 and b.x1 <= fig.bbox.x1 and b.y0 >= fig.bbox.y0
+               for b in boxes)
+    with pytest.raises(ValueError, match="got 1 groups for 3 traces"):
+        plot_zoo([custom, traced(6), zero], groups=["a"])
     plt.close("all")
-
-
-def test_comparison_draws_theory_and_names_a_zero_branch() -> None:
-    nf, fixup = traced(8, seeds=2, norm="nf"), traced(8, norm="fixup")
-    fig = plot_comparison([nf, fixup], ["NF", "Fixup"], colors=["C0", "C1"])
-    skip, ratio, cosine = fig.axes
-    assert [ax.get_yscale() for ax in fig.axes] == ["log", "log", "linear"]
-    labels = [str(line.get_label()) for line in ratio.get_lines()]
-    assert "NF" in labels and r"Fixup (ratio $\equiv 0$, not drawn)" in labels
-    assert "theory" in labels
-    theory = [line for line in skip.get_lines() if str(line.get_label()) == "_theory"]
-    assert len(theory) == 2  # a closed form for each network
-    assert np.asarray(cosine.get_lines()[-2].get_ydata()) == pytest.approx(np.ones(8))
-    plt.close(fig)
 
 
 def test_trio_gives_the_explosion_its_own_panel_and_the_rest_linear_axes() -> None:
@@ -235,3 +239,41 @@ def test_legends_under_the_panels_keep_to_the_canvas() -> None:
     gap = np.asarray(fig.axes[0].get_lines()[0].get_ydata())
     assert gap == pytest.approx([1 - b.cosine for b in trace.runs[0].blocks])
     plt.close(fig)
+
+
+def test_lines_and_bands_stop_where_the_first_seed_overflows() -> None:
+    # Seeds 0 and 3 of this network overflow at blocks 26 and 28: past block 25 a mean would
+    # average the surviving seed only, so line, band and theory end there.
+    trace = traced(40, seeds=4, norm="skipinit", alpha=30.0)
+    ends = sorted(r.first_overflow or 0 for r in trace.runs)
+    assert trace.first_overflow == ends[0] < ends[-1]
+    fig = plot_spp(trace)
+    for ax in fig.axes[:-1]:
+        drawn = [line for line in ax.get_lines() if len(np.asarray(line.get_xdata())) > 2]
+        assert drawn and all(np.asarray(line.get_xdata()).max() == ends[0] - 1
+                             for line in drawn), ax.get_title()
+        for band in ax.collections:
+            assert np.asarray(band.get_paths()[0].vertices)[:, 0].max() == ends[0] - 1
+    plt.close(fig)
+
+
+def test_notebook_display_trace_plot_report_and_audit_tables() -> None:
+    from sigprop.audit import audit
+    from sigprop.stats import report
+
+    trace = traced(8)
+    fig = trace.plot(theory=False)
+    assert len(fig.axes) == 6 and not any(line.get_label() == "_theory"
+                                          for line in fig.axes[3].get_lines())
+    plt.close(fig)
+    result = report(trace)
+    table = result._repr_html_()
+    assert table.startswith("<table><caption>theory vs measurement")
+    assert table.count("<tr>") == 1 + len(result.verdicts)  # header + one row per verdict
+    for verdict in result.verdicts:
+        assert f"<td>{verdict.outcome.value}</td>" in table
+    findings = audit(trace, result=result)
+    assert isinstance(findings, list) and findings == list(findings)
+    rows = findings._repr_html_()
+    assert rows.count("<tr>") == 1 + len(findings)
+    assert all(f"<td>{f.id}</td><td>{f.status.value}</td>" in rows for f in findings)

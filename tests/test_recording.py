@@ -110,6 +110,31 @@ def test_a_train_override_runs_when_measuring_switches_to_eval_mode() -> None:
     assert_unchanged(net, before)
 
 
+def test_the_side_effects_of_a_train_override_are_undone() -> None:
+    class FreezesWhenEval(nn.Module):  # as some backbones freeze parts of themselves
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(16, 16, 1)
+            self.frozen = False
+
+        def train(self, mode: bool = True) -> FreezesWhenEval:
+            super().train(mode)
+            self.frozen = not mode
+            self.conv.requires_grad_(mode)
+            self.conv.training = True  # keeps one child in train mode
+            return self
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return x + 0 * self.conv(x)
+
+    net = sigprop.models.resnet(2, seed=0)
+    freezer = net.blocks[0].gain = FreezesWhenEval()
+    before = snapshot(net)
+    assert measure(net, InputSpec("gaussian", (2, 3, 8, 8), seed=0)).n_blocks == 2
+    assert freezer.frozen is False and freezer.conv.weight.requires_grad
+    assert_unchanged(net, before)
+
+
 def test_model_state_is_restored_when_forward_raises() -> None:
     net = sigprop.models.resnet(4, seed=0)
 

@@ -63,6 +63,9 @@ class FigureConfig:
         headline: (depth, batch, image) of the README's single-network SPP.
         zoo_image, zoo_batch: input size of the real architectures (torchvision, timm) in the
             zoo.
+        finite_depth, finite_images: depth and image sides of the BN networks of the
+            finite-size figure.
+        finite_growth_depth, finite_widths: depth and widths of its unnormalized networks.
     """
 
     name: str
@@ -80,6 +83,10 @@ class FigureConfig:
     headline: tuple[int, int, int]
     zoo_image: int
     zoo_batch: int
+    finite_depth: int
+    finite_images: tuple[int, ...]
+    finite_growth_depth: int
+    finite_widths: tuple[int, ...]
 
     def describe(self, spec: RunSpec | None = None, seeds: Sequence[int] | None = None) -> str:
         """The sizes and seeds in words, for a caption."""
@@ -99,10 +106,12 @@ FULL = FigureConfig(
     spp_depth=512,
     law_depths=(64, 256, 1024), sweep_depths=(16, 32, 64, 128, 256, 512, 1024, 2048),
     sweep_overflow_depth=512, variants_depth=256, stages=3, headline=(512, 32, 32),
-    zoo_image=64, zoo_batch=8,
+    zoo_image=64, zoo_batch=8, finite_depth=128, finite_images=(4, 8, 16, 32),
+    finite_growth_depth=32, finite_widths=(8, 16, 32, 64),
 )
 QUICK = FigureConfig(
     name="quick", width=8, batch=4, image=8, seeds=(0, 1, 2), sweep_seeds=3, spp_depth=48,
     law_depths=(16, 48), sweep_depths=(4, 8, 16, 32, 64), sweep_overflow_depth=64,
     variants_depth=24, stages=3, headline=(32, 4, 8), zoo_image=32, zoo_batch=2,
+    finite_depth=16, finite_images=(4, 8), finite_growth_depth=8, finite_widths=(4, 8),
 )

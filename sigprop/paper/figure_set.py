@@ -1,4 +1,4 @@
-"""The figure set: its eight figures, and measuring and rendering them one at a time."""
+"""The figure set: its nine figures, and measuring and rendering them one at a time."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator, Sequence
 
 from sigprop.paper.config import FigureConfig, RunSpec
 from sigprop.paper.depth import law_figure, sweep_figure
+from sigprop.paper.finite import finite_size_figure
 from sigprop.paper.methods import methods_figure
 from sigprop.paper.runs import measure_run
 from sigprop.paper.spec import FigureResult, FigureSpec
@@ -22,12 +23,12 @@ def figure_specs(config: FigureConfig) -> list[FigureSpec]:
     >>> from sigprop.paper import QUICK
     >>> [spec.name for spec in figure_specs(QUICK)]  # doctest: +NORMALIZE_WHITESPACE
     ['spp-resnet-v2-batchnorm', 'spp-trio', 'identity-bias', 'normalizer-free', 'sqrt-depth-law',
-     'depth-sweep', 'orderings', 'zoo']
+     'depth-sweep', 'finite-size', 'orderings', 'zoo']
     """
     # In this order the trio's networks are measured once for the identity-bias figure too,
     # and its BN network once more for the normalizer-free comparison.
     figures = (headline_figure, trio_figure, identity_figure, methods_figure, law_figure,
-               sweep_figure, orderings_figure, zoo_figure)
+               sweep_figure, finite_size_figure, orderings_figure, zoo_figure)
     return [figure(config) for figure in figures]
 
 

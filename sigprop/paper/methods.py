@@ -42,7 +42,7 @@ def methods_figure(config: FigureConfig) -> FigureSpec:
 
     def render(traces: Traces) -> Rendering:
         named, fig, data = overlay(plot_comparison, traces, runs,
-                                   ("skip_m2", "residual_m2", "ratio", "cosine"))
+                                   ("skip_m2", "residual_m2", "ratio", "one_minus_cosine"))
         bn, skipinit, nf = named["BN v2"], named[skipinit_label(0.2)], named[NF_LABEL]
         fixup, nonzero = named[_FIXUP], named[_FIXUP_NONZERO]
         largest = max(b.branch_norm_ratio for _, b in fixup.blocks())
@@ -50,8 +50,9 @@ def methods_figure(config: FigureConfig) -> FigureSpec:
         caption = (
             f"Batch norm and the normalizer-free family at equal depth: {d}-block ResNets (v2, "
             "one stage), forward pass at initialization. Skip-path second moment E[x_l^2] "
-            "(log axis), residual/skip ratio of second moments (log axis) and cosine between "
-            "skip path and block output, against the block index; theory dashed. BN v2 grows "
+            "(log axis), residual/skip ratio of second moments and identity bias 1 - cos "
+            "between skip path and block output (log axes), against the block index; theory "
+            "dashed in each network's colour. BN v2 grows "
             f"linearly, by {fit_text(bn, stats.FitId.SKIP_M2_SLOPE)} per block. SkipInit with "
             "alpha = 0.2 grows geometrically, by "
             f"{fit_text(skipinit, stats.FitId.GROWTH_RATE, digits=3)} per block (1 + alpha^2 "
@@ -63,8 +64,8 @@ def methods_figure(config: FigureConfig) -> FigureSpec:
             "ratio falls as alpha^2 f / (1 + l alpha^2): BN's identity bias without BN (1/ratio "
             f"grows by {fit_text(nf, stats.FitId.INVERSE_RATIO_SLOPE)} per block). Fixup "
             "zero-initializes every branch's last layer: each block is exactly the identity "
-            f"(largest branch/skip norm ratio {largest:.3g}; its ratio is 0, not drawn on the "
-            "log axis, and its cosine 1). Without the zero layer, Fixup's first layer scaled by "
+            f"(largest branch/skip norm ratio {largest:.3g}; its ratio and 1 - cos are 0, not "
+            "drawn on the log axes). Without the zero layer, Fixup's first layer scaled by "
             "d^(-1/2) makes each branch 1/d of its input, like dividing the branch by sqrt(d): "
             f"{fit_text(nonzero, stats.FitId.GROWTH_RATE, digits=4)} per block (1 + f/d), about "
             f"e^f over the network. Last over first skip second moment: {ends}. "

@@ -14,6 +14,7 @@ import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
+from sigprop import stats
 from sigprop.plotting import MEASURED, PREDICTED, Quantity, network_depth
 from sigprop.theory import predict
 from sigprop.trace import Trace
@@ -21,7 +22,7 @@ from sigprop.trace import Trace
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["COLUMNS", "final_m2", "measured", "tidy"]
+__all__ = ["COLUMNS", "final_m2", "fitted", "measured", "tidy"]
 
 #: Columns of every figure's data table (one row per value).
 COLUMNS = ["series", "source", "seed", "depth", "block", "stage", "quantity", "value"]
@@ -99,6 +100,30 @@ def final_m2(sweeps: Mapping[str, Sequence[Trace]]) -> pd.DataFrame:
                 rows.append((label, "theory", None, depth, last.index, last.stage, "final_m2",
                              prediction.blocks[-1].output_m2))
     return _frame(rows)
+
+
+def fitted(traces: Mapping[str, Trace], fit_ids: Sequence[stats.FitId]) -> pd.DataFrame:
+    """Fits of whole traces as a table: the estimate, its 95% interval and the theory's value.
+
+    One ``measured`` row per fit with the estimate, two more with ``quantity`` suffixed
+    ``_ci_lo`` and ``_ci_hi``, and a ``theory`` row where the fit has a prediction; ``seed``,
+    ``block`` and ``stage`` are empty (a fit pools the runs of stage 0).
+    """
+    rows: list[tuple[Any, ...]] = []
+    for label, trace in traces.items():
+        depth = network_depth(trace)
+        for fit_id in fit_ids:
+            estimate = stats.fit(trace, fit_id)
+            name = fit_id.value
+            for quantity, value in ((name, estimate.estimate),
+                                    (f"{name}_ci_lo", estimate.ci95[0]),
+                                    (f"{name}_ci_hi", estimate.ci95[1])):
+                rows.append((label, "measured", None, depth, None, None, quantity, value))
+            if estimate.predicted is not None:
+                rows.append((label, "theory", None, depth, None, None, name, estimate.predicted))
+    frame = _frame(rows)
+    frame[["block", "stage"]] = frame[["block", "stage"]].astype("Int64")
+    return frame
 
 
 def _frame(rows: list[tuple[Any, ...]]) -> pd.DataFrame:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from sigprop import stats
 from sigprop.paper.config import FigureConfig, RunSpec
 from sigprop.paper.methods import NF_LABEL
-from sigprop.paper.networks import overlay, skipinit_label
+from sigprop.paper.networks import skipinit_label
 from sigprop.paper.spec import FigureSpec, Rendering, Traces
 from sigprop.paper.tables import measured, tidy
 from sigprop.plotting import MEASURED, fit_text, plot_orderings, plot_zoo
@@ -42,10 +42,11 @@ def orderings_figure(config: FigureConfig) -> FigureSpec:
             "BN-ReLU-Conv gives the skip path a mean (squared mean "
             f"{fit_text(bn_relu, stats.FitId.SKIP_SQ_MEAN_SLOPE)} per "
             "block, 1/pi = 0.32 on an infinite image; ReLU-BN-Conv: 0). "
-            "(c) post-activation v1 (statistics of the sum before the ReLU) vs pre-activation "
-            f"v2: v1 grows by {fit_text(v1, stats.FitId.SKIP_M2_SLOPE)} per block, "
-            "roughly linearly "
-            "(approximate theory). (d) a "
+            "(c) post-activation v1 vs pre-activation v2, skip path x_l (in v1 the previous "
+            "block's sum after its ReLU): v1 grows by "
+            f"{fit_text(v1, stats.FitId.SKIP_M2_SLOPE)} per block, roughly linearly; its "
+            "theory (dashed in its colour) is approximate: it ignores what the ReLU after "
+            "each addition clips. (d) a "
             f"{config.stages}-stage v2 network (width doubles, resolution halves at every "
             "projection shortcut, dotted): the skip path restarts at every stage (first-block "
             f"second moments {starts}) and grows linearly again (slopes per stage {slopes}; the "
@@ -65,6 +66,14 @@ _REAL_MODELS = (
     ("timm nf_resnet50", "timm:nf_resnet50", 16),
     ("timm convnext_atto (layer scale)", "timm:convnext_atto", 12),
 )
+_CONVNEXT = _REAL_MODELS[-1][0]
+
+
+def _zoo_group(label: str, run: RunSpec) -> str:
+    """The zoo panel of a network: real architectures, built-in with BN or without."""
+    if run.model is not None:
+        return "Real architectures"
+    return "Built-in, batch norm" if label.startswith("BN") else "Built-in, no normalization"
 
 
 def zoo_figure(config: FigureConfig) -> FigureSpec:
@@ -83,16 +92,25 @@ def zoo_figure(config: FigureConfig) -> FigureSpec:
     }
 
     def render(traces: Traces) -> Rendering:
-        named, fig, data = overlay(plot_zoo, traces, runs, ("branch_norm_ratio", "cosine"),
-                                   theory=False)
+        named = {label: traces[run] for label, run in runs.items()}
+        groups = [_zoo_group(label, run) for label, run in runs.items()]
+        fig = plot_zoo(list(named.values()), list(named), groups=groups)
+        data = tidy(list(named.values()), list(named), measured("branch_norm_ratio", "cosine"),
+                    theory=False)
         depths = "; ".join(f"{label}: {stats.effective_depth(t)} of {t.n_blocks}"
                            for label, t in named.items())
+        ratios = [b.branch_norm_ratio for _, b in named[_CONVNEXT].blocks()]
+        convnext = (min(ratios), max(ratios))
         caption = (
-            "Model zoo: which networks are biased towards the identity at initialization. "
-            "Branch/skip norm ratio ||f_l(x_l)|| / ||x_l|| (log axis; dotted: 0.1) and cosine "
-            "between skip path and block output against relative depth (l + 1)/n. The legend "
-            "gives the effective depth, the number of blocks whose branch moves the skip path "
-            f"by at least 10% in norm: {depths}. BN biases "
+            "Model zoo: which networks are biased towards the identity at initialization, in "
+            "three panels: built-in ResNets with batch norm, built-in ResNets without it, "
+            "real architectures. Branch/skip norm ratio ||f_l(x_l)|| / ||x_l|| against the "
+            "block index (log axis; dotted: 0.1; the cosine between skip path and output, "
+            "1/sqrt(1 + r^2) for a norm ratio r and an independent branch, is in the CSV). "
+            "Branches "
+            "that are exactly 0 are drawn as triangles on the bottom edge. The legends give the "
+            "effective depth, the number of blocks whose branch moves the skip path by at least "
+            f"10% in norm: {depths}. BN biases "
             "deep blocks towards the identity (norm ratio ~ 1/sqrt(l)); SkipInit at alpha = 0 "
             "makes every block exactly the identity; a 1/sqrt(d) branch scaling makes every "
             "block uniformly close to it; the unnormalized network has no identity bias; the "
@@ -103,7 +121,8 @@ def zoo_figure(config: FigureConfig) -> FigureSpec:
             f"{config.zoo_batch} Gaussian {config.zoo_image}x{config.zoo_image} images: "
             "timm's resnet50 zero-initializes the last BN of every branch and its nf_resnet50 "
             "the last convolution (SkipInit-like), so their blocks start as exact identities; "
-            "convnext_atto's layer scale (1e-6) makes every branch ~1e-6 of its skip path; "
+            "convnext_atto's layer scale (gamma = 1e-6) makes its branch/skip norm ratios "
+            f"{convnext[0]:.2g} to {convnext[1]:.2g}; "
             "torchvision's resnet50 and timm's resnetv2_50 rely on BN alone. "
             f"Built-in ResNets: {config.describe()}")
         return fig, data, caption

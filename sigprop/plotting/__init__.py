@@ -8,13 +8,14 @@ matplotlib and seaborn are imported when a figure is drawn, so importing this pa
 >>> from sigprop.plotting import plot_zoo
 >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
 ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0))
->>> len(plot_zoo([trace], ["BN v2"]).axes)
+>>> len(plot_zoo([trace, trace], ["BN v2", "again"], groups=["one", "two"]).axes)
 2
 """
 
 from sigprop.plotting.backward import plot_spp_backward
 from sigprop.plotting.compare import plot_comparison
 from sigprop.plotting.depth import SweepPoint, plot_depth_sweep, plot_sqrt_depth_law, sweep_points
+from sigprop.plotting.finite import plot_finite_size
 from sigprop.plotting.identity import plot_identity_bias, plot_zoo
 from sigprop.plotting.orderings import plot_orderings
 from sigprop.plotting.quantities import (
@@ -41,6 +42,7 @@ __all__ = [
     "palette",
     "plot_comparison",
     "plot_depth_sweep",
+    "plot_finite_size",
     "plot_identity_bias",
     "plot_orderings",
     "plot_spp",

@@ -104,7 +104,8 @@ def band_line(ax: Axes, trace: Trace, quantity: Quantity, color: str, label: str
 
     With ``log`` the line is the geometric mean and the band the interval of the mean log
     value: seeds of a geometric quantity differ by factors, and a band of the arithmetic mean
-    would reach below 0.
+    would reach below 0. Line and band stop before the first block at which any run is
+    non-finite (:func:`last_finite`): past it they would average only the surviving seeds.
     """
     if log:
         b = stats.band(trace, lambda blk: log_or_nan(quantity(blk)))
@@ -112,7 +113,9 @@ def band_line(ax: Axes, trace: Trace, quantity: Quantity, color: str, label: str
     else:
         b = stats.band(trace, quantity)
         mean, lo, hi = (np.asarray(v, dtype=float) for v in (b.mean, b.lo, b.hi))
-    xs = [x(i) for i in b.index]
+    shown = sum(1 for i in b.index if i <= last_finite(trace))
+    mean, lo, hi = mean[:shown], lo[:shown], hi[:shown]
+    xs = [x(i) for i in b.index[:shown]]
     ax.plot(xs, mean, color=color, linestyle=linestyle, label=label)
     if b.n_runs > 1:
         ax.fill_between(xs, lo, hi, color=color, alpha=0.2, linewidth=0)
@@ -122,8 +125,9 @@ def theory_line(ax: Axes, trace: Trace, quantity: TheoryQuantity, label: str | N
                 x: Callable[[int], float] = float, color: str | None = None) -> None:
     """The closed form of ``quantity`` for ``trace``, where :func:`predict` knows one.
 
-    It stops at the last block any run measured finitely: past an overflow the prediction (e.g.
-    2^l) leaves float32's range and only squashes the axis. Without ``label`` it has no legend
+    It stops where the measured lines stop (:func:`last_finite`): past an overflow the
+    prediction (e.g. 2^l) leaves float32's range and only squashes the axis. Without ``label``
+    it has no legend
     entry; ``color`` replaces the theory's black (an overlay gives each trace its own).
     """
     prediction = predict(trace)
@@ -143,16 +147,15 @@ def theory_legend_entry(ax: Axes, label: str = "theory") -> None:
 
 
 def last_finite(trace: Trace) -> int:
-    """The last block index at which some run is still finite."""
-    ends = [trace.n_blocks if r.first_overflow is None else r.first_overflow for r in trace.runs]
-    return max(ends) - 1
+    """The last block index at which every run is still finite."""
+    first = trace.first_overflow
+    return trace.n_blocks - 1 if first is None else first - 1
 
 
 def mark_overflow(axes: Sequence[Axes], trace: Trace, label: str | None = None) -> None:
     """A vertical line at the first non-finite block of any run, with a note.
 
-    The note (naming ``label``) stands beside the end of the last finite run, where the
-    overflowing line has ended.
+    The note (naming ``label``) stands where the overflowing line has ended.
     """
     block = trace.first_overflow
     if block is None:

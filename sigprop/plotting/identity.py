@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from sigprop import stats
 from sigprop.plotting._helpers import (
-    LINEAR,
     LOG,
     all_zero,
     band_line,
@@ -36,55 +36,66 @@ _NORM_RATIO_LABEL = r"$\|f_l(x_l)\|\,/\,\|x_l\|$"
 
 
 def plot_zoo(traces: Sequence[Trace], labels: Sequence[str] | None = None, *,
-             threshold: float = 0.1, colors: Sequence[str] | None = None,
-             axes: Sequence[Axes] | None = None) -> Figure:
-    """Which networks are biased towards the identity: any traces, against relative depth.
+             groups: Sequence[str] | None = None, threshold: float = 0.1,
+             colors: Sequence[str] | None = None, axes: Sequence[Axes] | None = None) -> Figure:
+    """Which networks are biased towards the identity: any traces, in small multiples.
 
-    (a) the branch/skip norm ratio ``||f_l(x_l)|| / ||x_l||`` (log axis; the dotted line is
-    ``threshold``); (b) the cosine between the skip operand and the block output (1: identity).
-    The x axis is the block's relative depth ``(l + 1) / n`` so networks of different depths
-    share it; the legend gives :func:`sigprop.stats.effective_depth` (blocks whose branch moves
-    the skip path by at least ``threshold`` in norm) out of the number of blocks.
+    One panel per group of traces (``groups``, e.g. built-in with BN, built-in without it, real
+    architectures; by default one panel): the branch/skip norm ratio
+    ``||f_l(x_l)|| / ||x_l||`` against the block index, log axis, the dotted line at
+    ``threshold``. A trace whose branches are all exactly 0 cannot be drawn on a log axis: it is
+    drawn as triangles on the panel's bottom edge and said so in the legend. Each panel's
+    legend, under it, gives :func:`sigprop.stats.effective_depth` (blocks whose branch moves the
+    skip path by at least ``threshold`` in norm) out of the number of blocks; colours restart in
+    every panel, so no two lines of a panel share one.
 
     Args:
         traces: traces of any models (built-in or not; no theory is drawn).
         labels: legend entry per trace (default: from the model, as in
             :func:`sigprop.plotting.plot_spp`).
+        groups: the panel title of each trace (default: one panel).
         threshold: the norm ratio under which a block counts as close to the identity.
-        colors: colour per trace (default: sigprop's palette in order).
-        axes: the norm-ratio and the cosine axes (default: a new 1x2 figure, 7 in wide).
+        colors: colours of each panel's lines, in order (default: sigprop's palette).
+        axes: one axis per group, in order of first appearance (default: a new row, 7 in wide).
 
     Returns:
-        The figure; the legend, with the effective depths, is under the panels when the figure
-        is new, else in the norm-ratio panel.
+        The figure.
     """
-    lines = series(traces, labels, colors)
+    lines = series(traces, labels)
+    titles = list(groups) if groups is not None else [""] * len(lines)
+    if len(titles) != len(lines):
+        raise ValueError(f"got {len(titles)} groups for {len(lines)} traces")
+    panels = list(dict.fromkeys(titles))
+    cycle = list(colors) if colors else palette()
     norm_ratio = MEASURED["branch_norm_ratio"]
-    # Once the colours are used up they repeat with the next line style: no two lines look alike.
-    cycle = len(colors or palette())
-    linestyles = ("-", "--", "-.", ":")
-    with canvas(axes, 2, 1, (DOUBLE_COLUMN, 2.9)) as (fig, axs):
-        for k, (trace, label, color) in enumerate(lines):
-            n = trace.n_blocks
-            relative = lambda i, n=n: (i + 1) / n  # noqa: E731
-            linestyle = linestyles[(k // cycle) % len(linestyles)]
-            depth = stats.effective_depth(trace, threshold)
-            zero = r" (branch $\equiv 0$)" if all_zero(trace, norm_ratio) else ""
-            band_line(axs[0], trace, norm_ratio, color, f"{label}: {depth}/{n}{zero}", linestyle,
-                      relative, log=True)
-            band_line(axs[1], trace, MEASURED["cosine"], color, label, linestyle, relative)
-        axs[0].axhline(threshold, color="0.4", linestyle=":", linewidth=0.9)
+    with canvas(axes, len(panels), 1, (DOUBLE_COLUMN, 4.2)) as (fig, axs):
+        for ax, title in zip(axs, panels, strict=True):
+            members = [line for line, group in zip(lines, titles, strict=True) if group == title]
+            zero = []
+            for k, (trace, label, _) in enumerate(members):
+                color = cycle[k % len(cycle)]
+                n = trace.n_blocks
+                text = f"{label}: {stats.effective_depth(trace, threshold)}/{n}"
+                if all_zero(trace, norm_ratio):
+                    zero.append((trace, text, color))
+                else:
+                    band_line(ax, trace, norm_ratio, color, text, log=True)
+            ax.axhline(threshold, color="0.4", linestyle=":", linewidth=0.9)
+            scale_y(ax, LOG)
+            bottom = ax.get_ylim()[0]
+            for (trace, text, color), marker in zip(zero, "vs^D", strict=False):
+                ax.plot(range(trace.n_blocks), [bottom] * trace.n_blocks, color=color,
+                        linestyle="none", marker=marker, markersize=3, clip_on=False,
+                        label=text + r" (branch $\equiv 0$: bottom edge)")
+            ax.set_title(title)
+            ax.set_xlabel("block index $l$")
+            integer_blocks(ax)
+            handles, texts = ax.get_legend_handles_labels()
+            # One column, wrapped to the panel's width: the legends of neighbours never meet.
+            ax.legend(handles, [textwrap.fill(t, 34) for t in texts], loc="upper center",
+                      bbox_to_anchor=(0.5, -0.2), frameon=False, fontsize=6, handlelength=2.2,
+                      title_fontsize=6, title=f"blocks with norm ratio >= {threshold:g}")
         axs[0].set_ylabel(_NORM_RATIO_LABEL)
-        axs[0].set_title("Branch / skip norm ratio")
-        scale_y(axs[0], LOG)
-        axs[1].set_ylabel(_COSINE_LABEL)
-        axs[1].set_title("Identity bias (1: the block is the identity)")
-        scale_y(axs[1], LINEAR)
-        for ax in axs:
-            ax.set_xlabel("relative depth $(l + 1) / n$")
-            ax.set_xlim(0, 1)
-        outside_legend(fig, axs[0], axes is None, ncol=3,
-                       title=f"effective depth (blocks with norm ratio >= {threshold:g}) / blocks")
     return fig
 
 

@@ -9,14 +9,15 @@ from sigprop.plotting._helpers import (
     LINEAR,
     band_line,
     canvas,
-    legend,
     mark_stages,
+    outside_legend,
     scale_y,
     theory_legend_entry,
     theory_line,
 )
 from sigprop.plotting.quantities import MEASURED, PREDICTED
 from sigprop.plotting.style import DOUBLE_COLUMN, palette
+from sigprop.theory import predict
 from sigprop.trace import Trace
 
 if TYPE_CHECKING:
@@ -28,7 +29,7 @@ __all__ = ["plot_orderings"]
 _PANELS = (
     ("(a) Ordering: skip second moment", r"$E[x_l^2]$"),
     ("(b) Ordering: skip channel squared mean", r"$\mathrm{mean}_c\,\mu_c^2(x_l)$"),
-    ("(c) Post- vs pre-activation", r"$E[x_l^2]$ (v1: before the ReLU)"),
+    ("(c) Post- vs pre-activation", r"$E[x_l^2]$ (v1: after the previous ReLU)"),
     ("(d) Stages: the skip path resets", r"$E[x_l^2]$"),
 )
 
@@ -40,7 +41,9 @@ def plot_orderings(bn_relu: Trace, relu_bn: Trace, v1: Trace, multistage: Trace,
     (a) skip second moment of BN-ReLU-Conv vs ReLU-BN-Conv branches (+1 vs +2 per block on an
     infinite image);
     (b) their skip average channel squared mean (+1/pi vs 0 per block on an infinite image);
-    (c) post-activation v1 vs pre-activation v2 (``bn_relu``), skip second moment;
+    (c) post-activation v1 vs pre-activation v2 (``bn_relu``), skip second moment (in v1 the
+    skip path is the previous block's sum after its ReLU; its theory is approximate and
+    labelled so, dashed in its colour);
     (d) a multi-stage v2 network: skip second moment and its reset at every projection.
 
     Args:
@@ -50,14 +53,20 @@ def plot_orderings(bn_relu: Trace, relu_bn: Trace, v1: Trace, multistage: Trace,
         axes: four axes to draw into (default: a new 2x2 figure, 7 in wide).
 
     Returns:
-        The figure.
+        The figure, with one legend under the panels (in the first panel when ``axes`` are
+        given).
     """
     colors = palette()
     with canvas(axes, len(_PANELS), 2, (DOUBLE_COLUMN, 4.8)) as (fig, axs):
 
         def draw(ax: Axes, trace: Trace, quantity: str, color: str, label: str) -> None:
             band_line(ax, trace, MEASURED[quantity], color, label)
-            theory_line(ax, trace, PREDICTED[quantity])
+            prediction = predict(trace)
+            if prediction is not None and not prediction.exact:  # said so, in its colour
+                theory_line(ax, trace, PREDICTED[quantity], f"{label}: approximate theory",
+                            color=color)
+            else:
+                theory_line(ax, trace, PREDICTED[quantity])
 
         for trace, label, color in ((bn_relu, "BN-ReLU-Conv", colors[0]),
                                     (relu_bn, "ReLU-BN-Conv", colors[4])):
@@ -73,11 +82,7 @@ def plot_orderings(bn_relu: Trace, relu_bn: Trace, v1: Trace, multistage: Trace,
             ax.set_title(title)
             ax.set_xlabel("block index $l$")
             ax.set_ylabel(ylabel)
-            theory_legend_entry(ax)
             scale_y(ax, LINEAR)
-        # Headroom for the legend: the first stage's line ends in the top left.
-        bottom, top = axs[3].get_ylim()
-        axs[3].set_ylim(bottom, top + 0.35 * (top - bottom))
-        for ax in axs:
-            legend(ax, loc="upper left")
+        theory_legend_entry(axs[0])
+        outside_legend(fig, axs[0], axes is None, ncol=4, more=axs[1:])
     return fig

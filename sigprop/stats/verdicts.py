@@ -8,6 +8,7 @@ from dataclasses import asdict, dataclass, field
 from enum import StrEnum
 from typing import Any
 
+from sigprop._html import html_table
 from sigprop.stats.bands import effective_depth
 from sigprop.stats.fits import Estimate, FitId, Growth, fits, projected_growth
 from sigprop.theory import predict
@@ -337,6 +338,17 @@ class Report:
             return matches[0]
         raise KeyError(f"no verdict {verdict_id!r} for stage {stage}")
 
+    def _repr_html_(self) -> str:
+        """The verdicts as a table in Jupyter: claim, where, measured [95% CI], outcome."""
+        rows = [(v.claim, "network" if v.stage is None else f"stage {v.stage}",
+                 f"{v.n_runs} x {v.n_blocks}", _with_interval(v.measured, v.interval),
+                 "-" if v.predicted is None else f"{v.predicted:.4g}", v.tolerance,
+                 v.outcome.value, v.detail) for v in self.verdicts]
+        return html_table(
+            f"theory vs measurement (95% intervals); effective depth {self.effective_depth}",
+            ["claim", "where", "runs x blocks", "measured [95% CI]", "claim predicts",
+             "tolerance", "outcome", "why"], rows)
+
     def to_dict(self) -> dict[str, Any]:
         """``{"fits": [...], "verdicts": [...], "effective_depth", "tolerances"}`` (no NaN)."""
         fits_doc = []
@@ -351,6 +363,12 @@ class Report:
             "tolerances": asdict(self.tolerances),
         })
         return doc
+
+
+def _with_interval(value: float, interval: tuple[float, float]) -> str:
+    if not math.isfinite(interval[0]):
+        return f"{value:.4g}"
+    return f"{value:.4g} [{interval[0]:.4g}, {interval[1]:.4g}]"
 
 
 def report(trace: Trace, tol: Tolerances | None = None) -> Report:
