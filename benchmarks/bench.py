@@ -5,6 +5,7 @@ Usage (from the repository root, with the project's virtual environment):
     .venv/bin/python benchmarks/bench.py                       # the default grid
     .venv/bin/python benchmarks/bench.py --depths 64,512 --pairs 7 --models resnet
     .venv/bin/python benchmarks/bench.py --models torchvision:resnet50 --batch 8 --image 64
+    .venv/bin/python benchmarks/bench.py --backward --depths 512 --pairs 5   # with gradients
 
 Method. Both sides run the same model on the same input with batch norm in train mode under
 ``torch.no_grad()``. Time: in one process, the bare pass and ``measure`` alternate (the order
@@ -14,6 +15,10 @@ child process, which reports its peak resident set size (``resource.getrusage``)
 measure/bare. glibc's allocator is pinned for every process (``MALLOC_MMAP_THRESHOLD_`` and
 ``MALLOC_TRIM_THRESHOLD_``): otherwise freed activation buffers go back to the kernel and come
 back as page faults whose cost varies from run to run by more than the overhead being measured.
+
+With ``--backward`` the bare pass is a forward and a backward pass with the same cotangent as
+``measure(..., backward=True)``: ``torch.autograd.grad`` of the output with respect to the input,
+parameters not requiring grad (on both sides).
 """
 
 from __future__ import annotations
@@ -31,24 +36,38 @@ import torch
 from torch import nn
 
 import sigprop
+from sigprop._backward import cotangent_seed
 from sigprop.sources import ModelSource
 
 PINNED = {"MALLOC_MMAP_THRESHOLD_": str(32 * 2**20), "MALLOC_TRIM_THRESHOLD_": str(2**40)}
 
 
-def build(model: str, depth: int, width: int) -> nn.Module:
+def build(model: str, depth: int, width: int, backward: bool = False) -> nn.Module:
     """``resnet`` (the paper's BN ResNet-v2 with ``depth`` blocks), ``torchvision:NAME``,
-    ``timm:NAME`` or ``model:FILE.py:CALLABLE``, built by sigprop's source registry."""
+    ``timm:NAME`` or ``model:FILE.py:CALLABLE``, built by sigprop's source registry; with
+    ``backward`` its parameters do not require grad."""
     kwargs = {"depth": depth, "width": width} if model == "resnet" else {}
     try:
-        return ModelSource.parse(model, **kwargs).builder()(0)[0]
+        net = ModelSource.parse(model, **kwargs).builder()(0)[0]
     except ValueError as e:
         raise SystemExit(f"--models: {e}") from e
+    return net.requires_grad_(False) if backward else net
 
 
-def bare(net: nn.Module, x: torch.Tensor) -> None:
-    with torch.no_grad():
-        net(x)
+def bare(net: nn.Module, x: torch.Tensor, backward: bool = False) -> None:
+    if not backward:
+        with torch.no_grad():
+            net(x)
+        return
+    leaf = x.detach().requires_grad_(True)
+    out = net(leaf)
+    generator = torch.Generator().manual_seed(cotangent_seed(None))
+    cotangent = torch.randn(out.shape, generator=generator).to(out.device)
+    torch.autograd.grad(out, [leaf], cotangent)
+
+
+def measured(net: nn.Module, x: torch.Tensor, backward: bool = False) -> sigprop.Trace:
+    return sigprop.measure(net, x, backward=backward)
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -57,13 +76,14 @@ def timed(fn: Callable[[], object]) -> float:
     return time.perf_counter() - start
 
 
-def time_pairs(net: nn.Module, x: torch.Tensor, pairs: int) -> tuple[float, float, list[float]]:
+def time_pairs(net: nn.Module, x: torch.Tensor, pairs: int, backward: bool = False
+               ) -> tuple[float, float, list[float]]:
     """Median bare and measure times and the per-pair ratios, alternating the order."""
     net.train()
     def run_bare() -> None:
-        bare(net, x)
+        bare(net, x, backward)
     def run_measure() -> None:
-        sigprop.measure(net, x)
+        measured(net, x, backward)
     run_bare()  # warm-up of each side
     run_measure()
     bares, measures, ratios = [], [], []
@@ -78,22 +98,25 @@ def time_pairs(net: nn.Module, x: torch.Tensor, pairs: int) -> tuple[float, floa
     return statistics.median(bares), statistics.median(measures), ratios
 
 
-def child_peak(side: str, model: str, depth: int, width: int, batch: int, image: int) -> int:
+def child_peak(side: str, model: str, depth: int, width: int, batch: int, image: int,
+               backward: bool = False) -> int:
     """Peak RSS in MiB of a fresh process running one pass of ``side``."""
     args = [sys.executable, __file__, "--child", side, "--models", model, "--depths", str(depth),
-            "--width", str(width), "--batch", str(batch), "--image", str(image)]
+            "--width", str(width), "--batch", str(batch), "--image", str(image),
+            *(["--backward"] if backward else [])]
     out = subprocess.run(args, check=True, capture_output=True, text=True,
                          env={**os.environ, **PINNED})
     return int(out.stdout.strip().splitlines()[-1])
 
 
-def child(side: str, model: str, depth: int, width: int, batch: int, image: int) -> None:
-    net = build(model, depth, width).train()
+def child(side: str, model: str, depth: int, width: int, batch: int, image: int,
+          backward: bool = False) -> None:
+    net = build(model, depth, width, backward).train()
     x = sigprop.gaussian_input((batch, 3, image, image), seed=0)
     if side == "bare":
-        bare(net, x)
+        bare(net, x, backward)
     else:
-        sigprop.measure(net, x)
+        measured(net, x, backward)
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
@@ -106,24 +129,29 @@ def main() -> None:
     parser.add_argument("--image", type=int, default=32)
     parser.add_argument("--pairs", type=int, default=11)
     parser.add_argument("--no-memory", action="store_true", help="skip the child processes")
+    parser.add_argument("--backward", action="store_true",
+                        help="forward + backward on both sides: measure(..., backward=True)")
     parser.add_argument("--child", choices=["bare", "measure"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     depths = [int(d) for d in args.depths.split(",")]
     if args.child:
-        child(args.child, args.models, depths[0], args.width, args.batch, args.image)
+        child(args.child, args.models, depths[0], args.width, args.batch, args.image,
+              args.backward)
         return
     if any(os.environ.get(k) != v for k, v in PINNED.items()):
         os.execve(sys.executable, [sys.executable, *sys.argv], {**os.environ, **PINNED})
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, batch {args.batch}, "
-          f"{args.image}x{args.image} input, width {args.width}, {args.pairs} pairs")
+          f"{args.image}x{args.image} input, width {args.width}, {args.pairs} pairs"
+          + (", forward + backward" if args.backward else "")
+          + f", load average {os.getloadavg()[0]:.2f}")
     header = ("model", "blocks", "bare s", "measure s", "ratio (median)", "ratio IQR",
               "ratio range", "ms/block", "peak MiB bare", "peak MiB measure", "mem ratio")
     print(" | ".join(header))
     for model in args.models.split(","):
         for depth in depths:
-            net = build(model, depth, args.width)
+            net = build(model, depth, args.width, args.backward)
             x = sigprop.gaussian_input((args.batch, 3, args.image, args.image), seed=0)
-            b, m, ratios = time_pairs(net, x, args.pairs)
+            b, m, ratios = time_pairs(net, x, args.pairs, args.backward)
             blocks = sigprop.measure(net, x).n_blocks
             low, _, high = statistics.quantiles(ratios, n=4)
             row = [model, str(blocks), f"{b:.3f}", f"{m:.3f}", f"{statistics.median(ratios):.3f}",
@@ -132,10 +160,11 @@ def main() -> None:
             if args.no_memory:
                 row += ["-", "-", "-"]
             else:
-                pb = child_peak("bare", model, depth, args.width, args.batch, args.image)
-                pm = child_peak("measure", model, depth, args.width, args.batch, args.image)
+                sizes = (model, depth, args.width, args.batch, args.image, args.backward)
+                pb = child_peak("bare", *sizes)
+                pm = child_peak("measure", *sizes)
                 row += [str(pb), str(pm), f"{pm / pb:.3f}"]
-            print(" | ".join(row), flush=True)
+            print(" | ".join(row) + f" | load {os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":

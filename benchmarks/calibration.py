@@ -58,11 +58,14 @@ import numpy as np
 import torch
 
 import sigprop
-from sigprop.stats import Estimate, FitId
+from sigprop.stats import GRADIENT_FITS, Estimate, FitId
 from sigprop.theory import predict
 
 TARGET = (0.90, 0.98)
 """Coverage band of a calibrated 95% interval (what the flag column checks)."""
+
+FORWARD_FITS = tuple(f for f in FitId if f not in GRADIENT_FITS)
+"""The fits calibrated here (the gradient fits need traces measured with backward=True)."""
 
 SKIP_SLOPES = (FitId.SKIP_M2_SLOPE, FitId.SKIP_VAR_SLOPE, FitId.SKIP_SQ_MEAN_SLOPE)
 
@@ -169,7 +172,7 @@ def _median(values: Sequence[float]) -> float:
 
 
 def coverage_from_traces(traces: Sequence[sigprop.Trace], network_kwargs: Mapping[str, Any],
-                         fit_ids: Sequence[FitId] = tuple(FitId)) -> dict[FitId, CoverageRow]:
+                         fit_ids: Sequence[FitId] = FORWARD_FITS) -> dict[FitId, CoverageRow]:
     """Coverage of every fit in ``fit_ids`` over ``traces``, one independent seed each."""
     merged_all = functools.reduce(sigprop.Trace.merge, traces)
     prediction = predict(merged_all)
@@ -211,7 +214,7 @@ def coverage_from_traces(traces: Sequence[sigprop.Trace], network_kwargs: Mappin
 
 def coverage(network_kwargs: Mapping[str, Any], depth: int, replications: int, *,
              width: int = 16, batch: int = 8, image: int = 16, cache: Path | None = None,
-             fit_ids: Sequence[FitId] = tuple(FitId)) -> dict[FitId, CoverageRow]:
+             fit_ids: Sequence[FitId] = FORWARD_FITS) -> dict[FitId, CoverageRow]:
     """Measure ``replications`` seeds of ``resnet(depth, **network_kwargs)`` and the coverage.
 
     >>> rows = coverage({}, 8, 6, batch=4, image=8, fit_ids=[FitId.GROWTH_RATE])

@@ -56,6 +56,11 @@ Threads = Annotated[int, typer.Option(
     help="Torch CPU threads while measuring (1 to the machine's cores). The default, one, was "
     "the fastest measured; on cores other jobs use, more threads wait on each other and ran "
     "up to 10x slower (docs/performance.md).")]
+Backward = Annotated[bool, typer.Option(
+    "--backward",
+    help="Also run one backward pass (cotangent i.i.d. N(0, 1) from the seed) and record the "
+    "gradients of every block: dL/dy, its skip and residual parts, dL/dx; writes "
+    "spp-backward.png.")]
 BN = Annotated[BNMode, typer.Option(
     help="train: BN normalizes with batch statistics (the paper's setting; running statistics "
     "are not updated). eval: BN uses its running statistics.")]
@@ -128,12 +133,12 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
     Json = Annotated[bool, typer.Option("--json", help=json_help)]
 
     def options(seed: int, seeds: int, device: str, bn_mode: BNMode, out: Path | None,
-                json_output: bool, threads: int) -> RunOptions:
+                json_output: bool, threads: int, backward: bool) -> RunOptions:
         check_seeds(seed, seeds)
         check_threads(threads)
         if out is not None:
             check_writable(out)
-        return RunOptions(seed, seeds, device, bn_mode, out, json_output, threads)
+        return RunOptions(seed, seeds, device, bn_mode, out, json_output, threads, backward)
 
     @app.command("resnet", help=f"{verb} the paper's CIFAR-style ResNet with --depth residual "
                  f"blocks.\n\nExample: sigprop {group} resnet --depth 512")
@@ -186,6 +191,7 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         threads: Threads = DEFAULT_THREADS,
         out: Out = out_default,
         json_output: Json = False,
+        backward: Backward = False,
     ) -> None:
         from sigprop.sources import ModelSource
 
@@ -194,7 +200,7 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
                                   stages=stages, alpha=alpha, order=order, padding=padding,
                                   nf_zero_init=nf_zero_init, fixup_zero_last=fixup_zero_last)
         source(model, input_shape, depth, blocks,
-               options(seed, seeds, device, bn_mode, out, json_output, threads))
+               options(seed, seeds, device, bn_mode, out, json_output, threads, backward))
 
     def source(model: "ModelSource", input_shape: tuple[int, ...], expected_blocks: int | None,
                blocks: str | None, run_options: RunOptions, shape_option: bool = False,
@@ -226,11 +232,13 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
             threads: Threads = DEFAULT_THREADS,
             out: Out = out_default,
             json_output: Json = False,
+            backward: Backward = False,
         ) -> None:
             from sigprop.sources import ModelSource, Source
 
             source(ModelSource(Source(library), name), image_batch(batch_size, image_size), None,
-                   blocks, options(seed, seeds, device, bn_mode, out, json_output, threads))
+                   blocks,
+                   options(seed, seeds, device, bn_mode, out, json_output, threads, backward))
 
     zoo_command("torchvision", "no weights (classification models)", "resnet50")
     zoo_command("timm", "pretrained=False", "resnetv2_50")
@@ -272,6 +280,7 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
         threads: Threads = DEFAULT_THREADS,
         out: Out = out_default,
         json_output: Json = False,
+        backward: Backward = False,
     ) -> None:
         check_positive("--batch-size", batch_size, "input")
         try:
@@ -283,5 +292,5 @@ def add_source_commands(app: typer.Typer, action: Action, *, group: str, verb: s
 
         source(ModelSource(Source.MODEL, spec, tuple(sorted(kwargs.items()))),
                (batch_size, *shape), None, blocks,
-               options(seed, seeds, device, bn_mode, out, json_output, threads),
+               options(seed, seeds, device, bn_mode, out, json_output, threads, backward),
                shape_option=input_file is None, inputs=inputs(batch_size))

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 
 STATS_JSON, STATS_CSV, SPP_PNG = "stats.json", "stats.csv", "spp.png"
 """The files ``analyze`` writes (and ``audit --out``)."""
+SPP_BACKWARD_PNG = "spp-backward.png"
+"""Written too when the gradients were measured (``--backward``)."""
 
 ModelInputs = tuple[tuple[Any, ...], dict[str, Any]]
 """The arguments of a model's forward: positional and keyword inputs."""
@@ -54,6 +56,7 @@ class RunOptions:
     out: Path | None
     json: bool
     threads: int
+    backward: bool = False
 
 
 def check_positive(option: str, value: int, unit: str) -> None:

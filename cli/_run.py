@@ -23,11 +23,19 @@ from torch import nn
 import sigprop
 from sigprop import stats
 from sigprop._validate import resolve_device
-from sigprop.plotting import plot_spp
+from sigprop.plotting import plot_spp, plot_spp_backward
 
 from ._errors import UsageError
 from ._files import write_files
-from ._options import SPP_PNG, STATS_CSV, STATS_JSON, Analysis, ModelInputs, RunOptions
+from ._options import (
+    SPP_BACKWARD_PNG,
+    SPP_PNG,
+    STATS_CSV,
+    STATS_JSON,
+    Analysis,
+    ModelInputs,
+    RunOptions,
+)
 
 
 @dataclass(frozen=True)
@@ -80,9 +88,12 @@ def _measure(analysis: Analysis, options: RunOptions, model: nn.Module, spec: si
             return sigprop.measure(model, args=inputs[0], kwargs=inputs[1],
                                    seed=options.seed, bn_mode=options.bn_mode,
                                    model_info=model_info, progress=advance,
-                                   blocks=analysis.blocks)
+                                   blocks=analysis.blocks, backward=options.backward)
         return sigprop.measure(model, spec, bn_mode=options.bn_mode, model_info=model_info,
-                               progress=advance, blocks=analysis.blocks)
+                               progress=advance, blocks=analysis.blocks,
+                               backward=options.backward)
+    except sigprop.BackwardError as e:
+        raise UsageError(str(e)) from e
     except sigprop.ForwardError as e:
         note = ""
         if analysis.shape_option:
@@ -165,26 +176,37 @@ class _progress:
         self.bar.stop()
 
 
+def written(trace: sigprop.Trace) -> tuple[str, ...]:
+    """The files :func:`write_outputs` writes for ``trace``."""
+    return (STATS_JSON, STATS_CSV, SPP_PNG) + ((SPP_BACKWARD_PNG,) if trace.has_gradients else ())
+
+
 def write_outputs(collected: Collected, out: Path) -> None:
     """stats.json (trace, fits, verdicts), stats.csv (long format) and spp.png into ``out``,
-    all three or none (:func:`write_files`)."""
+    and spp-backward.png when the trace has gradients: all of them or none
+    (:func:`write_files`)."""
     import matplotlib.pyplot as plt
 
     trace = collected.trace
 
-    def write_plot(path: Path) -> None:
-        fig = plot_spp(trace)
-        try:
-            fig.savefig(path)
-        finally:
-            plt.close(fig)
+    def plot(draw: Callable[[sigprop.Trace], Any]) -> Callable[[Path], None]:
+        def write_plot(path: Path) -> None:
+            fig = draw(trace)
+            try:
+                fig.savefig(path)
+            finally:
+                plt.close(fig)
+        return write_plot
 
-    write_files(out, {
+    writers: dict[str, Callable[[Path], object]] = {
         STATS_JSON: lambda path: path.write_text(
             json.dumps(collected.document(), indent=1, allow_nan=False) + "\n"),
         STATS_CSV: lambda path: trace.to_frame().to_csv(path, index=False),
-        SPP_PNG: write_plot,
-    })
+        SPP_PNG: plot(plot_spp),
+    }
+    if trace.has_gradients:
+        writers[SPP_BACKWARD_PNG] = plot(plot_spp_backward)
+    write_files(out, writers)
 
 
 def summarize(collected: Collected, out: Path) -> None:
@@ -211,7 +233,15 @@ def summarize(collected: Collected, out: Path) -> None:
     table.add_row("first non-finite block", "none" if overflow is None else str(overflow))
     table.add_row("effective depth (branch >= 0.1 x skip in norm)", str(result.effective_depth))
     table.add_row("time (build + measure)", f"{elapsed:.1f} s")
-    table.add_row("written", f"{out}/{{{STATS_JSON}, {STATS_CSV}, {SPP_PNG}}}")
+    if trace.has_gradients:
+        grad_in = stats.band(trace, lambda b: b.grad.input.m2 if b.grad else math.nan).mean
+        grad_out = stats.band(trace, lambda b: b.grad.output.m2 if b.grad else math.nan).mean
+        grad_ratio = stats.band(trace, lambda b: b.grad.ratio if b.grad else math.nan).mean
+        table.add_row("gradient second moment, last block output", f"{grad_out[-1]:.4g}")
+        table.add_row("gradient second moment, first block input", f"{grad_in[0]:.4g}")
+        table.add_row("gradient growth, last block to first", f"x{grad_in[0] / grad_out[-1]:.4g}")
+        table.add_row("residual/skip gradient ratio, last block", f"{grad_ratio[-1]:.4g}")
+    table.add_row("written", f"{out}/{{{', '.join(written(trace))}}}")
     # Piped output gets 80 columns by default, too narrow for the verdict table.
     console = Console(width=max(Console().width, 110))
     console.print(table)

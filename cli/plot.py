@@ -56,6 +56,9 @@ def plot_command(
         "and its depth).", show_default=False)] = None,
     theory: Annotated[bool, typer.Option(
         help="Draw the closed-form theory of the built-in ResNets.")] = True,
+    backward: Annotated[bool, typer.Option(
+        "--backward", help="Draw the backward plot (spp-backward.png: gradient second moments "
+        "and residual/skip gradient ratio) of files measured with --backward.")] = False,
 ) -> None:
     """Overlay saved runs (stats.json) in one signal-propagation plot.
 
@@ -69,6 +72,12 @@ def plot_command(
         raise UsageError(f"got {len(label)} --label for {len(files)} files: give one per file, "
                          "in order, or none")
     traces = [load(path) for path in files]
+    if backward:
+        lacking = [str(path) for path, trace in zip(files, traces, strict=True)
+                   if not trace.has_gradients]
+        if lacking:
+            raise UsageError(f"{lacking[0]}: has no gradient statistics; measure it with "
+                             "`sigprop analyze ... --backward`, or plot without --backward")
     if out.parent.exists() and not out.parent.is_dir():
         raise UsageError(f"cannot write --out {str(out)!r}: {str(out.parent)!r} is a file, not a "
                          "folder")
@@ -77,9 +86,10 @@ def plot_command(
                          "exist")
     import matplotlib.pyplot as plt
 
-    from sigprop.plotting import plot_spp
+    from sigprop.plotting import plot_spp, plot_spp_backward
 
-    fig = plot_spp(traces, labels=label or None, theory=theory)
+    draw = plot_spp_backward if backward else plot_spp
+    fig = draw(traces, labels=label or None, theory=theory)
     metadata = {".svg": {"Date": None}, ".pdf": {"CreationDate": None}}.get(out.suffix.lower())
 
     def write(path: Path) -> None:

@@ -75,6 +75,9 @@ def sweep_command(
     device: Annotated[str | None, typer.Option(
         help="Torch device of every point: cpu, cuda or cuda:N [cpu].",
         show_default=False)] = None,
+    backward: Annotated[bool, typer.Option(
+        "--backward", help="Also record the gradients of one backward pass at every point "
+        "(sigprop analyze --backward).")] = False,
     executor: Annotated[ExecutorKind, typer.Option(
         help="local: a process pool on this machine. ray: a Ray task per point "
         "(pip install 'sigprop[ray]').")] = ExecutorKind.LOCAL,
@@ -122,7 +125,8 @@ def sweep_command(
         if text is not None:
             axes[name] = _values(text)
     settings = {k: v for k, v in (("seeds", seeds), ("seed", seed), ("input_shape", input_shape),
-                                  ("device", device)) if v is not None}
+                                  ("device", device), ("backward", backward or None))
+                if v is not None}
     grid = _grid(config, axes, settings)
     runner = _executor(executor, workers, threads, ray_address, cpus_per_task, gpus_per_task, grid)
     from ._files import check_writable

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from sigprop.blocks import ResidualAdd
     from sigprop.finding import NoResidualBlockError
     from sigprop.recording import (
+        BackwardError,
         ForwardError,
         MeasurementError,
         find_blocks,
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
         Block,
         BlockStats,
         BNMode,
+        Direction,
+        Gradients,
+        GradRole,
         InputKind,
         InputSpec,
         Moments,
@@ -51,19 +55,24 @@ _WHERE = {
     "moments": "sigprop._moments",
     "ResidualAdd": "sigprop.blocks",
     "NoResidualBlockError": "sigprop.finding",
-    **dict.fromkeys(["ForwardError", "MeasurementError", "find_blocks", "gaussian_input",
-                     "measure", "token_input"], "sigprop.recording"),
-    **dict.fromkeys(["BatchNorms", "Block", "BlockStats", "BNMode", "InputKind", "InputSpec",
+    **dict.fromkeys(["BackwardError", "ForwardError", "MeasurementError", "find_blocks",
+                     "gaussian_input", "measure", "token_input"], "sigprop.recording"),
+    **dict.fromkeys(["BatchNorms", "Block", "BlockStats", "BNMode", "Direction", "Gradients",
+                     "GradRole", "InputKind", "InputSpec",
                      "Moments", "Run", "Shortcut", "Stat", "TensorRole", "Trace",
                      "TraceFormatError"], "sigprop.trace"),
 }
 
 __all__ = [
     "BNMode",
+    "BackwardError",
     "BatchNorms",
     "Block",
     "BlockStats",
+    "Direction",
     "ForwardError",
+    "GradRole",
+    "Gradients",
     "InputKind",
     "InputSpec",
     "MeasurementError",

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from sigprop._moments import Reduced, Reducer, channel_dim, scale_below_peak
-from sigprop.trace import Moments
+from sigprop.trace import Block, Moments
 
 __all__ = ["Accumulator", "Addition", "FastAccumulator", "SafeAccumulator"]
 
@@ -59,7 +59,7 @@ class Accumulator(ABC):
     def output(self, addition: Addition, output: torch.Tensor) -> Addition:
         """Reduce the sum of an addition whose :meth:`operands` were reduced."""
 
-    def commit(self, addition: Addition) -> None:
+    def commit(self, addition: Addition, block: Block) -> None:
         """Count a reduced addition (what :meth:`output` returned) as the next block.
 
         It may come later than the reduction: with ``blocks=[...]`` an addition is only known

@@ -31,7 +31,7 @@ class Finding:
 
     Attributes:
         id: stable identifier (``residual_blocks``, ``signal_explosion``, ``identity_bias``,
-            ``zero_branches``, ``bn_eval_mode``).
+            ``zero_branches``, ``bn_eval_mode``, ``gradient_propagation``).
         status: pass, fail or info.
         message: the finding in one sentence, with its figure.
         measured: the figure behind it (None where it is a count or not applicable).
@@ -98,8 +98,8 @@ def audit(trace: Trace, tol: AuditTolerances | None = None,
     >>> import sigprop
     >>> net = sigprop.models.resnet(64, norm="none", seed=0)
     >>> trace = sigprop.measure(net, sigprop.InputSpec("gaussian", (4, 3, 16, 16), 0))
-    >>> [f.status.value for f in audit(trace)]
-    ['pass', 'fail', 'fail', 'pass', 'pass']
+    >>> [f.status.value for f in audit(trace)]  # gradients not measured: the last is info
+    ['pass', 'fail', 'fail', 'pass', 'pass', 'info']
     """
     tol = tol or AuditTolerances()
     result = result or report(trace, tol.stats)
@@ -111,6 +111,7 @@ def audit(trace: Trace, tol: AuditTolerances | None = None,
         _identity_bias(trace, tol),
         _zero_branches(trace, tol),
         _bn_mode(trace),
+        _gradient_propagation(trace, result),
     ])
 
 
@@ -196,3 +197,34 @@ def _bn_mode(trace: Trace) -> Finding:
                    f"{layers} batch-norm layers normalize with "
                    + ("batch statistics" if trace.bn_mode == "train" else "trained running "
                       "statistics"), float(layers))
+
+
+def _gradient_propagation(trace: Trace, result: Report) -> Finding:
+    """Gradients exploding or vanishing geometrically towards the input, stage by stage.
+
+    Fails when a stage's verdict is consistent with geometric growth (or decay); passes when
+    every stage's rules it out; stages too short (or too noisy) to judge make it info.
+    """
+    if not trace.has_gradients:
+        return Finding("gradient_propagation", Status.INFO,
+                       "gradients not measured: measure with backward=True (sigprop audit "
+                       "... --backward) to check how they propagate")
+    judged = [v for v in result.verdicts if v.id is VerdictId.GRADIENT_PROPAGATION]
+    failing = [v for v in judged if v.outcome is Outcome.CONSISTENT]
+    worst = max(judged, key=lambda v: abs(math.log(v.measured))
+                if v.measured > 0 and math.isfinite(v.measured) else math.inf)
+    if failing:
+        where = "; ".join(f"stage {v.stage}: {v.detail}" for v in failing)
+        direction = "vanishes" if all(0 < v.measured < 1 for v in failing) else "explodes"
+        return Finding("gradient_propagation", Status.FAIL,
+                       f"the gradient {direction} geometrically towards the input: {where}",
+                       failing[0].measured)
+    if all(v.outcome is Outcome.INCONSISTENT for v in judged):
+        return Finding("gradient_propagation", Status.PASS,
+                       f"no geometric growth or decay of the gradient towards the input "
+                       f"(within x{result.tolerances.gradient_growth:g} either way per stage); "
+                       f"stage {worst.stage}: {worst.detail}", worst.measured)
+    unclear = [v for v in judged if v.outcome is Outcome.INCONCLUSIVE]
+    return Finding("gradient_propagation", Status.INFO,
+                   f"cannot tell: stage {unclear[0].stage}: {unclear[0].detail}",
+                   unclear[0].measured)

@@ -39,8 +39,9 @@ class Recorder(Protocol):
     def output(self, operands: Any, output: torch.Tensor) -> Any:
         """Called just after, with what :meth:`operands` returned; returns a handle."""
 
-    def commit(self, reduced: Any) -> None:
-        """Called once per residual block, in call order, with the handle of its addition."""
+    def commit(self, reduced: Any, block: Block) -> None:
+        """Called once per residual block, in call order, with the handle of its addition and
+        the block it was numbered as."""
 
 
 class FoundBlocks:
@@ -86,11 +87,11 @@ class FoundBlocks:
         new_stage = shortcut is Shortcut.PROJECTION or size != self._size
         stage = 0 if last is None else last.stage + new_stage
         self._size = size
-        self._blocks.append(Block(len(self._blocks), name, stage, shortcut,
-                                  channels_last=channels_last))
+        block = Block(len(self._blocks), name, stage, shortcut, channels_last=channels_last)
+        self._blocks.append(block)
         self._gains.append(gains)
         self._calls.append((call, branch))
-        self.recorder.commit(reduced)
+        self.recorder.commit(reduced, block)
         if self._progress is not None:
             self._progress(len(self._blocks))
 

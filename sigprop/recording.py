@@ -5,14 +5,16 @@ from __future__ import annotations
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from sigprop import _backward
 from sigprop._accumulators import Accumulator, FastAccumulator, SafeAccumulator
+from sigprop._backward import BackwardError
 from sigprop._blame import sigprop_raised
 from sigprop._validate import parse_choice
 from sigprop.blocks import MarkedAdditions
@@ -23,6 +25,7 @@ from sigprop.trace import BatchNorms, Block, BlockStats, BNMode, InputKind, Inpu
 
 __all__ = [
     "BNMode",
+    "BackwardError",
     "ForwardError",
     "MeasurementError",
     "find_blocks",
@@ -79,7 +82,7 @@ class _NoStats:
     def output(self, operands: None, output: torch.Tensor) -> None:
         """Nothing to reduce."""
 
-    def commit(self, reduced: None) -> None:
+    def commit(self, reduced: None, block: Block) -> None:
         """Nothing to count."""
 
 
@@ -172,27 +175,35 @@ class _Batch:
 
 
 def _forward(model: nn.Module, batch: _Batch, finder: BlockFinder, recorder: Recorder,
-             bn_mode: BNMode, progress: Callable[[int], None] | None = None) -> list[Block]:
-    """Run the forward pass with the residual additions tapped; returns the blocks found."""
+             bn_mode: BNMode, progress: Callable[[int], None] | None = None,
+             then: Callable[[Any], None] | None = None) -> list[Block]:
+    """Run the forward pass with the residual additions tapped; returns the blocks found.
+
+    With ``then``, autograd records the pass and ``then(output)`` runs (the backward pass) once
+    the additions are no longer tapped, but before the model's state is restored: restoring a
+    buffer the graph saved would invalidate it.
+    """
     found = FoundBlocks(recorder, progress)
-    with ExitStack() as stack, torch.no_grad():
+    with ExitStack() as stack, torch.set_grad_enabled(then is not None):
         stack.enter_context(_measurement_state(model, bn_mode))
         stack.enter_context(_deep_enough(model))
-        stack.enter_context(finder.tapping(found))
-        try:
-            model(*batch.args, **batch.kwargs)
-        except Exception as e:
-            last = found.last
-            where = f"after block {last.index} ({last.name})" if last else "before block 0"
-            if sigprop_raised(e.__traceback__.tb_next if e.__traceback__ else None):
-                raise MeasurementError(
-                    f"sigprop failed while measuring, {where}, in its own code or the progress "
-                    f"callback, not in the model: {type(e).__name__}: {e}") from e
-            raise ForwardError(
-                f"the model's forward pass failed {where}: {type(e).__name__}: {e}"
-            ) from e
-    blocks = found.blocks()
-    finder.check(blocks)
+        with finder.tapping(found):
+            try:
+                output = model(*batch.args, **batch.kwargs)
+            except Exception as e:
+                last = found.last
+                where = f"after block {last.index} ({last.name})" if last else "before block 0"
+                if sigprop_raised(e.__traceback__.tb_next if e.__traceback__ else None):
+                    raise MeasurementError(
+                        f"sigprop failed while measuring, {where}, in its own code or the "
+                        f"progress callback, not in the model: {type(e).__name__}: {e}") from e
+                raise ForwardError(
+                    f"the model's forward pass failed {where}: {type(e).__name__}: {e}"
+                ) from e
+        blocks = found.blocks()
+        finder.check(blocks)
+        if then is not None:
+            then(output)
     return blocks
 
 
@@ -331,6 +342,8 @@ def measure(
     model_info: Mapping[str, Any] | ResNetConfig | None = None,
     progress: Callable[[int], None] | None = None,
     blocks: Sequence[str] | None = None,
+    backward: bool = False,
+    loss: _backward.Loss | None = None,
     **forward_kwargs: Any,
 ) -> Trace:
     """Measure skip, residual and output statistics of every residual block in one forward pass.
@@ -365,10 +378,24 @@ def measure(
             the last addition of two tensors of the same shape is the residual addition; the
             operand fewer operations away from the module's input is the skip (the first operand
             on a tie).
+        backward: also run one backward pass and record, per block, the moments of four
+            gradients (:class:`~sigprop.Gradients`: ``output`` dL/dy, its ``skip`` and
+            ``residual`` parts back at the block input, and ``input`` dL/dx). The cotangent at
+            the model's output is i.i.d. standard normal, drawn from the run's seed (in a stream
+            apart from the input's); batch norm in train mode back-propagates through its batch
+            statistics. No ``.grad`` is written: parameters do not require grad during the pass
+            (their flags are restored) and only the hooked tensors' gradients are formed. The
+            forward statistics are those of a forward-only measurement.
+        loss: with ``backward``, back-propagate ``loss(output)`` (a scalar) instead of a random
+            cotangent.
 
     Returns:
         A :class:`Trace` with one run. Non-finite statistics (overflow) are kept as they are;
         ``trace.runs[0].first_overflow`` names the first block that overflowed.
+
+    Raises:
+        ForwardError: the model's forward pass raised.
+        BackwardError: the backward pass (or ``loss``) raised.
 
     >>> import sigprop
     >>> net = sigprop.models.resnet(3, seed=0)
@@ -377,15 +404,24 @@ def measure(
     [1, 1, 1]
     """
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
+    if loss is not None and not backward:
+        raise ValueError("loss is back-propagated only with backward=True: pass both, or neither")
+    if loss is not None and not callable(loss):
+        raise TypeError(f"loss must be a callable(output) -> scalar tensor, got {loss!r}")
     model = eager_model(model)
     batch, spec = _resolve_input(model, inputs, args, kwargs, forward_kwargs)
+    run_seed = seed if seed is not None else spec.seed
     finder = _finder(model, blocks)
     batchnorms = _batchnorms(model)
-    stats = _measured(model, batch, finder, FastAccumulator(), mode, progress)
+    if backward:
+        stats = _measured_backward(model, batch, finder, mode, progress, run_seed, loss)
+    else:
+        stats = _measured(model, batch, finder, FastAccumulator(), mode, progress)
     if not all(b.finite for b in stats):
         # The fast statistics overflow long before float32 activations do: measure again with
         # every tensor scaled, so the first non-finite block is where the network overflows.
-        stats = _measured(model, batch, finder, SafeAccumulator(), mode, None)
+        safe = _measured(model, batch, finder, SafeAccumulator(), mode, None)
+        stats = tuple(replace(b, grad=m.grad) for b, m in zip(safe, stats, strict=True))
     if isinstance(model_info, ResNetConfig):
         info = model_info.to_dict()
     elif model_info is not None:
@@ -394,7 +430,7 @@ def measure(
         config = getattr(model, "config", None)
         info = config.to_dict() if isinstance(config, ResNetConfig) else \
             {"name": type(model).__name__}
-    run = Run(seed if seed is not None else spec.seed, stats)
+    run = Run(run_seed, stats)
     return Trace(model=info, input=spec, bn_mode=mode.value, runs=(run,), batchnorms=batchnorms)
 
 
@@ -405,6 +441,38 @@ def _measured(model: nn.Module, batch: _Batch, finder: BlockFinder,
     blocks = _forward(model, batch, finder, accumulator, bn_mode, progress)
     return tuple(BlockStats.of(block, *stats)
                  for block, stats in zip(blocks, accumulator.results(), strict=True))
+
+
+def _measured_backward(model: nn.Module, batch: _Batch, finder: BlockFinder,
+                       bn_mode: BNMode, progress: Callable[[int], None] | None,
+                       seed: int | None, loss: _backward.Loss | None
+                       ) -> tuple[BlockStats, ...]:
+    """One forward pass recorded by autograd, then one backward pass: blocks with gradients."""
+    accumulator = FastAccumulator()
+    # Every floating-point input becomes a fresh leaf (the caller's tensors are not touched),
+    # entered through a copy so that a model may still change its input in place.
+    leaves: list[torch.Tensor] = []
+
+    def lift(value: Any) -> Any:
+        if not (isinstance(value, torch.Tensor) and value.is_floating_point()):
+            return value
+        leaves.append(value.detach().requires_grad_(True))
+        return leaves[-1].clone()
+
+    lifted = _Batch(tuple(lift(a) for a in batch.args),
+                    {name: lift(value) for name, value in batch.kwargs.items()})
+    if not leaves:
+        raise ValueError("backward=True differentiates towards a floating-point input, and this "
+                         "model's inputs have none (token ids?): measure without backward")
+    with ExitStack() as stack:
+        stack.enter_context(_backward.frozen_parameters(model))
+        inputs = stack.enter_context(_backward.block_inputs(model, finder))
+        recorder = _backward.GradientRecorder(accumulator, inputs)
+        blocks = _forward(model, lifted, finder, recorder, bn_mode, progress,
+                          then=lambda output: _backward.backward(output, leaves, seed, loss))
+    return tuple(BlockStats.of(block, *stats, grad=grad)
+                 for block, stats, grad in zip(blocks, accumulator.results(),
+                                               recorder.gradients(), strict=True))
 
 
 def _batchnorms(model: nn.Module) -> BatchNorms:

@@ -19,6 +19,7 @@ leaks through.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
 
@@ -26,15 +27,17 @@ import numpy as np
 
 from sigprop.config import Norm, Order, Padding, ResNetConfig, Variant
 from sigprop.models import NF_GAMMA, nf_betas
-from sigprop.trace import Trace
+from sigprop.trace import BlockStats, Shortcut, Trace
 
 __all__ = [
     "BN_BRANCH_SQ_MEAN",
     "BN_BRANCH_VAR",
     "BlockPrediction",
+    "GradientPrediction",
     "Prediction",
     "channel_mean_factor",
     "predict",
+    "predict_gradients",
 ]
 
 # Second moment split of a BN-ReLU-Conv branch with He init on an infinite image: ReLU of a unit
@@ -428,3 +431,131 @@ def _rule(family: _Family, image: _Image | None, circular: bool) -> str:
         f"zero padding, {image.rows.shape[0]}x{image.cols.shape[0]}"
     first = "" if family.normalized else " at the first block"
     return f"{family.rule}; f = {float(branch.mean()):.3f}{first} ({where})"
+
+
+@dataclass(frozen=True, slots=True)
+class GradientPrediction:
+    """Predicted gradient second moments per block, relative to the measured last output's.
+
+    Attributes:
+        family: the forward family (:attr:`Prediction.family`).
+        rule: the backward recursion in words.
+        exact: False where it is an approximation (v1: the ReLU after each addition).
+        output, skip, residual, input: per block, in call order, the predicted second moments
+            of the four gradients (NaN where the theory says nothing: a projection's parts).
+    """
+
+    family: str
+    rule: str
+    exact: bool
+    output: tuple[float, ...]
+    skip: tuple[float, ...]
+    residual: tuple[float, ...]
+    input: tuple[float, ...]
+
+    @property
+    def ratio(self) -> tuple[float, ...]:
+        """Predicted residual/skip ratio of the gradients' second moments per block."""
+        return tuple(r / s if s else math.nan for r, s in zip(self.residual, self.skip,
+                                                                strict=True))
+
+
+def _mean_over_runs(trace: Trace, value: Callable[[BlockStats], float]) -> np.ndarray:
+    rows = np.array([[value(b) for b in run.blocks] for run in trace.runs], dtype=float)
+    with np.errstate(all="ignore"):
+        return np.array([np.nan if not np.isfinite(c).any() else np.nanmean(c) for c in rows.T])
+
+
+def predict_gradients(trace: Trace) -> GradientPrediction | None:
+    """Per-block gradient second moments of a built-in ResNet trace with gradients, or None.
+
+    The backward pass through a branch is the forward one transposed: a He-init 3x3
+    convolution's transpose keeps the gradient's second moment per position as ``T' p T`` (its
+    gain 2 and the next ReLU's mask 1/2 cancel), and a batch norm divides it by the channel
+    variance of the tensor it normalized (``var_l``, of the block input, for the first; the
+    first convolution's output, ``(1 - 1/pi)`` of its mean second moment, for the second). So
+    the branch's gradient is ``rho_l`` times the block's output gradient, with
+    ``rho_l = T'T'/((1 - 1/pi) m var_l)`` (BN-ReLU-Conv; ``2/(1 - 1/pi)^2`` for ReLU-BN-Conv,
+    ``T'T'`` alone without BN, times ``alpha^2`` or ``1/d``), and the input gradient is the
+    output's times ``1 + rho_l``: the gradient grows from the last block to the first by
+    ``prod (1 + rho_l)``. ``var_l`` is the forward prediction where there is one, else the
+    measured skip variance. Each stage is anchored on the measured output gradient of its last
+    block (mean over runs); v1 multiplies each block's output gradient by the share of its sum's
+    channel variance that the ReLU after it passes (measured: an approximation of the ReLU's
+    mask). See docs/theory.md.
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(4, norm="skipinit", seed=0),
+    ...                         sigprop.InputSpec("gaussian", (8, 3, 8, 8), 0), backward=True)
+    >>> p = predict_gradients(trace)
+    >>> [round(i / p.output[-1], 6) for i in p.input]  # alpha = 0: every block passes it on
+    [1.0, 1.0, 1.0, 1.0]
+    """
+    config = ResNetConfig.of(trace.model)
+    if config is None or not trace.runs or not trace.has_gradients:
+        return None
+    forward = predict(trace)
+    assert forward is not None  # a built-in ResNet's trace
+    blocks = trace.runs[0].blocks
+    n_stages = max(b.stage for b in blocks) + 1
+    images = _stage_images(trace, config.padding is Padding.CIRCULAR, n_stages)
+    var = _mean_over_runs(trace, lambda b: b.skip.var)
+    if forward.exact and config.norm is Norm.BATCHNORM:
+        var = np.array([p.skip_var for p in forward.blocks])
+    post_relu = config.variant is Variant.V1
+    # v1: the ReLU after block l's sum passes part of the gradient to it; its share is taken
+    # as that of the sum's channel variance the ReLU passes on to the next block's input.
+    passed = np.ones(len(blocks))
+    if post_relu:
+        passed[:-1] = var[1:] / _mean_over_runs(trace, lambda b: b.output.var)[:-1]
+    last_output = _mean_over_runs(trace, lambda b: b.grad.output.m2 if b.grad else math.nan)
+    gain = _branch_gain(config)
+    nan = [math.nan] * len(blocks)
+    output, skip, residual, inputs = list(nan), list(nan), list(nan), list(nan)
+    for stage in range(n_stages):
+        members = [b for b in blocks if b.stage == stage]
+        image = images[stage] or _Image(np.ones((1, 1)), np.ones((1, 1)))
+        size = (image.rows.shape[0], image.cols.shape[0])
+        coverage = float(image.conv(np.ones(size)).mean())  # m: the first conv's mean m2
+        profile = np.full(size, last_output[members[-1].index])
+        for block in reversed(members):
+            l = block.index
+            output[l] = float(profile.mean())
+            if block.shortcut is Shortcut.PROJECTION:
+                break  # the skip part leaves the stage's map: no closed form here
+            transposed = image.rows.T @ (image.rows.T @ profile @ image.cols) @ image.cols
+            branch = gain * transposed
+            if config.norm is Norm.BATCHNORM:
+                branch = branch / (coverage * var[l])
+            skip[l], residual[l] = output[l], float(branch.mean())
+            profile = profile + branch
+            inputs[l] = float(profile.mean())
+            if post_relu and l > 0:
+                profile = profile * passed[l - 1]
+    rules = {
+        Norm.BATCHNORM: ("g_in = (1 + rho_l) g_out, rho_l = " +
+                         ("2/((1 - 1/pi)^2 var_l)" if config.order is Order.RELU_BN
+                          and not post_relu else "1/((1 - 1/pi) var_l)")),
+        Norm.NONE: "g_in = (1 + rho) g_out, rho = 1 (x2 per block)",
+        Norm.SKIPINIT: f"g_in = (1 + alpha^2) g_out (alpha^2 = {(config.alpha or 0.0)**2:g})",
+        Norm.SQRT_DEPTH: f"g_in = (1 + 1/d) g_out (d = {config.depth})",
+    }
+    if config.norm not in rules:
+        return None
+    rule = rules[config.norm] + ("; times the ReLU's measured variance share after each "
+                                 "addition" if post_relu else "") + \
+        ("" if config.padding is Padding.CIRCULAR else "; zero padding on the measured map")
+    return GradientPrediction(forward.family, rule, not post_relu, tuple(output), tuple(skip),
+                              tuple(residual), tuple(inputs))
+
+
+def _branch_gain(config: ResNetConfig) -> float:
+    """The branch's backward gain before padding and batch norm's division (see above)."""
+    if config.norm is Norm.BATCHNORM:
+        relu_bn = config.order is Order.RELU_BN and config.variant is Variant.V2
+        return 2 / BN_BRANCH_VAR**2 if relu_bn else 1 / BN_BRANCH_VAR
+    if config.norm is Norm.SKIPINIT:
+        return (config.alpha or 0.0) ** 2
+    if config.norm is Norm.SQRT_DEPTH:
+        return 1 / config.depth
+    return 1.0

@@ -21,6 +21,9 @@ __all__ = [
     "BatchNorms",
     "Block",
     "BlockStats",
+    "Direction",
+    "GradRole",
+    "Gradients",
     "InputKind",
     "InputSpec",
     "Moments",
@@ -55,6 +58,22 @@ class TensorRole(StrEnum):
     OUTPUT = "output"
 
 
+class GradRole(StrEnum):
+    """The four gradients recorded at every residual block ``y = skip(x) + residual(x)``."""
+
+    OUTPUT = "output"  # dL/dy
+    SKIP = "skip"  # the part of dL/dx that flows back through the skip path
+    RESIDUAL = "residual"  # the part of dL/dx that flows back through the residual branch
+    INPUT = "input"  # dL/dx = skip + residual
+
+
+class Direction(StrEnum):
+    """Which pass a row of :meth:`Trace.to_frame` comes from."""
+
+    FORWARD = "forward"
+    BACKWARD = "backward"
+
+
 class Stat(StrEnum):
     """Signal-propagation statistics of one tensor (see docs/theory.md)."""
 
@@ -87,6 +106,40 @@ class Moments:
     def finite(self) -> bool:
         """True when both statistics are finite numbers."""
         return math.isfinite(self.var) and math.isfinite(self.sq_mean)
+
+
+@dataclass(frozen=True, slots=True)
+class Gradients:
+    """Moments of the four gradients of one residual block (see :class:`GradRole`).
+
+    Attributes:
+        output: ``dL/dy`` at the block's sum ``y = skip + residual``.
+        skip: ``J_skip^T dL/dy``, the part of ``dL/dx`` that flows through the skip path
+            (``output`` itself for an identity shortcut).
+        residual: ``J_branch^T dL/dy``, the part that flows through the residual branch.
+        input: ``dL/dx = skip + residual``.
+    """
+
+    output: Moments
+    skip: Moments
+    residual: Moments
+    input: Moments
+
+    @property
+    def ratio(self) -> float:
+        """Residual/skip ratio of the gradients' second moments (0: the block passes the
+        gradient through unchanged)."""
+        return _safe_ratio(self.residual.m2, self.skip.m2)
+
+    @property
+    def finite(self) -> bool:
+        """True when every statistic is finite."""
+        return all(self.moments(role).finite for role in GradRole)
+
+    def moments(self, role: GradRole) -> Moments:
+        """The moments of the gradient playing ``role``."""
+        return {"output": self.output, "skip": self.skip, "residual": self.residual,
+                "input": self.input}[role]
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,6 +182,8 @@ class BlockStats(Block):
             independent of the skip path, as the theory assumes at initialization. It is derived
             from ``m2(output) - m2(skip) - m2(residual)``, so its absolute precision is about
             1e-7 times ``m2(output)`` (float32 sums).
+        grad: moments of the block's gradients (``measure(..., backward=True)``); None when
+            the backward pass was not measured.
 
     The block's own attributes (``index``, ``name``, ``stage``, ``shortcut``,
     ``channels_last``, ``gain``) are described in :class:`Block`.
@@ -138,13 +193,14 @@ class BlockStats(Block):
     residual: Moments
     output: Moments
     cross: float
+    grad: Gradients | None = field(default=None, kw_only=True)
 
     @classmethod
     def of(cls, block: Block, skip: Moments, residual: Moments, output: Moments,
-           cross: float) -> BlockStats:
+           cross: float, grad: Gradients | None = None) -> BlockStats:
         """``block`` with its statistics."""
         return cls(block.index, block.name, block.stage, block.shortcut, skip, residual, output,
-                   cross, channels_last=block.channels_last, gain=block.gain)
+                   cross, channels_last=block.channels_last, gain=block.gain, grad=grad)
 
     @property
     def ratio(self) -> float:
@@ -273,6 +329,11 @@ class Trace:
         return min(found) if found else None
 
     @property
+    def has_gradients(self) -> bool:
+        """True when every block of every run carries gradient statistics."""
+        return self.n_blocks > 0 and all(b.grad is not None for _, b in self.blocks())
+
+    @property
     def seeds(self) -> tuple[int | None, ...]:
         """The seed of every run."""
         return tuple(run.seed for run in self.runs)
@@ -326,17 +387,22 @@ class Trace:
         return plot_spp(self, **kwargs)
 
     def to_frame(self) -> pd.DataFrame:
-        """Long-format table: columns ``seed, block, name, stage, tensor, stat, value``."""
+        """Long-format table: columns ``seed, block, name, stage, direction, tensor, stat,
+        value``; ``direction`` is ``forward`` for the activations and ``backward`` for the
+        gradients (rows only where they were measured)."""
         import pandas as pd
 
-        rows = [
-            (seed, block.index, block.name, block.stage, role.value, stat.value,
-             getattr(block.moments(role), stat.value))
-            for seed, block in self.blocks()
-            for role in TensorRole
-            for stat in Stat
-        ]
-        columns = ["seed", "block", "name", "stage", "tensor", "stat", "value"]
+        rows = []
+        for seed, block in self.blocks():
+            head = (seed, block.index, block.name, block.stage)
+            measured: list[tuple[Direction, str, Moments]] = [
+                (Direction.FORWARD, role.value, block.moments(role)) for role in TensorRole]
+            if block.grad is not None:
+                measured += [(Direction.BACKWARD, role.value, block.grad.moments(role))
+                             for role in GradRole]
+            rows += [(*head, direction.value, tensor, stat.value, getattr(m, stat.value))
+                     for direction, tensor, m in measured for stat in Stat]
+        columns = ["seed", "block", "name", "stage", "direction", "tensor", "stat", "value"]
         return pd.DataFrame(rows, columns=columns)
 
     def to_dict(self) -> dict[str, Any]:
@@ -431,17 +497,27 @@ def _block_to_dict(block: BlockStats) -> dict[str, Any]:
         "channels_last": block.channels_last,
     }
     for role in TensorRole:
-        m = block.moments(role)
-        doc[role.value] = {"var": _encode(m.var), "sq_mean": _encode(m.sq_mean)}
+        doc[role.value] = _moments_to_dict(block.moments(role))
     doc["cross"] = _encode(block.cross)
     doc["gain"] = block.gain
+    doc["grad"] = None if block.grad is None else {
+        role.value: _moments_to_dict(block.grad.moments(role)) for role in GradRole}
     return doc
+
+
+def _moments_to_dict(m: Moments) -> dict[str, float | None]:
+    return {"var": _encode(m.var), "sq_mean": _encode(m.sq_mean)}
+
+
+def _moments_from_dict(doc: Mapping[str, Any]) -> Moments:
+    return Moments(_decode(doc["var"]), _decode(doc["sq_mean"]))
 
 
 def _block_from_dict(doc: Mapping[str, Any]) -> BlockStats:
     def moments(role: str) -> Moments:
-        return Moments(_decode(doc[role]["var"]), _decode(doc[role]["sq_mean"]))
+        return _moments_from_dict(doc[role])
 
+    grad = doc.get("grad")  # absent from traces measured without gradients
     return BlockStats(
         index=int(doc["index"]),
         name=str(doc["name"]),
@@ -453,5 +529,7 @@ def _block_from_dict(doc: Mapping[str, Any]) -> BlockStats:
         cross=_decode(doc["cross"]),
         channels_last=bool(doc.get("channels_last", False)),
         gain=None if doc.get("gain") is None else str(doc["gain"]),
+        grad=None if grad is None else Gradients(
+            *(_moments_from_dict(grad[role.value]) for role in GradRole)),
     )
 

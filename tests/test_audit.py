@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import sigprop
 from sigprop.audit import AuditTolerances, Status, audit
 from sigprop_cli.main import app
-from tests.helpers import synthetic_trace
+from tests.helpers import ScaledBlock, synthetic_trace
 
 runner = CliRunner()
 SMALL = ["--depth", "32", "--batch-size", "4", "--image-size", "16"]
@@ -28,17 +28,21 @@ def findings(args: list[str]) -> tuple[int, dict[str, dict[str, Any]]]:
 
 
 def test_healthy_bn_resnet_passes() -> None:
-    code, found = findings(["resnet", *SMALL])
+    code, found = findings(["resnet", *SMALL, "--backward"])
     assert code == 0
-    assert [f["status"] for f in found.values()] == ["pass"] * 5
+    assert [f["status"] for f in found.values()] == ["pass"] * 6
+    assert 1 <= found["gradient_propagation"]["measured"] < 1.1  # 1 + rho_l -> 1 with depth
     assert found["residual_blocks"]["measured"] == 32
     assert found["identity_bias"]["measured"] < 0.1  # ~1/(m2_0 + l) in the deepest blocks
 
 
 def test_exploding_resnet_fails_with_exit_code_1() -> None:
-    code, found = findings(["resnet", *SMALL, "--norm", "none"])
+    code, found = findings(["resnet", *SMALL, "--norm", "none", "--backward"])
     assert code == 1
     assert found["signal_explosion"]["status"] == "fail"
+    assert found["gradient_propagation"]["status"] == "fail"
+    assert "explodes" in str(found["gradient_propagation"]["message"])
+    assert 1.5 < found["gradient_propagation"]["measured"] < 2.5  # ~x1.8 per block back
     assert 1.5 < found["signal_explosion"]["measured"] < 2.5  # x1.8-1.9 per block at 16x16
     assert found["identity_bias"]["status"] == "fail"
 
@@ -220,3 +224,17 @@ def test_a_trace_without_batch_norm_counts_is_information_not_a_pass() -> None:
     found = {f.id: f for f in audit(synthetic_trace([[1.0, 2.0, 3.0, 4.0]], [[1.0] * 4]))}
     assert found["bn_eval_mode"].status is Status.INFO
     assert "does not record" in found["bn_eval_mode"].message
+
+
+def test_gradient_check_fails_a_vanishing_gradient_and_cannot_judge_short_stages() -> None:
+    def gradient_finding(blocks: int) -> Any:
+        model = nn.Sequential(*(ScaledBlock(3, -0.5) for _ in range(blocks))).double()
+        x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        return {f.id: f for f in audit(sigprop.measure(model, x, backward=True))}[
+            "gradient_propagation"]
+
+    vanishing = gradient_finding(8)  # each block passes (1 - 0.5)^2 of its output gradient
+    assert vanishing.status is Status.FAIL and "vanishes" in vanishing.message
+    assert vanishing.measured == pytest.approx(0.25, rel=1e-9)
+    short = gradient_finding(3)
+    assert short.status is Status.INFO and "too short" in short.message

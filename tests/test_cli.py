@@ -42,7 +42,8 @@ def test_analyze_writes_json_csv_and_plot(tmp_path: Path) -> None:
     assert run["seed"] == 3 and len(run["blocks"]) == 6
     block = run["blocks"][3]
     assert set(block) == {"index", "name", "stage", "shortcut", "channels_last", "skip",
-                          "residual", "output", "cross", "gain"}
+                          "residual", "output", "cross", "gain", "grad"}
+    assert block["grad"] is None  # no --backward
     assert block["gain"] is None  # batch norm, no gain on the branch
     assert block["channels_last"] is False  # (N, C, H, W) activations
     assert (block["index"], block["name"], block["stage"], block["shortcut"]) == (
@@ -53,9 +54,39 @@ def test_analyze_writes_json_csv_and_plot(tmp_path: Path) -> None:
     direct = sigprop.measure(net, sigprop.InputSpec("gaussian", (2, 3, 8, 8), 3))
     assert block["skip"]["var"] == direct.runs[0].blocks[3].skip.var
     csv = (out / "stats.csv").read_text().splitlines()
-    assert csv[0] == "seed,block,name,stage,tensor,stat,value" and len(csv) == 1 + 6 * 6
+    assert csv[0] == "seed,block,name,stage,direction,tensor,stat,value"
+    assert len(csv) == 1 + 6 * 6
     assert (out / "spp.png").read_bytes()[:4] == b"\x89PNG"
+    assert not (out / "spp-backward.png").exists()
     assert "residual blocks" in stdout and "skip second moment, last block" in stdout
+
+
+def test_backward_writes_gradients_plot_summary_and_verdicts(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    code, stdout, _ = analyze(*SMALL, "--seed", "2", "--backward", "--out", str(out))
+    assert code == 0, stdout
+    doc = json.loads((out / "stats.json").read_text())
+    net = sigprop.models.resnet(6, width=4, seed=2)
+    direct = sigprop.measure(net, sigprop.InputSpec("gaussian", (2, 3, 8, 8), 2), backward=True)
+    for saved, measured in zip(doc["runs"][0]["blocks"], direct.runs[0].blocks, strict=True):
+        assert measured.grad is not None
+        assert saved["grad"]["residual"]["var"] == measured.grad.residual.var
+        assert saved["grad"]["input"]["sq_mean"] == measured.grad.input.sq_mean
+    assert {f["id"] for f in doc["fits"]} >= {"grad_growth_rate", "grad_ratio_exponent"}
+    assert "gradient_propagation" in {v["id"] for v in doc["verdicts"]}
+    csv = (out / "stats.csv").read_text().splitlines()
+    assert len(csv) == 1 + 6 * (3 + 4) * 2 and sum(",backward," in row for row in csv) == 48
+    assert (out / "spp-backward.png").read_bytes()[:4] == b"\x89PNG"
+    growth = direct.runs[0].blocks[0].grad.input.m2 / direct.runs[0].blocks[-1].grad.output.m2
+    assert re.search(rf"gradient growth, last block to first\s*│\s*x{growth:.4g}\s*│", stdout)
+    assert "gradient_propagation" in stdout
+    replot = runner.invoke(app, ["plot", str(out), "--backward", "--out", str(tmp_path / "b.png")])
+    assert replot.exit_code == 0 and (tmp_path / "b.png").read_bytes()[:4] == b"\x89PNG"
+    forward_only = tmp_path / "forward.json"
+    sigprop.measure(net, sigprop.InputSpec("gaussian", (2, 3, 8, 8), 2)).to_json(forward_only)
+    refused = runner.invoke(app, ["plot", str(forward_only), "--backward", "--out",
+                                  str(tmp_path / "c.png")])
+    assert refused.exit_code == 2 and "has no gradient statistics" in refused.stderr
 
 
 def test_unnormalized_overflow_is_reported(tmp_path: Path) -> None:

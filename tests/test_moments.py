@@ -98,7 +98,8 @@ def test_each_skip_is_measured_as_it_is_when_added() -> None:
     acc = FastAccumulator()
 
     def add(skip: torch.Tensor, residual: torch.Tensor, output: torch.Tensor) -> None:
-        acc.commit(acc.output(acc.operands(skip, residual, channels_last=False), output))
+        block = sigprop.Block(0, "b", 0, sigprop.Shortcut.IDENTITY)
+        acc.commit(acc.output(acc.operands(skip, residual, channels_last=False), output), block)
 
     out = x + r
     add(x, r, out)

@@ -49,7 +49,7 @@ def test_table_holds_the_grid_and_the_measured_numbers(inline: pd.DataFrame) -> 
     # The grid's axes in the order given, then the defaults it filled in.
     assert list(inline.columns) == ["point", "model", "depth", "norm", "width", "image_size",
                                     "batch_size", "bn_mode", "replicate", "seed", "block",
-                                    "name", "stage", "tensor", "stat", "value"]
+                                    "name", "stage", "direction", "tensor", "stat", "value"]
     assert len(inline) == 2 * 2 * (2 + 4) * 6  # norms x replicates x blocks x (tensor, stat)
     # One point measured independently from its derived seed gives the same numbers.
     point = next(p for p in Grid.from_mapping(TINY).points()
@@ -164,3 +164,27 @@ def test_bad_grids_fail_before_any_work(tmp_path: Path, args: list[str], toml: s
 def test_outcome_errors_are_one_line() -> None:
     outcome = Outcome.failed("k", ValueError("two\nlines"))
     assert outcome.status is Status.FAILED and outcome.error == "ValueError: two lines"
+
+
+def test_backward_sweeps_record_the_gradients_under_their_own_keys(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["sweep", *TINY_ARGS[2:], "--depth", "3", "--backward",
+                                      "--workers", "1", "--threads", "1", "--out",
+                                      str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    table = pd.read_parquet(tmp_path / "sweep.parquet")
+    backward = table[table["direction"] == "backward"]
+    assert set(backward["tensor"]) == {"output", "skip", "residual", "input"}
+    # The same point as a library measurement with backward=True: the same gradients.
+    (point,) = Grid.from_mapping({"grid": {"depth": 3, "width": 4, "image_size": 8,
+                                           "batch_size": 4}, "backward": True}).points()
+    net = sigprop.models.resnet(3, width=4, seed=point.seed)
+    direct = sigprop.measure(net, sigprop.InputSpec("gaussian", (4, 3, 8, 8), point.seed),
+                             backward=True)
+    grad = direct.runs[0].blocks[1].grad
+    assert grad is not None
+    row = backward[(backward["block"] == 1) & (backward["tensor"] == "residual")
+                   & (backward["stat"] == "var")]
+    assert row["value"].item() == pytest.approx(grad.residual.var)
+    forward_only = Grid.from_mapping({"grid": {"depth": 3, "width": 4, "image_size": 8,
+                                               "batch_size": 4}}).points()[0]
+    assert forward_only.key != point.key and forward_only.seed == point.seed

@@ -40,9 +40,42 @@ def test_non_finite_values_are_written_as_null(tmp_path: Path) -> None:
     assert math.isnan(back.runs[0].blocks[-1].skip.var)
 
 
+@pytest.fixture(scope="module")
+def grad_trace() -> Trace:
+    net = sigprop.models.resnet(3, stages=2, seed=0)
+    return measure(net, InputSpec("gaussian", (4, 3, 8, 8), seed=1), backward=True)
+
+
+def test_gradients_round_trip_and_old_files_without_them_load(grad_trace: Trace,
+                                                              tmp_path: Path) -> None:
+    grad_trace.to_json(tmp_path / "stats.json")
+    back = Trace.from_json(tmp_path / "stats.json")
+    assert back == grad_trace and back.has_gradients
+    doc = json.loads((tmp_path / "stats.json").read_text())
+    grad = doc["runs"][0]["blocks"][1]["grad"]
+    assert set(grad) == {"output", "skip", "residual", "input"}
+    assert grad["input"]["var"] == grad_trace.runs[0].blocks[1].grad.input.var
+    for block in doc["runs"][0]["blocks"]:
+        del block["grad"]  # a stats.json written before gradients existed
+    old = Trace.from_dict(doc)
+    assert not old.has_gradients and old.runs[0].blocks[1].skip == grad_trace.runs[0].blocks[1].skip
+
+
+def test_frame_has_backward_rows_for_gradients(grad_trace: Trace) -> None:
+    frame = grad_trace.to_frame()
+    assert len(frame) == 3 * (3 + 4) * 2
+    backward = frame[frame.direction == "backward"]
+    assert set(backward["tensor"]) == {"output", "skip", "residual", "input"}
+    row = backward[(backward.block == 2) & (backward.tensor == "residual")
+                   & (backward.stat == "var")]
+    assert row["value"].item() == grad_trace.runs[0].blocks[2].grad.residual.var
+
+
 def test_frame_is_long_format(trace: Trace) -> None:
     frame = trace.to_frame()
-    assert list(frame.columns) == ["seed", "block", "name", "stage", "tensor", "stat", "value"]
+    assert list(frame.columns) == ["seed", "block", "name", "stage", "direction", "tensor",
+                                   "stat", "value"]
+    assert set(frame["direction"]) == {"forward"}
     assert len(frame) == 5 * 3 * 2
     assert set(frame["tensor"]) == {"skip", "residual", "output"}
     assert set(frame["stat"]) == {"var", "sq_mean"}

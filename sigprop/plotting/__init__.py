@@ -12,6 +12,7 @@ matplotlib and seaborn are imported when a figure is drawn, so importing this pa
 2
 """
 
+from sigprop.plotting.backward import plot_spp_backward
 from sigprop.plotting.compare import plot_comparison
 from sigprop.plotting.depth import SweepPoint, plot_depth_sweep, plot_sqrt_depth_law, sweep_points
 from sigprop.plotting.finite import plot_finite_size
@@ -47,6 +48,7 @@ __all__ = [
     "plot_identity_bias",
     "plot_orderings",
     "plot_spp",
+    "plot_spp_backward",
     "plot_spp_trio",
     "plot_sqrt_depth_law",
     "plot_sweep",

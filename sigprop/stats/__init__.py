@@ -7,7 +7,15 @@
 """
 
 from sigprop.stats.bands import Band, band, effective_depth, relative_errors, t_interval
-from sigprop.stats.fits import Estimate, FitId, Growth, fit, fits, projected_growth
+from sigprop.stats.fits import (
+    GRADIENT_FITS,
+    Estimate,
+    FitId,
+    Growth,
+    fit,
+    fits,
+    projected_growth,
+)
 from sigprop.stats.verdicts import (
     Outcome,
     Report,
@@ -19,6 +27,7 @@ from sigprop.stats.verdicts import (
 )
 
 __all__ = [
+    "GRADIENT_FITS",
     "Band",
     "Estimate",
     "FitId",

@@ -34,15 +34,15 @@ import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import stats as sps
 
-from sigprop.theory import Prediction, predict
-from sigprop.trace import Trace
+from sigprop.theory import Prediction, predict, predict_gradients
+from sigprop.trace import Shortcut, Trace
 
-__all__ = ["Estimate", "FitId", "Growth", "fit", "fits", "projected_growth"]
+__all__ = ["GRADIENT_FITS", "Estimate", "FitId", "Growth", "fit", "fits", "projected_growth"]
 
 
 class FitId(StrEnum):
@@ -54,6 +54,15 @@ class FitId(StrEnum):
     INVERSE_RATIO_SLOPE = "inverse_ratio_slope"  # slope of skip/residual m2 against l
     RATIO_EXPONENT = "ratio_exponent"  # power of the residual/skip ratio in the block position
     GROWTH_RATE = "growth_rate"  # geometric factor g of m2_{l+1} = a + g m2_l
+    # Gradients (traces measured with backward=True): the geometric factor g of the gradient's
+    # growth towards the input, G_l / G_{l+1} = g + a / var_l, and the power of the branch/skip
+    # gradient ratio in the block position.
+    GRAD_GROWTH_RATE = "grad_growth_rate"
+    GRAD_RATIO_EXPONENT = "grad_ratio_exponent"
+
+
+GRADIENT_FITS = (FitId.GRAD_GROWTH_RATE, FitId.GRAD_RATIO_EXPONENT)
+"""The fits that need gradient statistics (:func:`fits` leaves them out of other traces)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,7 +149,7 @@ def _series(trace: Trace, stage: int) -> list[_Series]:
 
 # A fit of one run on the blocks in a mask: its value and, for lines, the intercept at the
 # stage's first block.
-_Fitter = Callable[[_Series, np.ndarray], tuple[float, float]]
+_Fitter = Callable[[Any, np.ndarray], tuple[float, float]]
 
 
 def _on_spliced(fitter: Callable[[_Series], tuple[float, float]]) -> _Fitter:
@@ -272,7 +281,7 @@ def _factor_variance(levels: np.ndarray) -> tuple[float, int]:
     return log_variance * (float(levels[-1]) / steps) ** 2, count - 1
 
 
-def _run_fit(fit: _Fit, s: _Series, proportional: bool = False) -> _RunFit:
+def _run_fit(fit: _Fit, s: _Series | _GradSeries, proportional: bool = False) -> _RunFit:
     """Fit one run and delete each of its segments in turn (the jackknife).
 
     With ``proportional`` branches a skip slope's variance comes from its log-factors instead
@@ -280,7 +289,7 @@ def _run_fit(fit: _Fit, s: _Series, proportional: bool = False) -> _RunFit:
     """
     everything = np.ones(s.size, dtype=bool)
     value, intercept = fit.fitter(s, everything)
-    if proportional and fit.levels is not None:
+    if proportional and fit.levels is not None and isinstance(s, _Series):
         if not math.isfinite(value):
             return _RunFit(value, intercept, math.nan, 0)
         variance, df = _factor_variance(fit.levels(s))
@@ -348,7 +357,14 @@ def fit(trace: Trace, fit_id: FitId | str, stage: int = 0, level: float = 0.95,
               (skip increment per block / branch second moment: 1 in theory);
             * ``ratio_exponent``: power of ``residual/skip`` in the position ``n = 1, 2, ...``
               (-1 only at infinite depth: ``1/(m2_0 + l)`` fits -0.90 at 64 blocks);
-            * ``growth_rate``: ``g`` of ``m2_{l+1} = a + g m2_l`` (1 for linear growth).
+            * ``growth_rate``: ``g`` of ``m2_{l+1} = a + g m2_l`` (1 for linear growth);
+            * ``grad_growth_rate`` (gradients): ``g`` of ``G_l / G_{l+1} = g + a / var_l``,
+              with ``G_l`` the input gradient's second moment of block ``l`` and ``var_l`` the
+              forward skip's average channel variance: BN's ``1 + rho_l`` with
+              ``rho_l ~ 1/var_l`` has ``g = 1`` (a power law towards the input), a geometric
+              explosion ``g > 1``;
+            * ``grad_ratio_exponent`` (gradients): power of the branch/skip gradient ratio
+              in the position ``n = 1, 2, ...``.
         stage: the stage to fit.
         level: confidence level of the interval.
         prediction: the theory's prediction (default: :func:`sigprop.theory.predict`).
@@ -364,6 +380,8 @@ def fit(trace: Trace, fit_id: FitId | str, stage: int = 0, level: float = 0.95,
     (True, 0.943)
     """
     fit_id = FitId(fit_id)
+    if fit_id in GRADIENT_FITS:
+        return _gradient_fit(trace, fit_id, stage, level)
     chosen = _FITS[fit_id]
     series = _series(trace, stage)
     prediction = prediction if prediction is not None else predict(trace)
@@ -381,10 +399,90 @@ def fit(trace: Trace, fit_id: FitId | str, stage: int = 0, level: float = 0.95,
 
 
 def fits(trace: Trace, level: float = 0.95) -> list[Estimate]:
-    """Every fit of every stage, in :class:`FitId` order within each stage."""
+    """Every fit of every stage, in :class:`FitId` order within each stage (the gradient fits
+    only for a trace with gradients)."""
     prediction = predict(trace)
+    chosen = [f for f in FitId if trace.has_gradients or f not in GRADIENT_FITS]
     return [fit(trace, fit_id, stage, level, prediction)
-            for stage in sorted(trace.by_stage()) for fit_id in FitId]
+            for stage in sorted(trace.by_stage()) for fit_id in chosen]
+
+
+@dataclass(frozen=True, slots=True)
+class _GradSeries:
+    """One run's identity blocks of one stage: the forward skip's average channel variance, and
+    the input gradient's second moment and the branch/skip gradient ratio, per block."""
+
+    skip_var: np.ndarray
+    grad_input: np.ndarray
+    grad_ratio: np.ndarray
+
+    @property
+    def size(self) -> int:
+        return int(self.skip_var.size)
+
+
+def _grad_series(rows: Sequence[tuple[float, float, float]]) -> _GradSeries:
+    columns = np.array(rows, dtype=float).reshape(-1, 3)
+    bad = np.flatnonzero(~np.isfinite(columns).all(axis=1))
+    return _GradSeries(*(columns[bad[-1] + 1:] if bad.size else columns).T)
+
+
+def _grad_growth(s: _GradSeries, keep: np.ndarray) -> tuple[float, float]:
+    """``g`` of ``G_l / G_{l+1} - 1 = (g - 1) + a / var_l`` (as :func:`_growth`, backwards).
+
+    Batch norm divides the branch's gradient by the channel variance ``var_l`` of the block
+    input it normalizes, so a BN network has ``g = 1`` exactly; without normalization the
+    factor is constant and ``g`` is it.
+    """
+    level, factor = s.skip_var[:-1], s.grad_input[:-1] / s.grad_input[1:]
+    pairs = keep[:-1] & (level > 0) & np.isfinite(factor)
+    if pairs.sum() < 3:
+        return math.nan, math.nan
+    level, factor = level[pairs], factor[pairs]
+    if np.ptp(level) <= 1e-9 * level.max():
+        return float(factor.mean()), 0.0
+    design = np.column_stack([np.ones(level.size), 1.0 / level])
+    (rate, increment), *_ = np.linalg.lstsq(design, factor - 1.0, rcond=None)
+    return 1.0 + float(rate), float(increment)
+
+
+def _grad_ratio_power_law(s: _GradSeries, keep: np.ndarray) -> tuple[float, float]:
+    positions = np.arange(1, s.size + 1, dtype=float)
+    used = keep & (s.grad_ratio > 0)
+    if used.sum() < 3:
+        return math.nan, math.nan
+    slope, intercept = np.polyfit(np.log(positions[used]), np.log(s.grad_ratio[used]), 1)
+    return float(slope), float(math.exp(intercept))
+
+
+_GRADIENT_FITS = {FitId.GRAD_GROWTH_RATE: _Fit(_grad_growth, segments=4),
+                  FitId.GRAD_RATIO_EXPONENT: _Fit(_grad_ratio_power_law, segments=6,
+                                                  log_spaced=True)}
+
+
+def _gradient_fit(trace: Trace, fit_id: FitId, stage: int, level: float) -> Estimate:
+    """A gradient fit of one stage's identity blocks (a projection's parts leave the stage)."""
+    chosen = _GRADIENT_FITS[fit_id]
+    series = []
+    for run in trace.runs:
+        blocks = [b for b in run.blocks if b.stage == stage
+                  and b.shortcut is Shortcut.IDENTITY and b.grad is not None]
+        series.append(_grad_series([(b.skip.var, b.grad.input.m2, b.grad.ratio)
+                                    for b in blocks if b.grad is not None]))
+    estimate, ci, intercept, runs, df = _pooled([_run_fit(chosen, s) for s in series], level)
+    predicted = None
+    forward, backward = predict(trace), predict_gradients(trace)
+    if forward is not None and backward is not None:
+        first = trace.runs[0].blocks
+        indices = [b.index for b in first if b.stage == stage
+                   and b.shortcut is Shortcut.IDENTITY]
+        theory = _grad_series([(_skip_var(trace, forward, i), backward.input[i],
+                                backward.ratio[i]) for i in indices])
+        if theory.size:
+            value = chosen.fitter(theory, np.ones(theory.size, bool))[0]
+            predicted = value if math.isfinite(value) else None
+    return Estimate(fit_id, stage, estimate, ci, sum(s.size for s in series), runs, df,
+                    predicted, intercept)
 
 
 @dataclass(frozen=True, slots=True)
@@ -456,3 +554,13 @@ def _exp(log_value: float) -> float:
 
 
 _LOG_MAX_FLOAT = math.log(sys.float_info.max)
+
+
+def _skip_var(trace: Trace, forward: Prediction, index: int) -> float:
+    """The predicted skip variance of a block, else the measured one (mean over runs)."""
+    predicted = forward.blocks[index].skip_var
+    if math.isfinite(predicted):
+        return predicted
+    measured = [run.blocks[index].skip.var for run in trace.runs]
+    finite = [v for v in measured if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan

@@ -24,6 +24,7 @@ class VerdictId(StrEnum):
     SQRT_DEPTH_DOWNSCALING = "sqrt_depth_downscaling"
     GEOMETRIC_EXPLOSION = "geometric_explosion"
     IDENTITY_AT_INIT = "identity_at_init"
+    GRADIENT_PROPAGATION = "gradient_propagation"  # only for traces with gradients
 
 
 class Outcome(StrEnum):
@@ -46,12 +47,16 @@ class Tolerances:
             (or the network) from which the signal counts as exploding (10x, a decade: the
             paper's bound ``alpha < 1/sqrt(d)`` keeps SkipInit's ``(1 + alpha^2)^d`` below e).
         identity_norm: largest ``||residual|| / ||skip||`` of an identity block (1e-6).
+        gradient_growth: projected geometric growth of the gradient's second moment towards
+            the input over a stage, at or beyond which (or below its inverse) the gradient
+            explodes (vanishes) geometrically (10x, as ``explosion_growth``).
     """
 
     slope_rel: float = 0.2
     downscaling_rel: float = 0.2
     explosion_growth: float = 10.0
     identity_norm: float = 1e-6
+    gradient_growth: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,7 +237,9 @@ def verdicts(trace: Trace, tol: Tolerances | None = None,
     * ``sqrt_depth_downscaling`` (per stage): ``1/ratio`` grows by 1 per block;
     * ``geometric_explosion`` (per stage, then the network): the projected geometric growth
       reaches ``tol.explosion_growth``, or the signal overflows;
-    * ``identity_at_init`` (the network): every block is exactly the identity.
+    * ``identity_at_init`` (the network): every block is exactly the identity;
+    * ``gradient_propagation`` (per stage, traces with gradients): the gradient's projected
+      geometric growth towards the input reaches ``tol.gradient_growth`` (or its inverse).
 
     Args:
         trace: the measurement.
@@ -262,7 +269,53 @@ def verdicts(trace: Trace, tol: Tolerances | None = None,
         out.append(_explosion_verdict(None, projected_growth(trace, estimates=estimates),
                                       len(trace.runs), tol))
     out.append(_identity_verdict(trace, tol))
+    if trace.has_gradients:
+        out += [_gradient_verdict(trace, by_key[FitId.GRAD_GROWTH_RATE, stage],
+                                  by_key[FitId.GRAD_RATIO_EXPONENT, stage], tol)
+                for stage in stages]
     return out
+
+
+def _gradient_verdict(trace: Trace, rate: Estimate, exponent: Estimate,
+                      tol: Tolerances) -> Verdict:
+    """The gradient grows (or vanishes) geometrically towards the input of a stage.
+
+    Projected over the stage's identity blocks as ``g ** n`` from the fitted rate
+    :data:`FitId.GRAD_GROWTH_RATE`; a non-finite gradient counts as an explosion.
+    """
+    n = rate.n // max(rate.n_runs, 1)
+    bound = tol.gradient_growth
+    tolerance = (f"projected growth towards the input >= x{bound:g} or <= x{1 / bound:g} over "
+                 "the stage, or a non-finite gradient")
+    overflow = any(b.grad is not None and not b.grad.finite for _, b in trace.blocks()
+                   if b.stage == rate.stage)
+    factor = rate.estimate ** n if math.isfinite(rate.estimate) else math.nan
+    ci = tuple(c ** n if math.isfinite(c) and c > 0 else math.nan for c in rate.ci95)
+    if overflow:
+        outcome, detail = Outcome.CONSISTENT, "the gradient is non-finite in this stage"
+    elif not math.isfinite(ci[0]) or not math.isfinite(ci[1]):
+        outcome, detail = Outcome.INCONCLUSIVE, (
+            f"too short to fit a growth rate with an interval ({n} identity block(s); a stage "
+            "needs at least 4, and seeds narrow it)")
+    else:
+        explodes, vanishes = (_equivalence(ci, bound, math.inf),  # type: ignore[arg-type]
+                              _equivalence(ci, 0.0, 1 / bound))  # type: ignore[arg-type]
+        outcome = (Outcome.CONSISTENT if Outcome.CONSISTENT in (explodes, vanishes) else
+                   Outcome.INCONSISTENT if explodes is vanishes is Outcome.INCONSISTENT else
+                   Outcome.INCONCLUSIVE)
+        detail = (f"x{rate.estimate:.4g} per block towards the input, x{factor:.3g} "
+                  f"[{ci[0]:.3g}, {ci[1]:.3g}] over {n} block(s)")
+        if rate.predicted is not None:
+            detail += f" (theory x{rate.predicted:.4g} per block)"
+        if outcome is Outcome.INCONCLUSIVE:
+            detail += "; the interval straddles the threshold: measure more seeds"
+    if math.isfinite(exponent.estimate):
+        detail += f"; branch/skip gradient ratio ~ n^{exponent.estimate:.3g}" + (
+            "" if exponent.predicted is None else f" (theory n^{exponent.predicted:.3g})")
+    return Verdict(VerdictId.GRADIENT_PROPAGATION, rate.stage,
+                   "the gradient grows or vanishes geometrically towards the input",
+                   rate.estimate, rate.ci95, rate.predicted, tolerance, outcome, detail,
+                   rate.n_runs, n)
 
 
 @dataclass(frozen=True, slots=True)

@@ -41,7 +41,7 @@ RESNET_AXES = tuple(f.name for f in fields(ResNetConfig))
 
 _DEFAULTS: dict[str, Any] = {"model": "resnet", "batch_size": 32, "image_size": 32,
                              "bn_mode": BNMode.TRAIN.value}
-_TOP_LEVEL = ("model", "seeds", "seed", "input_shape", "device", "grid")
+_TOP_LEVEL = ("model", "seeds", "seed", "input_shape", "device", "backward", "grid")
 _SEED_RANGE = 2**31  # seeds fit every RNG and every JSON reader
 
 
@@ -60,6 +60,8 @@ class Point:
             seed and sigprop version.
         input_shape: the shape of its input batch.
         device: the torch device it is measured on.
+        backward: whether its measurement also records the gradients (``measure(...,
+            backward=True)``).
     """
 
     config: tuple[tuple[str, Any], ...]
@@ -68,6 +70,7 @@ class Point:
     key: str
     input_shape: tuple[int, ...]
     device: str
+    backward: bool = False
 
     @property
     def settings(self) -> dict[str, Any]:
@@ -99,6 +102,7 @@ class Grid:
         input_shape: shape of one input without the batch (default ``(3, image_size,
             image_size)``); with it, ``image_size`` is not an axis.
         device: torch device of every point.
+        backward: every point also records the gradients of one backward pass.
 
     >>> grid = Grid.from_mapping({"grid": {"depth": [2, 4], "norm": ["batchnorm", "none"]},
     ...                           "seeds": 2})
@@ -112,11 +116,13 @@ class Grid:
     seed: int = 0
     input_shape: tuple[int, ...] | None = None
     device: str = "cpu"
+    backward: bool = False
 
     @classmethod
     def from_mapping(cls, doc: Mapping[str, Any]) -> Grid:
         """A grid from the form of a TOML file: ``model``, ``seeds``, ``seed``,
-        ``input_shape``, ``device``, and ``grid``, a table of axes (or an array of tables).
+        ``input_shape``, ``device``, ``backward``, and ``grid``, a table of axes (or an array
+        of tables).
 
         A list is an axis of several values; any other value is an axis of one value.
         """
@@ -142,9 +148,12 @@ class Grid:
                 axes = {"model": (doc["model"],), **axes}
             products.append(tuple(axes.items()))
         shape = doc.get("input_shape")
+        backward = doc.get("backward", False)
+        if not isinstance(backward, bool):
+            raise ValueError(f"backward {backward!r} must be true or false")
         grid = cls(tuple(products), seeds=doc.get("seeds", 1), seed=doc.get("seed", 0),
                    input_shape=None if shape is None else parse_shape(shape, "input_shape"),
-                   device=doc.get("device", "cpu"))
+                   device=doc.get("device", "cpu"), backward=backward)
         grid.points()  # validate now
         return grid
 
@@ -200,7 +209,7 @@ class Grid:
                          for axes in self.products],
                 "seeds": self.seeds, "seed": self.seed,
                 "input_shape": None if self.input_shape is None else list(self.input_shape),
-                "device": self.device}
+                "device": self.device, "backward": self.backward}
 
     def _complete(self, config: dict[str, Any], checked: set[str]) -> dict[str, Any]:
         """Defaults filled in, values checked: a one-line ValueError naming the first bad one."""
@@ -227,9 +236,12 @@ class Grid:
     def _point(self, config: dict[str, Any], shape: tuple[int, ...], replicate: int) -> Point:
         identity = {"config": config, "replicate": replicate, "input_shape": list(shape)}
         seed = int(_digest(identity | {"sweep_seed": self.seed}), 16) % _SEED_RANGE
-        key = _digest(identity | {"sweep_seed": self.seed, "device": self.device,
-                                  "sigprop": __version__})[:16]
-        return Point(tuple(config.items()), replicate, seed, key, shape, self.device)
+        measured = {"sweep_seed": self.seed, "device": self.device, "sigprop": __version__}
+        if self.backward:  # forward-only keys stay what they were
+            measured["backward"] = True
+        key = _digest(identity | measured)[:16]
+        return Point(tuple(config.items()), replicate, seed, key, shape, self.device,
+                     self.backward)
 
 
 def _digest(doc: Mapping[str, Any]) -> str:

@@ -77,7 +77,8 @@ def run_point(point: Point, threads: int | None = None) -> Outcome:
         model, info = point.source.builder()(point.seed)
         model.to(point.device)
         spec = InputSpec("gaussian", point.input_shape, point.seed)
-        trace = measure(model, spec, bn_mode=point.bn_mode, model_info=info)
+        trace = measure(model, spec, bn_mode=point.bn_mode, model_info=info,
+                        backward=point.backward)
         report = stats.report(trace)
     except Exception as e:
         return Outcome.failed(point.key, e, time.perf_counter() - started)

@@ -1,0 +1,115 @@
+"""The backward signal-propagation plot: gradient second moments and ratio per block."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+from sigprop.plotting._helpers import (
+    LOG,
+    THEORY,
+    band_line,
+    canvas,
+    last_finite,
+    log_label,
+    mark_overflow,
+    mark_stages,
+    outside_legend,
+    scale_y,
+    series,
+)
+from sigprop.plotting.quantities import Quantity
+from sigprop.plotting.style import DOUBLE_COLUMN
+from sigprop.theory import predict_gradients
+from sigprop.trace import BlockStats, GradRole, Trace
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
+
+__all__ = ["plot_spp_backward"]
+
+_LINES = ((GradRole.INPUT, "-"), (GradRole.SKIP, "--"), (GradRole.RESIDUAL, ":"))
+
+
+def _m2(role: GradRole) -> Quantity:
+    def quantity(block: BlockStats) -> float:
+        return math.nan if block.grad is None else block.grad.moments(role).m2
+    return quantity
+
+
+def _ratio(block: BlockStats) -> float:
+    return math.nan if block.grad is None else block.grad.ratio
+
+
+def plot_spp_backward(
+    traces: Trace | Sequence[Trace],
+    labels: Sequence[str] | None = None,
+    *,
+    theory: bool = True,
+    axes: Sequence[Axes] | None = None,
+) -> Figure:
+    """Backward signal-propagation plot against block index, two panels on log axes.
+
+    The gradients' second moments (``input`` dL/dx_l, and its ``skip`` and ``residual`` parts;
+    ``skip`` is dL/dy_l for an identity shortcut) and the branch/skip ratio of the gradients'
+    second moments, one colour per trace (geometric mean over runs with a 95% band), the
+    closed form of :func:`sigprop.theory.predict_gradients` dashed in black for the built-in
+    ResNets. Read from the right: the gradient enters at the last block and grows (or not)
+    towards the first.
+
+    Args:
+        traces: traces measured with ``backward=True``.
+        labels: legend entry per trace (default: from the model).
+        theory: draw the closed form where there is one.
+        axes: two axes to draw into (default: a new 1x2 figure).
+
+    Returns:
+        The figure holding the axes, with one legend under both panels (inside the first when
+        ``axes`` are given).
+
+    Raises:
+        ValueError: a trace has no gradient statistics.
+
+    >>> import sigprop
+    >>> trace = sigprop.measure(sigprop.models.resnet(4, width=4, seed=0),
+    ...                         sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0), backward=True)
+    >>> [ax.get_yscale() for ax in plot_spp_backward(trace).axes]
+    ['log', 'log']
+    """
+    lines = series([traces] if isinstance(traces, Trace) else list(traces), labels)
+    for line in lines:
+        if not line.trace.has_gradients:
+            raise ValueError(f"{line.label}: the trace has no gradient statistics; measure it "
+                             "with backward=True (sigprop analyze ... --backward)")
+    several = len(lines) > 1
+    with canvas(axes, 2, 1, (DOUBLE_COLUMN, 3.4)) as (fig, axs):
+        for trace, label, color in lines:
+            prefix = f"{label}: " if several else ""
+            for role, linestyle in _LINES:
+                quantity = _m2(role)
+                band_line(axs[0], trace, quantity, color,
+                          log_label(trace, quantity, prefix + role.value), linestyle, log=True)
+            band_line(axs[1], trace, _ratio, color, log_label(trace, _ratio, prefix + "measured"),
+                      log=True)
+            prediction = predict_gradients(trace) if theory else None
+            if prediction is not None:
+                end = last_finite(trace) + 1
+                name = prefix + "theory" + ("" if prediction.exact else " (approx.)")
+                axs[0].plot(range(end), prediction.input[:end], label=f"{name}: input",
+                            **THEORY)
+                axs[1].plot(range(end), prediction.ratio[:end],
+                            label=f"{name}: {prediction.rule.split(';')[0]}", **THEORY)
+            for ax in axs:
+                mark_stages(ax, trace)
+            mark_overflow(axs, trace, label if several else None)
+        titles = (("Gradient second moment", r"$E[(\partial L/\partial \cdot)^2]$"),
+                  ("Residual / skip gradient", r"$E[(J_f^\top g)^2]\, /\, E[(J_s^\top g)^2]$"))
+        for ax, (title, ylabel) in zip(axs, titles, strict=True):
+            ax.set_title(title)
+            ax.set_xlabel("block index $l$")
+            ax.set_ylabel(ylabel)
+            scale_y(ax, LOG)
+        outside_legend(fig, axs[0], axes is None, ncol=2, more=[axs[1]], fontsize=6)
+    return fig

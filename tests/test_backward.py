@@ -1,0 +1,295 @@
+"""Gradient statistics (measure(..., backward=True)): closed forms, an independent computation,
+model state."""
+
+from __future__ import annotations
+
+import functools
+import itertools
+import math
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+import sigprop
+from sigprop import stats
+from sigprop._backward import cotangent_seed
+from sigprop.theory import predict_gradients
+from tests.helpers import ScaledBlock, assert_unchanged, snapshot
+
+
+class PlainScaledBlock(nn.Module):
+    """:class:`ScaledBlock` without the marked addition: ``x + c x``, found by discovery."""
+
+    def __init__(self, channels: int, c: float):
+        super().__init__()
+        self.branch = ScaledBlock(channels, c).branch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.branch(x)
+        out += x  # in place, as torchvision does
+        return out
+
+
+@pytest.mark.parametrize("kind", ["marked", "discovered", "named"])
+def test_scaled_chain_gives_exact_gradient_ratios(kind: str) -> None:
+    cs = (0.5, -2.0, 3.0)
+    if kind == "marked":
+        model = nn.Sequential(*(ScaledBlock(3, c) for c in cs)).double()
+    else:
+        model = nn.Sequential(*(PlainScaledBlock(3, c) for c in cs)).double()
+    blocks = ["0", "1", "2"] if kind == "named" else None
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    trace = sigprop.measure(model, x, backward=True, seed=3, blocks=blocks)
+    found = trace.runs[0].blocks
+    assert [b.name for b in found] == ["0", "1", "2"]
+    for block, c in zip(found, cs, strict=True):
+        g = block.grad
+        assert g is not None
+        assert g.skip == g.output  # identity shortcut
+        for stat in ("var", "sq_mean"):
+            out = getattr(g.output, stat)
+            assert getattr(g.residual, stat) == pytest.approx(c**2 * out, rel=1e-12)
+            assert getattr(g.input, stat) == pytest.approx((1 + c) ** 2 * out, rel=1e-12)
+    for before, after in itertools.pairwise(found):
+        assert before.grad is not None and after.grad is not None
+        assert before.grad.output == after.grad.input  # the chain: x_{l+1} = y_l
+    # The last block's output gradient is the cotangent itself: i.i.d. N(0, 1) from the seed.
+    generator = torch.Generator().manual_seed(cotangent_seed(3))
+    cotangent = torch.randn(x.shape, generator=generator, dtype=torch.float64)
+    assert found[-1].grad is not None
+    assert found[-1].grad.output.m2 == pytest.approx(float(cotangent.square().mean()), rel=1e-12)
+
+
+def test_skipinit_at_zero_passes_the_gradient_exactly() -> None:
+    model = sigprop.models.resnet(4, norm="skipinit", seed=0)
+    trace = sigprop.measure(model, sigprop.InputSpec("gaussian", (4, 3, 8, 8), 0), backward=True)
+    for block in trace.runs[0].blocks:
+        assert block.grad is not None
+        assert block.grad.residual.m2 == 0.0
+        assert block.grad.input == block.grad.output == block.grad.skip
+        assert block.grad.output.m2 > 0
+
+
+def _reference(model: nn.Module, x: torch.Tensor, seed: int,
+               capture: Callable[[torch.Tensor, list[dict[str, torch.Tensor]]], Any]
+               ) -> list[dict[str, tuple[float, float]]]:
+    """Per block, float64 (var, sq_mean) of the four gradients by plain autograd.
+
+    ``capture`` runs the forward pass of a train-mode copy, filling one dict per block with its
+    input ``x``, ``skip``, ``residual`` operands and sum ``y`` (out of place), and returns the
+    model's output.
+    """
+    records: list[dict[str, torch.Tensor]] = []
+    x = x.detach().clone().requires_grad_(True)
+    output = capture(x, records)
+    generator = torch.Generator().manual_seed(cotangent_seed(seed))
+    cotangent = torch.randn(output.shape, generator=generator)
+    ys = [r["y"] for r in records]
+    outputs = torch.autograd.grad(output, ys, cotangent, retain_graph=True)
+    inputs = torch.autograd.grad(output, [r["x"] for r in records], cotangent,
+                                 retain_graph=True)
+    result = []
+    for r, g, gx in zip(records, outputs, inputs, strict=True):
+        (skip,) = torch.autograd.grad(r["skip"], r["x"], g, retain_graph=True)
+        (residual,) = torch.autograd.grad(r["residual"], r["x"], g, retain_graph=True)
+        result.append({name: _moments64(t) for name, t in
+                       (("output", g), ("skip", skip), ("residual", residual), ("input", gx))})
+    return result
+
+
+def _moments64(t: torch.Tensor) -> tuple[float, float]:
+    columns = t.double().transpose(0, 1).reshape(t.shape[1], -1)
+    mean = columns.mean(1)
+    var = columns.var(1, correction=0)
+    return float(var.mean()), float(mean.square().mean())
+
+
+def _compare(trace: sigprop.Trace, reference: list[dict[str, tuple[float, float]]]) -> None:
+    assert trace.n_blocks == len(reference)
+    for block, expected in zip(trace.runs[0].blocks, reference, strict=True):
+        assert block.grad is not None
+        for role in sigprop.GradRole:
+            m = block.grad.moments(role)
+            var, sq_mean = expected[role.value]
+            assert m.var == pytest.approx(var, rel=1e-5), (block.index, role)
+            assert m.sq_mean == pytest.approx(sq_mean, rel=1e-5, abs=1e-7 * (var + sq_mean)), \
+                (block.index, role)
+
+
+def _capture_marked(model: nn.Module) -> Callable[..., Any]:
+    """Capture through the ResidualAdd modules of a built-in ResNet (out-of-place sums)."""
+
+    def run(x: torch.Tensor, records: list[dict[str, torch.Tensor]]) -> Any:
+        handles = []
+        for block in model.blocks:
+            def before(module: nn.Module, args: tuple[Any, ...]) -> None:
+                records.append({"x": args[0]})
+
+            def after(module: nn.Module, args: tuple[Any, ...], out: torch.Tensor) -> None:
+                records[-1].update(skip=args[0], residual=args[1], y=out)
+
+            handles += [block.register_forward_pre_hook(before),
+                        block.add.register_forward_hook(after)]
+        try:
+            return model(x)
+        finally:
+            for h in handles:
+                h.remove()
+
+    return run
+
+
+@pytest.mark.parametrize("norm,stages", [("batchnorm", 2), ("none", 1)])
+def test_gradients_match_plain_autograd_on_builtin_resnets(norm: str, stages: int) -> None:
+    import copy
+
+    model = sigprop.models.resnet(6, norm=norm, stages=stages, seed=1)
+    x = sigprop.gaussian_input((8, 3, 8, 8), seed=1)
+    trace = sigprop.measure(model, x, backward=True, seed=1)
+    assert any(b.shortcut is sigprop.Shortcut.PROJECTION for b in trace.runs[0].blocks) == \
+        (stages > 1)
+    reference_model = copy.deepcopy(model)
+    for m in reference_model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.track_running_stats = False  # batch statistics, as measure's train mode
+    _compare(trace, _reference(reference_model, x, 1, _capture_marked(reference_model)))
+
+
+def _basic_block_forward(block: Any, records: list[dict[str, torch.Tensor]]
+                         ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """torchvision's BasicBlock.forward with an out-of-place sum that is recorded."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        skip = x if block.downsample is None else block.downsample(x)
+        residual = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(x)))))
+        y = skip + residual
+        records.append({"x": x, "skip": skip, "residual": residual, "y": y})
+        return torch.relu(y)
+
+    return forward
+
+
+def test_gradients_match_plain_autograd_on_torchvision_resnet18() -> None:
+    import copy
+
+    model = torchvision.models.resnet18(num_classes=10)
+    x = sigprop.gaussian_input((4, 3, 32, 32), seed=2)
+    before = snapshot(model)
+    trace = sigprop.measure(model, x, backward=True, seed=2)
+    assert_unchanged(model, before)
+    reference_model = copy.deepcopy(model)
+
+    def run(inputs: torch.Tensor, records: list[dict[str, torch.Tensor]]) -> Any:
+        for m in reference_model.modules():
+            if isinstance(m, torchvision.models.resnet.BasicBlock):
+                m.forward = _basic_block_forward(m, records)
+            if isinstance(m, nn.BatchNorm2d):
+                m.track_running_stats = False
+        return reference_model(inputs)
+
+    _compare(trace, _reference(reference_model, x, 2, run))
+    named = sigprop.measure(model, x, backward=True, seed=2,
+                            blocks=[b.name for b in trace.runs[0].blocks])
+    assert [b.grad for b in named.runs[0].blocks] == [b.grad for b in trace.runs[0].blocks]
+
+
+def test_forward_statistics_equal_a_forward_only_measurement_and_state_is_unchanged() -> None:
+    model = sigprop.models.resnet(5, stages=2, seed=0)
+    model.head.weight.requires_grad_(False)  # a flag that must come back as it was
+    spec = sigprop.InputSpec("gaussian", (4, 3, 8, 8), 0)
+    before = snapshot(model)
+    with_grad = sigprop.measure(model, spec, backward=True)
+    assert_unchanged(model, before)
+    assert all(p.grad is None for p in model.parameters())
+    forward = sigprop.measure(model, spec)
+    strip = [b.__class__.of(b, b.skip, b.residual, b.output, b.cross)
+             for b in with_grad.runs[0].blocks]
+    assert tuple(strip) == forward.runs[0].blocks
+    assert all(b.grad is None for b in forward.runs[0].blocks)
+
+
+class _FailingBackward(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
+        return x.clone()
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        raise RuntimeError("no gradient here")
+
+
+def test_state_is_restored_and_no_grad_written_when_backward_raises() -> None:
+    model = nn.Sequential(sigprop.models.resnet(3, seed=0))
+    model.register_forward_hook(lambda m, a, out: _FailingBackward.apply(out))
+    before = snapshot(model)
+    with pytest.raises(sigprop.BackwardError, match="no gradient here"):
+        sigprop.measure(model, sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0), backward=True)
+    assert_unchanged(model, before)
+    assert all(p.grad is None for p in model.parameters())
+
+
+def test_loss_is_back_propagated_and_bad_losses_are_named() -> None:
+    model = nn.Sequential(ScaledBlock(3, 0.5), ScaledBlock(3, 1.0)).double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64)
+    trace = sigprop.measure(model, x, backward=True, loss=lambda out: out.sum())
+    last = trace.runs[0].blocks[-1].grad
+    assert last is not None
+    assert (last.output.var, last.output.sq_mean) == (0.0, 1.0)  # dL/dy = 1 everywhere
+    with pytest.raises(ValueError, match="loss must return a scalar"):
+        sigprop.measure(model, x, backward=True, loss=lambda out: out)
+    with pytest.raises(ValueError, match="backward=True"):
+        sigprop.measure(model, x, loss=lambda out: out.sum())
+    def failing(out: torch.Tensor) -> torch.Tensor:
+        raise ZeroDivisionError("no loss")
+
+    with pytest.raises(sigprop.BackwardError, match="ZeroDivisionError: no loss"):
+        sigprop.measure(model, x, backward=True, loss=failing)
+
+
+def _seeds(kwargs: dict[str, Any], seeds: int = 4, depth: int = 12, width: int = 8
+           ) -> sigprop.Trace:
+    traces = [sigprop.measure(sigprop.models.resnet(depth, width=width, seed=s, **kwargs),
+                              sigprop.InputSpec("gaussian", (8, 3, 8, 8), s), backward=True)
+              for s in range(seeds)]
+    return functools.reduce(sigprop.Trace.merge, traces)
+
+
+@pytest.mark.parametrize("kwargs", [
+    {}, {"order": "relu-bn"}, {"norm": "none"}, {"norm": "skipinit", "alpha": 0.25},
+    {"norm": "sqrt-depth"}, {"variant": "v1"},
+], ids=["bn-v2", "relu-bn", "unnormalized", "skipinit-0.25", "sqrt-depth", "bn-v1"])
+def test_gradient_closed_forms_lie_in_the_fits_intervals_over_seeds(kwargs: dict[str, Any]
+                                                                   ) -> None:
+    trace = _seeds(kwargs)
+    fit_ids = stats.GRADIENT_FITS if kwargs != {"variant": "v1"} else \
+        (stats.FitId.GRAD_RATIO_EXPONENT,)  # v1's growth rate is an approximation
+    for fit_id in fit_ids:
+        estimate = stats.fit(trace, fit_id)
+        assert estimate.predicted is not None and estimate.n_runs == 4
+        assert estimate.contains(estimate.predicted), (fit_id, estimate)
+
+
+def test_bn_branch_gradient_ratio_is_one_over_the_normalized_variance() -> None:
+    # rho_l = 1/((1 - 1/pi) var_l) on a circular map: per block, within 15% over 4 seeds.
+    trace = _seeds({"padding": "circular"}, depth=8, width=16)
+    prediction = predict_gradients(trace)
+    assert prediction is not None and prediction.family == "bn-v2"
+    measured = stats.band(trace, lambda b: b.grad.ratio if b.grad else math.nan).mean
+    for block, (m, p) in enumerate(zip(measured, prediction.ratio, strict=True)):
+        assert m == pytest.approx(p, rel=0.15), block
+
+
+def test_overflowing_gradients_are_kept_non_finite_and_judged_explosive(tmp_path: Any) -> None:
+    net = sigprop.models.resnet(30, norm="skipinit", alpha=100.0, width=4, seed=0)
+    trace = sigprop.measure(net, sigprop.InputSpec("gaussian", (2, 3, 4, 4), 0), backward=True)
+    assert trace.first_overflow is not None  # the forward statistics: from the safe pass
+    first = trace.runs[0].blocks[0].grad
+    assert first is not None and not first.finite
+    trace.to_json(tmp_path / "stats.json")  # strict JSON: null for the non-finite values
+    assert sigprop.Trace.from_json(tmp_path / "stats.json").has_gradients
+    verdict = stats.report(trace).verdict("gradient_propagation")
+    assert verdict.outcome is stats.Outcome.CONSISTENT and "non-finite" in verdict.detail
