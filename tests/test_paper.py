@@ -51,7 +51,8 @@ def measured(frame: pd.DataFrame, series: str, quantity: str) -> pd.DataFrame:
 
 def test_every_figure_caption_and_table_is_written(quick: Path) -> None:
     assert NAMES == ["spp-resnet-v2-batchnorm", "spp-trio", "identity-bias", "normalizer-free",
-                     "sqrt-depth-law", "depth-sweep", "finite-size", "orderings", "zoo"]
+                     "sqrt-depth-law", "depth-sweep", "finite-size", "orderings", "zoo",
+                     "spp-backward"]
     for name in NAMES:
         assert (quick / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
         assert (quick / f"{name}.svg").read_text().lstrip().startswith("<?xml")
@@ -150,6 +151,20 @@ def test_finite_size_fits_with_intervals_and_padding_theory(quick: Path) -> None
     assert len(theory) == len(QUICK.finite_widths) and theory.nunique() == 1  # width-free
     assert 1 < theory.iloc[0] < 2
     assert "growth factor per block" in (quick / "finite-size.txt").read_text()
+
+
+def test_backward_figure_gradient_growth_against_its_closed_form(quick: Path) -> None:
+    frame = table(quick, "spp-backward")
+    assert set(frame.series) == {"BN v2", "unnormalized", "SkipInit, alpha = 0.25",
+                                 "branch / sqrt(d)"}
+    growth = {}
+    for series in set(frame.series):
+        m2 = measured(frame, series, "grad_input_m2").to_numpy()
+        growth[series] = float(np.exp(np.log(m2[:, 0] / m2[:, -1]).mean()))
+    # Gradients grow towards the input, least with the 1/sqrt(d) branches, most without BN.
+    assert growth["unnormalized"] > growth["BN v2"] > growth["branch / sqrt(d)"] > 1
+    caption = (quick / "spp-backward.txt").read_text()
+    assert "(theory x" in caption and "BN v2 (24 blocks): x" in caption
 
 
 def test_orderings_and_stage_resets(quick: Path) -> None:

@@ -26,6 +26,7 @@ class RunSpec:
             :func:`sigprop.models.resnet`.
         width, batch, image, seeds: channels of the first stage, images per batch, image side
             and seeds; None takes the :class:`FigureConfig`'s value.
+        backward: also measure the gradients of one backward pass.
     """
 
     depth: int
@@ -41,6 +42,7 @@ class RunSpec:
     model: str | None = None  # "torchvision:NAME" or "timm:NAME", built without weights
     nf_zero_init: bool = False
     fixup_zero_last: bool = True
+    backward: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,10 @@
-"""The figure set: its nine figures, and measuring and rendering them one at a time."""
+"""The figure set: its ten figures, and measuring and rendering them one at a time."""
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 
+from sigprop.paper.backward import backward_figure
 from sigprop.paper.config import FigureConfig, RunSpec
 from sigprop.paper.depth import law_figure, sweep_figure
 from sigprop.paper.finite import finite_size_figure
@@ -23,12 +24,12 @@ def figure_specs(config: FigureConfig) -> list[FigureSpec]:
     >>> from sigprop.paper import QUICK
     >>> [spec.name for spec in figure_specs(QUICK)]  # doctest: +NORMALIZE_WHITESPACE
     ['spp-resnet-v2-batchnorm', 'spp-trio', 'identity-bias', 'normalizer-free', 'sqrt-depth-law',
-     'depth-sweep', 'finite-size', 'orderings', 'zoo']
+     'depth-sweep', 'finite-size', 'orderings', 'zoo', 'spp-backward']
     """
     # In this order the trio's networks are measured once for the identity-bias figure too,
     # and its BN network once more for the normalizer-free comparison.
     figures = (headline_figure, trio_figure, identity_figure, methods_figure, law_figure,
-               sweep_figure, finite_size_figure, orderings_figure, zoo_figure)
+               sweep_figure, finite_size_figure, orderings_figure, zoo_figure, backward_figure)
     return [figure(config) for figure in figures]
 
 

@@ -39,7 +39,8 @@ def measure_run(spec: RunSpec, config: FigureConfig,
     for seed in spec.seeds or config.seeds:
         net, info = _build(spec, width, seed)
         inputs = sigprop.InputSpec("gaussian", (batch, 3, image, image), seed)
-        traces.append(sigprop.measure(net, inputs, model_info=info, progress=progress))
+        traces.append(sigprop.measure(net, inputs, model_info=info, progress=progress,
+                                      backward=spec.backward))
     return reduce(sigprop.Trace.merge, traces)
 
 
