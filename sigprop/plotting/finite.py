@@ -25,7 +25,7 @@ _PANELS = (
      stats.FitId.SKIP_SQ_MEAN_SLOPE, BN_BRANCH_SQ_MEAN, "image"),
     ("Skip variance per block", r"slope of $\mathrm{mean}_c\,\sigma_c^2(x_l)$",
      stats.FitId.SKIP_VAR_SLOPE, BN_BRANCH_VAR, "image"),
-    ("Unnormalized: growth per block", r"$g$ of $m_{2,l+1} = a + g\, m_{2,l}$",
+    ("Growth without BN", r"$g$ of $m_{2,l+1} = a + g\, m_{2,l}$",
      stats.FitId.GROWTH_RATE, 2.0, "width"),
 )
 _INFINITE: dict[str, Any] = {"color": "0.5", "linestyle": ":", "linewidth": 0.9}
