@@ -23,7 +23,7 @@ from torch import nn
 import sigprop
 from sigprop import stats
 from sigprop._validate import resolve_device
-from sigprop.plotting import plot_spp, plot_spp_backward
+from sigprop.plotting import MEASURED, plot_spp, plot_spp_backward
 
 from ._errors import UsageError
 from ._files import write_files
@@ -234,9 +234,8 @@ def summarize(collected: Collected, out: Path) -> None:
     table.add_row("effective depth (branch >= 0.1 x skip in norm)", str(result.effective_depth))
     table.add_row("time (build + measure)", f"{elapsed:.1f} s")
     if trace.has_gradients:
-        grad_in = stats.band(trace, lambda b: b.grad.input.m2 if b.grad else math.nan).mean
-        grad_out = stats.band(trace, lambda b: b.grad.output.m2 if b.grad else math.nan).mean
-        grad_ratio = stats.band(trace, lambda b: b.grad.ratio if b.grad else math.nan).mean
+        grad_in, grad_out, grad_ratio = (stats.band(trace, MEASURED[name]).mean for name in
+                                         ("grad_input_m2", "grad_output_m2", "grad_ratio"))
         table.add_row("gradient second moment, last block output", f"{grad_out[-1]:.4g}")
         table.add_row("gradient second moment, first block input", f"{grad_in[0]:.4g}")
         table.add_row("gradient growth, last block to first", f"x{grad_in[0] / grad_out[-1]:.4g}")

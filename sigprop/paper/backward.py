@@ -9,20 +9,12 @@ import numpy as np
 from sigprop.paper.config import FigureConfig, RunSpec
 from sigprop.paper.networks import colors_for
 from sigprop.paper.spec import FigureSpec, Rendering, Traces
-from sigprop.paper.tables import tidy
+from sigprop.paper.tables import measured, tidy
 from sigprop.plotting import plot_spp_backward
 from sigprop.theory import predict_gradients
-from sigprop.trace import BlockStats, Trace
+from sigprop.trace import Trace
 
 __all__ = ["backward_figure", "gradient_growth"]
-
-
-def _input_m2(block: BlockStats) -> float:
-    return math.nan if block.grad is None else block.grad.input.m2
-
-
-def _ratio(block: BlockStats) -> float:
-    return math.nan if block.grad is None else block.grad.ratio
 
 
 def gradient_growth(trace: Trace) -> tuple[float, float]:
@@ -54,8 +46,8 @@ def backward_figure(config: FigureConfig) -> FigureSpec:
         named = {label: traces[run] for label, run in runs.items()}
         fig = plot_spp_backward(list(named.values()), list(named),
                                 colors=colors_for(list(runs.values())))
-        data = tidy(list(named.values()), list(named),
-                    {"grad_input_m2": _input_m2, "grad_ratio": _ratio}, theory=False)
+        data = tidy(list(named.values()), list(named), measured("grad_input_m2", "grad_ratio"),
+                    theory=False)
         growth = "; ".join(
             f"{label} ({network.depth} blocks): x{m:.3g} (theory x{t:.3g})"
             for (label, network), (m, t) in zip(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
@@ -19,10 +18,10 @@ from sigprop.plotting._helpers import (
     scale_y,
     series,
 )
-from sigprop.plotting.quantities import Quantity
+from sigprop.plotting.quantities import MEASURED
 from sigprop.plotting.style import DOUBLE_COLUMN
 from sigprop.theory import predict_gradients
-from sigprop.trace import BlockStats, GradRole, Trace
+from sigprop.trace import GradRole, Trace
 
 if TYPE_CHECKING:
     from matplotlib.axes import Axes
@@ -31,16 +30,6 @@ if TYPE_CHECKING:
 __all__ = ["plot_spp_backward"]
 
 _LINES = ((GradRole.INPUT, "-"), (GradRole.SKIP, "--"), (GradRole.RESIDUAL, ":"))
-
-
-def _m2(role: GradRole) -> Quantity:
-    def quantity(block: BlockStats) -> float:
-        return math.nan if block.grad is None else block.grad.moments(role).m2
-    return quantity
-
-
-def _ratio(block: BlockStats) -> float:
-    return math.nan if block.grad is None else block.grad.ratio
 
 
 def plot_spp_backward(
@@ -94,12 +83,13 @@ def plot_spp_backward(
         roles = ((GradRole.INPUT, "-"),) if several else _LINES
         for trace, label, color in lines:
             for role, linestyle in roles:
-                quantity = _m2(role)
+                quantity = MEASURED[f"grad_{role.value}_m2"]
                 band_line(axs[0], trace, quantity, color,
                           log_label(trace, quantity, label if several else role.value),
                           linestyle, log=True)
-            band_line(axs[1], trace, _ratio, color,
-                      log_label(trace, _ratio, label if several else "measured"), log=True)
+            ratio = MEASURED["grad_ratio"]
+            band_line(axs[1], trace, ratio, color,
+                      log_label(trace, ratio, label if several else "measured"), log=True)
             prediction = predict_gradients(trace) if theory else None
             if prediction is not None:
                 end = last_finite(trace) + 1

@@ -31,7 +31,6 @@ if TYPE_CHECKING:
 
 __all__ = ["plot_identity_bias", "plot_zoo"]
 
-_COSINE_LABEL = r"$\cos(x_l,\ x_l + f_l(x_l))$"
 _NORM_RATIO_LABEL = r"$\|f_l(x_l)\|\,/\,\|x_l\|$"
 
 

@@ -8,12 +8,19 @@ from collections.abc import Callable
 from sigprop import stats
 from sigprop.config import ResNetConfig
 from sigprop.theory import BlockPrediction
-from sigprop.trace import BlockStats, Trace
+from sigprop.trace import BlockStats, GradRole, Trace
 
 __all__ = ["MEASURED", "PREDICTED", "Quantity", "TheoryQuantity", "fit_text", "network_depth"]
 
 Quantity = Callable[[BlockStats], float]
 TheoryQuantity = Callable[[BlockPrediction], float]
+
+def _gradient_m2(role: GradRole) -> Quantity:
+    """The second moment of one of a block's gradients (NaN where none was measured)."""
+    def quantity(block: BlockStats) -> float:
+        return math.nan if block.grad is None else block.grad.moments(role).m2
+    return quantity
+
 
 #: Per-block quantities by name: the names of the figures' data tables.
 MEASURED: dict[str, Quantity] = {
@@ -30,6 +37,9 @@ MEASURED: dict[str, Quantity] = {
     "cosine": lambda b: b.cosine,
     "one_minus_cosine": lambda b: 1 - b.cosine,
     "branch_norm_ratio": lambda b: b.branch_norm_ratio,
+    # Gradients (NaN for a trace measured without backward=True).
+    **{f"grad_{role.value}_m2": _gradient_m2(role) for role in GradRole},
+    "grad_ratio": lambda b: math.nan if b.grad is None else b.grad.ratio,
 }
 
 #: The closed form of each quantity of :data:`MEASURED` that :func:`sigprop.theory.predict` gives.
