@@ -7,7 +7,7 @@ import math
 import numpy as np
 
 from sigprop.paper.config import FigureConfig, RunSpec
-from sigprop.paper.networks import colors_for
+from sigprop.paper.networks import colors_for, skipinit_label
 from sigprop.paper.spec import FigureSpec, Rendering, Traces
 from sigprop.paper.tables import measured, tidy
 from sigprop.plotting import plot_spp_backward
@@ -38,7 +38,7 @@ def backward_figure(config: FigureConfig) -> FigureSpec:
         "BN v2": RunSpec(d, backward=True),
         "unnormalized": RunSpec(min(d, config.sweep_overflow_depth // 8), norm="none",
                                 backward=True),
-        "SkipInit, alpha = 0.25": RunSpec(d, norm="skipinit", alpha=0.25, backward=True),
+        skipinit_label(0.25): RunSpec(d, norm="skipinit", alpha=0.25, backward=True),
         "branch / sqrt(d)": RunSpec(d, norm="sqrt-depth", backward=True),
     }
 

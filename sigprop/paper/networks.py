@@ -34,7 +34,7 @@ _PALETTE_INDEX = {_key("v2", "batchnorm"): 0, _key("v2", "none"): 1,
                   _key("v2", "batchnorm", stages=True): 6}
 _FIXED = {_key("v2", "nf", 0.2): "#882255", _key("v2", "fixup"): "#44aa99",
           _key("v2", "fixup", fixup_zero_last=False): "#332288",
-          _key("v2", "skipinit", 0.2): "#999933"}
+          _key("v2", "skipinit", 0.2): "#999933", _key("v2", "skipinit", 0.25): "#aa4499"}
 
 
 def _network(run: RunSpec) -> _Key | None:
