@@ -250,7 +250,7 @@ def test_loss_is_back_propagated_and_bad_losses_are_named() -> None:
         sigprop.measure(model, x, backward=True, loss=failing)
 
 
-def _seeds(kwargs: dict[str, Any], seeds: int = 4, depth: int = 12, width: int = 8,
+def _seeds(kwargs: dict[str, Any], seeds: int = 4, depth: int = 12, width: int = 16,
            head: bool = False) -> sigprop.Trace:
     """Independent seeds of a built-in ResNet, merged; ``head`` redraws a zero classification
     layer (Fixup's) so that gradients flow."""
