@@ -321,6 +321,25 @@ def test_bn_v1_relu_passes_the_walks_share_of_the_gradient() -> None:
     assert math.prod(variance_shares) < 0.7 * math.prod(measured)
 
 
+def test_bn_v1_relu_share_after_a_projection_starts_a_new_walk() -> None:
+    # A projection's BN restarts the skip path: the first sum is N(0, 2), half of it is
+    # clipped, and the walk starts again from relu(N(0, 2)) (measured 0.544 after it).
+    trace = _seeds({"variant": "v1", "stages": 2}, depth=16)
+    prediction = predict_gradients(trace)
+    assert prediction is not None
+    measured = _shares(list(stats.band(trace, lambda b: b.grad.output.m2 if b.grad
+                                       else math.nan).mean),
+                       list(stats.band(trace, lambda b: b.grad.input.m2 if b.grad
+                                       else math.nan).mean))
+    predicted = _shares(list(prediction.output), list(prediction.input))
+    projection = next(b.index for b in trace.runs[0].blocks if b.stage == 1)
+    assert math.isnan(predicted[projection - 1])  # the projection's input: no closed form
+    assert measured[projection] < 0.6
+    for block, (m, p) in enumerate(zip(measured, predicted, strict=True)):
+        if block != projection - 1:
+            assert m == pytest.approx(p, rel=0.05), block
+
+
 @pytest.mark.parametrize("kwargs", [
     {"norm": "nf", "nf_zero_init": True}, {"norm": "fixup"}, {"norm": "fixup", "variant": "v1"},
 ], ids=["nf-zero-init", "fixup", "fixup-v1"])
