@@ -5,6 +5,7 @@ Usage (from the repository root, with the project's virtual environment):
     .venv/bin/python benchmarks/calibration.py                     # the full table (R = 200)
     .venv/bin/python benchmarks/calibration.py --quick             # a small run (about 20 s)
     .venv/bin/python benchmarks/calibration.py --cache calibration-cache --replications 400
+    .venv/bin/python benchmarks/calibration.py --gradients --replications 100   # gradient fits
 
 Method. Replication ``s`` (``s = 0 .. R-1``) builds the weights and the input from seed ``s``:
 ``measure(resnet(depth, seed=s, **kw), InputSpec("gaussian", (batch, 3, image, image), s))``, so
@@ -36,6 +37,10 @@ outside it; with 66 groups a calibrated ``cov3`` leaves the band by chance now a
   and the target applies;
 * ``inverse_ratio_slope``, ``ratio_exponent`` and ``growth_rate``: for every network. A fit with
   no finite estimate (a ratio that is exactly 0) is printed as ``nan`` with ``no estimate``.
+
+With ``--gradients`` the traces are measured with ``backward=True`` and the gradient fits
+(``grad_growth_rate``, ``grad_ratio_exponent``) are calibrated on :data:`GRADIENT_NETWORKS`; the
+target applies to both everywhere.
 
 Coverage is a binomial proportion: over R intervals its standard error is about
 ``sqrt(0.95 * 0.05 / R)`` (0.015 at R = 200, 0.027 over the 66 three-seed groups).
@@ -79,6 +84,16 @@ NETWORKS: dict[str, tuple[dict[str, Any], tuple[int, int]]] = {
 }
 """Name: (keyword arguments of ``sigprop.models.resnet``, (short depth, long depth))."""
 
+GRADIENT_NETWORKS: dict[str, tuple[dict[str, Any], tuple[int, int]]] = {
+    "bn-v2": ({}, (32, 128)),
+    "bn-v1": ({"variant": "v1"}, (32, 128)),
+    "unnormalized": ({"norm": "none"}, (16, 48)),
+    "skipinit-0.25": ({"norm": "skipinit", "alpha": 0.25}, (32, 128)),
+    "sqrt-depth": ({"norm": "sqrt-depth"}, (32, 128)),
+    "nf": ({"norm": "nf"}, (32, 128)),
+}
+"""The networks and depths of the gradient fits' calibration (``--gradients``)."""
+
 QUICK_DEPTHS: dict[str, tuple[int, int]] = {"unnormalized": (8, 32)}
 QUICK_DEFAULT_DEPTHS = (24, 64)  # not 16: sqrt-depth at 16 blocks is SkipInit 0.25
 QUICK_REPLICATIONS = 30
@@ -88,9 +103,11 @@ def has_law(network_kwargs: Mapping[str, Any], fit_id: FitId) -> bool:
     """Whether the 90-98% coverage target applies to ``fit_id`` on this network.
 
     The skip slopes only in the linearly growing families (batch norm in any order, and the
-    NF-ResNet, whose slope intervals come from its log-factors); the ratio fits and the growth
-    rate everywhere.
+    NF-ResNet, whose slope intervals come from its log-factors); the ratio fits, the growth
+    rate and the gradient fits everywhere.
     """
+    if fit_id in GRADIENT_FITS:
+        return True
     if fit_id in SKIP_SLOPES:
         return str(network_kwargs.get("norm", "batchnorm")) in ("batchnorm", "nf")
     return True
@@ -141,20 +158,24 @@ class CoverageRow:
 
 
 def _cache_file(cache: Path, network_kwargs: Mapping[str, Any], depth: int, width: int,
-                batch: int, image: int, seed: int) -> Path:
+                batch: int, image: int, seed: int, backward: bool) -> Path:
     name = "-".join(f"{k}={v}" for k, v in sorted(network_kwargs.items())) or "default"
-    return cache / f"{name}_d{depth}_w{width}_b{batch}_i{image}" / f"seed{seed}.json"
+    suffix = "_backward" if backward else ""
+    return cache / f"{name}_d{depth}_w{width}_b{batch}_i{image}{suffix}" / f"seed{seed}.json"
 
 
 def measure_seed(network_kwargs: Mapping[str, Any], depth: int, seed: int, *, width: int = 16,
-                 batch: int = 8, image: int = 16, cache: Path | None = None) -> sigprop.Trace:
-    """One replication's trace: weights and input from ``seed`` (read from ``cache`` if there)."""
-    path = (_cache_file(cache, network_kwargs, depth, width, batch, image, seed)
+                 batch: int = 8, image: int = 16, cache: Path | None = None,
+                 backward: bool = False) -> sigprop.Trace:
+    """One replication's trace: weights and input from ``seed`` (read from ``cache`` if there);
+    with ``backward`` the gradient statistics too."""
+    path = (_cache_file(cache, network_kwargs, depth, width, batch, image, seed, backward)
             if cache is not None else None)
     if path is not None and path.exists():
         return sigprop.Trace.from_json(path)
     net = sigprop.models.resnet(depth, width=width, seed=seed, **network_kwargs)
-    trace = sigprop.measure(net, sigprop.InputSpec("gaussian", (batch, 3, image, image), seed))
+    trace = sigprop.measure(net, sigprop.InputSpec("gaussian", (batch, 3, image, image), seed),
+                            backward=backward)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         trace.to_json(path)
@@ -217,12 +238,15 @@ def coverage(network_kwargs: Mapping[str, Any], depth: int, replications: int, *
              fit_ids: Sequence[FitId] = FORWARD_FITS) -> dict[FitId, CoverageRow]:
     """Measure ``replications`` seeds of ``resnet(depth, **network_kwargs)`` and the coverage.
 
+    The gradient fits among ``fit_ids`` measure with ``backward=True``.
+
     >>> rows = coverage({}, 8, 6, batch=4, image=8, fit_ids=[FitId.GROWTH_RATE])
     >>> rows[FitId.GROWTH_RATE].replications, rows[FitId.GROWTH_RATE].groups
     (6, 2)
     """
+    backward = any(f in GRADIENT_FITS for f in fit_ids)
     traces = [measure_seed(network_kwargs, depth, seed, width=width, batch=batch, image=image,
-                           cache=cache) for seed in range(replications)]
+                           cache=cache, backward=backward) for seed in range(replications)]
     return coverage_from_traces(traces, network_kwargs, fit_ids)
 
 
@@ -262,8 +286,11 @@ def main() -> None:
                              f"{QUICK_REPLICATIONS})")
     parser.add_argument("--quick", action="store_true",
                         help="shallower networks and fewer replications")
-    parser.add_argument("--networks", default=",".join(NETWORKS),
-                        help="comma-separated subset of " + ", ".join(NETWORKS))
+    parser.add_argument("--networks", default=None,
+                        help="comma-separated subset of " + ", ".join(NETWORKS) + " (with "
+                             "--gradients: " + ", ".join(GRADIENT_NETWORKS) + "); default all")
+    parser.add_argument("--gradients", action="store_true",
+                        help="calibrate the gradient fits (traces measured with backward=True)")
     parser.add_argument("--width", type=int, default=16)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--image", type=int, default=16)
@@ -274,23 +301,25 @@ def main() -> None:
     replications = args.replications or (QUICK_REPLICATIONS if args.quick else 200)
     if replications < 3:
         raise SystemExit("--replications must be at least 3")
-    names = args.networks.split(",")
-    unknown = [n for n in names if n not in NETWORKS]
+    networks = GRADIENT_NETWORKS if args.gradients else NETWORKS
+    fit_ids = GRADIENT_FITS if args.gradients else FORWARD_FITS
+    names = args.networks.split(",") if args.networks else list(networks)
+    unknown = [n for n in names if n not in networks]
     if unknown:
-        raise SystemExit(f"unknown networks {unknown}: use {', '.join(NETWORKS)}")
+        raise SystemExit(f"unknown networks {unknown}: use {', '.join(networks)}")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread, {replications} "
           f"replications, batch {args.batch}, {args.image}x{args.image} input, width "
           f"{args.width}; coverage in %, target {100 * TARGET[0]:.0f}-{100 * TARGET[1]:.0f}",
           file=sys.stderr)
     table: list[list[str]] = []
     for name in names:
-        kwargs, depths = NETWORKS[name]
+        kwargs, depths = networks[name]
         if args.quick:
             depths = QUICK_DEPTHS.get(name, QUICK_DEFAULT_DEPTHS)
         for depth in depths:
             start = time.perf_counter()
             rows = coverage(kwargs, depth, replications, width=args.width, batch=args.batch,
-                            image=args.image, cache=args.cache)
+                            image=args.image, cache=args.cache, fit_ids=fit_ids)
             print(f"{name} {depth} blocks: {time.perf_counter() - start:.1f} s", file=sys.stderr,
                   flush=True)
             table += [format_row(name, depth, row) for row in rows.values()]

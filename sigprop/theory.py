@@ -19,11 +19,12 @@ leaks through.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
 import numpy as np
+from scipy.special import ndtr
 
 from sigprop.config import Norm, Order, Padding, ResNetConfig, Variant
 from sigprop.models import NF_GAMMA, nf_betas
@@ -476,13 +477,17 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     first convolution's output, ``(1 - 1/pi)`` of its mean second moment, for the second). So
     the branch's gradient is ``rho_l`` times the block's output gradient, with
     ``rho_l = T'T'/((1 - 1/pi) m var_l)`` (BN-ReLU-Conv; ``2/(1 - 1/pi)^2`` for ReLU-BN-Conv,
-    ``T'T'`` alone without BN, times ``alpha^2`` or ``1/d``), and the input gradient is the
-    output's times ``1 + rho_l``: the gradient grows from the last block to the first by
-    ``prod (1 + rho_l)``. ``var_l`` is the forward prediction where there is one, else the
-    measured skip variance. Each stage is anchored on the measured output gradient of its last
-    block (mean over runs); v1 multiplies each block's output gradient by the share of its sum's
-    channel variance that the ReLU after it passes (measured: an approximation of the ReLU's
-    mask). See docs/theory.md.
+    ``T'T'`` alone without BN, times ``alpha^2`` or ``1/d``; NF: ``alpha^2 / ((1 - 1/pi)^2
+    beta_l^2)``, the scaled ReLUs' ``gamma^2 / 2`` twice; Fixup: 0 with its zero last layer,
+    else ``1/d``), and the input gradient is the output's times ``1 + rho_l``:
+    the gradient grows from the last block to the first by ``prod (1 + rho_l)``. ``var_l`` is
+    the forward prediction where there is one, else the measured skip variance. Each stage is
+    anchored on the measured output gradient of its last block (mean over runs). In BN v1 the
+    ReLU after each addition passes the share :func:`_relu_shares` of the gradient (a
+    reflected random walk of the skip path, with the correlation between the gradient and the
+    ReLU's mask); v1 without BN has no closed form (None), except Fixup's identity blocks.
+    Fixup's zero classification layer makes every gradient exactly 0 at initialization, and so
+    every prediction. See docs/theory.md.
 
     >>> import sigprop
     >>> trace = sigprop.measure(sigprop.models.resnet(4, norm="skipinit", seed=0),
@@ -502,16 +507,19 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     var = _mean_over_runs(trace, lambda b: b.skip.var)
     if forward.exact and config.norm is Norm.BATCHNORM:
         var = np.array([p.skip_var for p in forward.blocks])
-    post_relu = config.variant is Variant.V1
-    # v1: the ReLU after block l's sum passes part of the gradient to it; its share is taken
-    # as that of the sum's channel variance the ReLU passes on to the next block's input.
-    passed = np.ones(len(blocks))
-    if post_relu:
-        passed[:-1] = var[1:] / _mean_over_runs(trace, lambda b: b.output.var)[:-1]
+    betas = (nf_betas(config.depth, config.stages, config.alpha or 0.0)
+             if config.norm is Norm.NF else [1.0] * len(blocks))
     last_output = _mean_over_runs(trace, lambda b: b.grad.output.m2 if b.grad else math.nan)
     gain = _branch_gain(config)
+    post_relu = config.variant is Variant.V1
+    # v1: the ReLU after each addition masks the gradient. With BN its share has a closed form
+    # (_relu_shares); Fixup's identity blocks repeat the mask the gradient already carries.
+    # Other branches without BN have channel means that the walk leaves out: no closed form.
+    shares = post_relu and config.norm is Norm.BATCHNORM
+    if post_relu and not shares and not (config.norm is Norm.FIXUP and config.fixup_zero_last):
+        return None
     nan = [math.nan] * len(blocks)
-    output, skip, residual, inputs = list(nan), list(nan), list(nan), list(nan)
+    output, skip, residual, inputs = (np.array(nan) for _ in range(4))
     for stage in range(n_stages):
         members = [b for b in blocks if b.stage == stage]
         image = images[stage] or _Image(np.ones((1, 1)), np.ones((1, 1)))
@@ -524,38 +532,142 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
             if block.shortcut is Shortcut.PROJECTION:
                 break  # the skip part leaves the stage's map: no closed form here
             transposed = image.rows.T @ (image.rows.T @ profile @ image.cols) @ image.cols
-            branch = gain * transposed
+            branch = gain / betas[l] ** 2 * transposed
             if config.norm is Norm.BATCHNORM:
                 branch = branch / (coverage * var[l])
             skip[l], residual[l] = output[l], float(branch.mean())
             profile = profile + branch
             inputs[l] = float(profile.mean())
-            if post_relu and l > 0:
-                profile = profile * passed[l - 1]
+        if shares:
+            _apply_relu_shares(members, (output, skip, residual, inputs))
+    bn = ("2/((1 - 1/pi)^2 var_l)" if config.order is Order.RELU_BN and not post_relu
+          else "1/((1 - 1/pi) var_l)")
+    fixup = ("0 (the zero last layer: every block passes the gradient on exactly)"
+             if config.fixup_zero_last else f"1/d (d = {config.depth})")
     rules = {
-        Norm.BATCHNORM: ("g_in = (1 + rho_l) g_out, rho_l = " +
-                         ("2/((1 - 1/pi)^2 var_l)" if config.order is Order.RELU_BN
-                          and not post_relu else "1/((1 - 1/pi) var_l)")),
+        Norm.BATCHNORM: f"g_in = (1 + rho_l) g_out, rho_l = {bn}",
         Norm.NONE: "g_in = (1 + rho) g_out, rho = 1 (x2 per block)",
         Norm.SKIPINIT: f"g_in = (1 + alpha^2) g_out (alpha^2 = {(config.alpha or 0.0)**2:g})",
         Norm.SQRT_DEPTH: f"g_in = (1 + 1/d) g_out (d = {config.depth})",
+        Norm.NF: ("g_in = g_out (zero-initialized gains)" if config.nf_zero_init else
+                  "g_in = (1 + rho_l) g_out, rho_l = alpha^2 / ((1 - 1/pi)^2 beta_l^2) "
+                  f"(alpha^2 = {(config.alpha or 0.0)**2:g})"),
+        Norm.FIXUP: f"g_in = (1 + rho) g_out, rho = {fixup}; every gradient is 0 while the "
+                    "classification layer is (Fixup's zero init)",
     }
-    if config.norm not in rules:
-        return None
-    rule = rules[config.norm] + ("; times the ReLU's measured variance share after each "
-                                 "addition" if post_relu else "") + \
+    rule = rules[config.norm] + ("; times the share of the gradient that the ReLU after each "
+                                 "addition passes (a reflected random walk)" if shares else "") + \
         ("" if config.padding is Padding.CIRCULAR else "; zero padding on the measured map")
-    return GradientPrediction(forward.family, rule, not post_relu, tuple(output), tuple(skip),
-                              tuple(residual), tuple(inputs))
+    return GradientPrediction(forward.family, rule, not shares, tuple(output.tolist()),
+                              tuple(skip.tolist()), tuple(residual.tolist()),
+                              tuple(inputs.tolist()))
 
 
 def _branch_gain(config: ResNetConfig) -> float:
-    """The branch's backward gain before padding and batch norm's division (see above)."""
+    """The branch's backward gain before padding, batch norm's division and NF's ``1/beta_l^2``.
+
+    Each He convolution's transpose doubles the gradient's second moment and each ReLU's mask
+    halves it (v1 with BN: the first BN divides by ``2 var_l``, the first conv's output).
+    """
     if config.norm is Norm.BATCHNORM:
         relu_bn = config.order is Order.RELU_BN and config.variant is Variant.V2
         return 2 / BN_BRANCH_VAR**2 if relu_bn else 1 / BN_BRANCH_VAR
+    if config.norm is Norm.NF:
+        # Scaled ReLUs pass gamma^2 / 2 = 1/(1 - 1/pi) each; a WS convolution's transpose
+        # keeps the second moment (unit rows, fan-out = fan-in).
+        return 0.0 if config.nf_zero_init else (config.alpha or 0.0) ** 2 / BN_BRANCH_VAR**2
+    if config.norm is Norm.FIXUP:
+        return 0.0 if config.fixup_zero_last else 1 / config.depth
     if config.norm is Norm.SKIPINIT:
         return (config.alpha or 0.0) ** 2
     if config.norm is Norm.SQRT_DEPTH:
         return 1 / config.depth
     return 1.0
+
+
+def _apply_relu_shares(members: Sequence[BlockStats], columns: tuple[np.ndarray, ...]) -> None:
+    """BN v1: scale one stage's predictions by the shares the ReLUs after its additions pass.
+
+    The columns (output, skip, residual, input) were propagated without the masks; every mask
+    multiplies all of them below it by a scalar, which leaves each block's ``rho_l`` as it was.
+    """
+    output, residual = columns[0], columns[2]
+    identity = [b.index for b in members if b.shortcut is Shortcut.IDENTITY]
+    if not identity:
+        return
+    rho = [residual[l] / output[l] if output[l] else 0.0 for l in identity]
+    # The branch ends in BN: unit channel variance whatever the skip path's level. After a
+    # projection (itself BN-normalized) the first sum has variance 2.
+    shares = _relu_shares(rho, 1.0 if members[0].shortcut is Shortcut.IDENTITY else 2.0)
+    factor = 1.0
+    for position in range(len(identity) - 1, -1, -1):
+        for column in columns:
+            column[identity[position]] *= factor
+        factor *= shares[position]
+    if members[0].shortcut is Shortcut.PROJECTION:
+        output[members[0].index] *= factor
+
+
+# Grid of the reflected walk (in units of the branch's standard deviation): bins of at most
+# 1/8, at most this many of them, over this many standard deviations of the walk's spread.
+_WALK_BINS = 4000
+_WALK_RANGE = 8.0
+
+
+def _relu_shares(rho: Sequence[float], start: float) -> np.ndarray:
+    """Shares of the gradient's second moment passed by the ReLU before each block of a BN v1 stage.
+
+    One position and channel of the skip path is a reflected random walk:
+    ``x_{k+1} = relu(y_k)``, ``y_k = x_k + xi_k``, with ``xi_k ~ N(0, 1)`` the branch (it ends
+    in BN: zero channel mean, unit channel variance, independent of ``x_k`` at initialization)
+    and ``x_0 = relu(N(0, start))``. The gradient at ``x_k`` is the branch part (``rho_k`` times
+    the output gradient's mean second moment, spread over the map by the convolutions) plus
+    ``1{y_k > 0}`` times the gradient at ``x_{k+1}``, which carries the masks of the blocks
+    after it: the gradient is smaller where the skip path sits at 0. Its second moment given
+    the state obeys ``G_k(x) = rho_k E[G_out,k] + E[1{x + xi > 0} G_{k+1}(x + xi)]``,
+    ``G_n = 1`` (the head's or the next stage's gradient does not depend on the sign). The
+    ReLU before block ``k`` zeroes the positions at 0 and passes
+    ``1 - P(x_k = 0) G_k(0) / E[G_k(x_k)]`` (its pass rate ``P(y > 0)`` alone leaves out that
+    ``G_k(0)`` is small). Returns the shares ``k = 0 .. n-1`` (the first is the stem's or the
+    projection's ReLU).
+
+    >>> [round(float(s), 3) for s in _relu_shares([0.0], 1.0)]  # 1 - (1/2)(1/2) / (5/8)
+    [0.6]
+    """
+    n = len(rho)
+    x_max = _WALK_RANGE * math.sqrt(start + n)
+    h = max(1 / 8, x_max / _WALK_BINS)
+    x = np.arange(int(x_max / h) + 2) * h
+    reach = math.ceil(_WALK_RANGE / h)
+    offsets = np.arange(-reach, reach + 1) * h
+    weights = ndtr(offsets + h / 2) - ndtr(offsets - h / 2)  # P(xi in each bin's width)
+    to_first_bin: np.ndarray = ndtr(h / 2 - x)  # P(y < h/2): the bin of 0 (the atom and (0, h/2))
+    to_zero: np.ndarray = ndtr(-x)  # P(y <= 0): the atom
+
+    def masked(g: np.ndarray) -> np.ndarray:
+        """``E[1{x + xi > 0} g(x + xi)]`` on the grid."""
+        positive = g.copy()
+        positive[0] = 0.0
+        out: np.ndarray = np.convolve(positive, weights)[reach:reach + x.size] \
+            + (to_first_bin - to_zero) * g[0]
+        return out
+
+    deviation = math.sqrt(start)
+    density = ndtr((x + h / 2) / deviation) - ndtr((x - h / 2) / deviation)
+    density[0] = ndtr(h / 2 / deviation)
+    densities, atoms = [density], [0.5]
+    for _ in range(n - 1):
+        density = densities[-1]
+        moved = np.convolve(density, weights)[reach:reach + x.size]
+        moved[0] = float(density @ to_first_bin)
+        atoms.append(float(density @ to_zero))
+        densities.append(moved)
+    shares = np.empty(n)
+    g = np.ones(x.size)
+    for k in range(n - 1, -1, -1):
+        passed = masked(g)
+        g = rho[k] * float(densities[k] @ passed) + passed
+        mean = float(densities[k] @ g)
+        shares[k] = 1.0 - atoms[k] * g[0] / mean
+        g = g / mean
+    return shares

@@ -455,34 +455,99 @@ def _grad_ratio_power_law(s: _GradSeries, keep: np.ndarray) -> tuple[float, floa
     return float(slope), float(math.exp(intercept))
 
 
-_GRADIENT_FITS = {FitId.GRAD_GROWTH_RATE: _Fit(_grad_growth, segments=4),
+# The jackknife layouts of the gradient fits, from their calibration on real traces
+# (benchmarks/calibration.py --gradients, docs/theory.md). Where the theory's skip path grows
+# geometrically (unnormalized, SkipInit, branch / sqrt(d), Fixup without its zero last layer),
+# the gradient's factors carry a part that the whole run shares (the gradient's and the skip
+# path's channel composition persist: the mean log-factors of a run's two halves correlate
+# 0.2-0.6 over seeds), which no split of one run sees in full. A branch that renews a large
+# share of the gradient per block (unnormalized: rho ~ 1) leaves 3 segments enough; a small
+# one (SkipInit, sqrt-depth: rho << 1) only the halves' disagreement (one degree of freedom).
+# Elsewhere (batch norm, NF) a growth rate's factors are close to independent: 8 segments.
+_GRADIENT_FITS = {FitId.GRAD_GROWTH_RATE: _Fit(_grad_growth, segments=8),
                   FitId.GRAD_RATIO_EXPONENT: _Fit(_grad_ratio_power_law, segments=6,
                                                   log_spaced=True)}
+_GEOMETRIC_GRADIENT_FITS = {FitId.GRAD_GROWTH_RATE: _Fit(_grad_growth, segments=3),
+                            FitId.GRAD_RATIO_EXPONENT: _Fit(_grad_ratio_power_law, segments=3,
+                                                            log_spaced=True)}
+_SLOW_GROWTH_RATE = _Fit(_grad_growth, segments=2)
+_FAST_GROWTH = 1.5  # a geometric factor per block from which the branch renews the gradient fast
+
+
+def _gradient_layout(fit_id: FitId, forward: Prediction | None) -> tuple[_Fit, bool]:
+    """The jackknife of a gradient fit for this theory, and whether its growth is geometric."""
+    growth = forward.growth if forward is not None else None
+    if growth is None or growth <= 1:
+        return _GRADIENT_FITS[fit_id], False
+    if fit_id is FitId.GRAD_GROWTH_RATE and growth < _FAST_GROWTH:
+        return _SLOW_GROWTH_RATE, True
+    return _GEOMETRIC_GRADIENT_FITS[fit_id], True
 
 
 def _gradient_fit(trace: Trace, fit_id: FitId, stage: int, level: float) -> Estimate:
-    """A gradient fit of one stage's identity blocks (a projection's parts leave the stage)."""
-    chosen = _GRADIENT_FITS[fit_id]
+    """A gradient fit of one stage's identity blocks (a projection's parts leave the stage).
+
+    The jackknife's layout depends on whether the theory's skip path grows geometrically
+    (:func:`_gradient_layout`); models without a theory get batch norm's. Where the
+    theory predicts a falling ratio (batch norm, NF), the ratio exponent's within-run
+    variance comes from the deviations from the theory's curve
+    (:func:`_deviation_variance`).
+    """
+    forward = predict(trace)
+    chosen, geometric = _gradient_layout(fit_id, forward)
     series = []
     for run in trace.runs:
         blocks = [b for b in run.blocks if b.stage == stage
                   and b.shortcut is Shortcut.IDENTITY and b.grad is not None]
         series.append(_grad_series([(b.skip.var, b.grad.input.m2, b.grad.ratio)
                                     for b in blocks if b.grad is not None]))
-    estimate, ci, intercept, runs, df = _pooled([_run_fit(chosen, s) for s in series], level)
-    predicted = None
-    forward, backward = predict(trace), predict_gradients(trace)
+    backward = predict_gradients(trace)
+    theory = None
     if forward is not None and backward is not None:
-        first = trace.runs[0].blocks
-        indices = [b.index for b in first if b.stage == stage
+        indices = [b.index for b in trace.runs[0].blocks if b.stage == stage
                    and b.shortcut is Shortcut.IDENTITY]
         theory = _grad_series([(_skip_var(trace, forward, i), backward.input[i],
                                 backward.ratio[i]) for i in indices])
-        if theory.size:
-            value = chosen.fitter(theory, np.ones(theory.size, bool))[0]
-            predicted = value if math.isfinite(value) else None
+    per_run = [_run_fit(chosen, s) for s in series]
+    if fit_id is FitId.GRAD_RATIO_EXPONENT and not geometric and theory is not None:
+        per_run = [_RunFit(r.value, r.intercept,
+                           *_deviation_variance(s, theory.grad_ratio[theory.size - s.size:]))
+                   if math.isfinite(r.value) and s.size <= theory.size else r
+                   for r, s in zip(per_run, series, strict=True)]
+    estimate, ci, intercept, runs, df = _pooled(per_run, level)
+    predicted = None
+    if theory is not None and theory.size:
+        value = chosen.fitter(theory, np.ones(theory.size, bool))[0]
+        predicted = value if math.isfinite(value) else None
     return Estimate(fit_id, stage, estimate, ci, sum(s.size for s in series), runs, df,
                     predicted, intercept)
+
+
+# Segments of the batch means of the ratio exponent's deviations from the theory.
+_DEVIATION_SEGMENTS = 4
+
+
+def _deviation_variance(s: _GradSeries, predicted_ratio: np.ndarray) -> tuple[float, int]:
+    """Variance and df of one run's ``grad_ratio_exponent`` from its deviations from the theory.
+
+    The exponent is a linear function of the log ratios, ``sum_l c_l log r_l``; the theory's
+    curve is not a power law (``1/var_l`` bends in ``log n``), so residuals around the fitted
+    line are mostly that bend, the same in every run, and a jackknife on them is 7 (BN) to 50
+    (NF) times the spread over seeds. The deviations ``d_l = log(r_l / r_l^theory)`` are the
+    run's own noise: the sums of ``c_l (d_l - mean d)`` over 4 contiguous segments (batch means,
+    which keep the skip path's slow wander) estimate the exponent's variance.
+    """
+    positions = np.arange(1, s.size + 1, dtype=float)
+    used = (s.grad_ratio > 0) & (predicted_ratio > 0)
+    count = min(_DEVIATION_SEGMENTS, int(used.sum()) // 2)
+    if count < 2:
+        return math.nan, 0
+    design = np.column_stack([np.ones(int(used.sum())), np.log(positions[used])])
+    weights = np.linalg.pinv(design)[1]
+    deviation = np.log(s.grad_ratio[used] / predicted_ratio[used])
+    edges = np.linspace(0, deviation.size, count + 1).round().astype(int)
+    sums = np.add.reduceat(weights * (deviation - deviation.mean()), edges[:-1])
+    return count / (count - 1) * float((sums**2).sum()), count - 1
 
 
 @dataclass(frozen=True, slots=True)

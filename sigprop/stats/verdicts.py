@@ -290,7 +290,9 @@ def _gradient_verdict(trace: Trace, rate: Estimate, exponent: Estimate,
     overflow = any(b.grad is not None and not b.grad.finite for _, b in trace.blocks()
                    if b.stage == rate.stage)
     factor = rate.estimate ** n if math.isfinite(rate.estimate) else math.nan
-    ci = tuple(c ** n if math.isfinite(c) and c > 0 else math.nan for c in rate.ci95)
+    # A rate's interval may reach below 0 (one seed of a geometric family: its halves'
+    # disagreement): the projected growth's lower end is then 0.
+    ci = tuple(max(c, 0.0) ** n if math.isfinite(c) else math.nan for c in rate.ci95)
     if overflow:
         outcome, detail = Outcome.CONSISTENT, "the gradient is non-finite in this stage"
     elif not math.isfinite(ci[0]) or not math.isfinite(ci[1]):
