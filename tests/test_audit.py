@@ -238,3 +238,7 @@ def test_gradient_check_fails_a_vanishing_gradient_and_cannot_judge_short_stages
     assert vanishing.measured == pytest.approx(0.25, rel=1e-9)
     short = gradient_finding(3)
     assert short.status is Status.INFO and "too short" in short.message
+    # Five blocks give a rate, but too few pairs are left when the jackknife deletes a segment.
+    no_interval = gradient_finding(5)
+    assert no_interval.status is Status.INFO
+    assert "x0.25 per block" in no_interval.message and "measure more seeds" in no_interval.message

@@ -195,7 +195,8 @@ def _explosion_verdict(stage: int | None, growth: Growth, n_runs: int,
         outcome = Outcome.INCONCLUSIVE
         where = "this stage is" if stage is not None else "every stage is"
         detail = (f"{where} too short to fit a growth rate with an interval ({growth.unjudged} "
-                  "block(s) in all; a stage needs at least 4 blocks, and seeds narrow it)")
+                  "block(s) in all): measure more seeds (their spread gives one) or deeper "
+                  "stages")
     else:
         outcome = _equivalence(growth.ci95, tol.explosion_growth, math.inf)
         if outcome is Outcome.INCONSISTENT and growth.unjudged:
@@ -283,7 +284,7 @@ def _gradient_verdict(trace: Trace, rate: Estimate, exponent: Estimate,
     Projected over the stage's identity blocks as ``g ** n`` from the fitted rate
     :data:`FitId.GRAD_GROWTH_RATE`; a non-finite gradient counts as an explosion.
     """
-    n = rate.n // max(rate.n_runs, 1)
+    n = rate.n // max(len(trace.runs), 1)  # identity blocks per run
     bound = tol.gradient_growth
     tolerance = (f"projected growth towards the input >= x{bound:g} or <= x{1 / bound:g} over "
                  "the stage, or a non-finite gradient")
@@ -295,10 +296,13 @@ def _gradient_verdict(trace: Trace, rate: Estimate, exponent: Estimate,
     ci = tuple(max(c, 0.0) ** n if math.isfinite(c) else math.nan for c in rate.ci95)
     if overflow:
         outcome, detail = Outcome.CONSISTENT, "the gradient is non-finite in this stage"
+    elif not math.isfinite(rate.estimate):
+        outcome, detail = Outcome.INCONCLUSIVE, (
+            f"too short to fit a growth rate ({n} identity block(s); the fit needs at least 4)")
     elif not math.isfinite(ci[0]) or not math.isfinite(ci[1]):
         outcome, detail = Outcome.INCONCLUSIVE, (
-            f"too short to fit a growth rate with an interval ({n} identity block(s); a stage "
-            "needs at least 4, and seeds narrow it)")
+            f"x{rate.estimate:.4g} per block, but {n} identity block(s) of one run give no "
+            "interval: measure more seeds (their spread gives one) or a deeper stage")
     else:
         explodes, vanishes = (_equivalence(ci, bound, math.inf),  # type: ignore[arg-type]
                               _equivalence(ci, 0.0, 1 / bound))  # type: ignore[arg-type]
