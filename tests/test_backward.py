@@ -368,6 +368,9 @@ def test_fixup_zero_classifier_makes_every_gradient_zero() -> None:
     for block in trace.runs[0].blocks:
         assert block.grad is not None and block.grad.input.m2 == block.grad.residual.m2 == 0.0
     assert set(prediction.input) == set(prediction.residual) == {0.0}
+    # Nothing to judge: the verdict says why, instead of calling 4 blocks too few.
+    verdict, = [v for v in stats.verdicts(trace) if v.id is stats.VerdictId.GRADIENT_PROPAGATION]
+    assert verdict.outcome is stats.Outcome.INCONCLUSIVE and "exactly 0" in verdict.detail
 
 
 def test_v1_without_batch_norm_has_no_gradient_closed_form() -> None:

@@ -288,14 +288,19 @@ def _gradient_verdict(trace: Trace, rate: Estimate, exponent: Estimate,
     bound = tol.gradient_growth
     tolerance = (f"projected growth towards the input >= x{bound:g} or <= x{1 / bound:g} over "
                  "the stage, or a non-finite gradient")
-    overflow = any(b.grad is not None and not b.grad.finite for _, b in trace.blocks()
-                   if b.stage == rate.stage)
+    gradients = [b.grad for _, b in trace.blocks() if b.stage == rate.stage and b.grad is not None]
+    overflow = any(not g.finite for g in gradients)
+    zero = bool(gradients) and all(g.output.m2 == 0 and g.input.m2 == 0 for g in gradients)
     factor = rate.estimate ** n if math.isfinite(rate.estimate) else math.nan
     # A rate's interval may reach below 0 (one seed of a geometric family: its halves'
     # disagreement): the projected growth's lower end is then 0.
     ci = tuple(max(c, 0.0) ** n if math.isfinite(c) else math.nan for c in rate.ci95)
     if overflow:
         outcome, detail = Outcome.CONSISTENT, "the gradient is non-finite in this stage"
+    elif zero:
+        outcome, detail = Outcome.INCONCLUSIVE, (
+            "every gradient of this stage is exactly 0: nothing reaches it from the output (a "
+            "zero-initialized layer after the blocks, such as Fixup's classifier)")
     elif not math.isfinite(rate.estimate):
         outcome, detail = Outcome.INCONCLUSIVE, (
             f"too short to fit a growth rate ({n} identity block(s); the fit needs at least 4)")
