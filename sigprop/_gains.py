@@ -60,15 +60,13 @@ def describe_gains(blocks: Sequence[tuple[str, tuple[GainTerm, ...]]]) -> list[s
         parameters); a constant factor reads ``constant 0.2``; several are joined with `` * ``.
         Names are relative to the block when inside it. None: no gain seen.
     """
-    tensors = [t.value for _, terms in blocks for t in terms if isinstance(t.value, torch.Tensor)]
+    tensors = [t for _, ts in blocks for t in ts if isinstance(t.value, torch.Tensor)]
     summary: list[list[float]] = []
     if tensors:
         with torch.no_grad():
-            rows = [torch.stack((v.detach().double().abs().mean(),
-                                 (v.detach() == 0).all().double(),
-                                 v.detach().double().reshape(-1)[0])).to(tensors[0].device)
-                    for v in tensors]
-            summary = torch.stack(rows).cpu().tolist()
+            rows = [_summary(t) for t in tensors]
+            device = rows[0].device
+            summary = torch.stack([r.to(device) for r in rows]).cpu().tolist()
     it = iter(summary)
     described: list[str | None] = []
     for owner, terms in blocks:
@@ -88,6 +86,21 @@ def describe_gains(blocks: Sequence[tuple[str, tuple[GainTerm, ...]]]) -> list[s
                              else f"{name}: mean |g| = {mean_abs:.3g}")
         described.append(" * ".join(parts) if parts else None)
     return described
+
+
+def _summary(term: GainTerm) -> torch.Tensor:
+    """``(mean |v|, all zero, first value)`` of a term's tensor, as float64 on its device.
+
+    Only a multi-element parameter gain (a per-channel scale) needs its mean: a layer's weight
+    (millions of values) is only tested for zero, without float64 copies.
+    """
+    assert isinstance(term.value, torch.Tensor)
+    v = term.value.detach()
+    zero = (v == 0).all().double()
+    first = v.reshape(-1)[0].double()
+    mean = v.double().abs().mean() if term.kind == "param" and v.numel() > 1 \
+        else zero
+    return torch.stack((mean, zero, first))
 
 
 class ParamNames:
