@@ -107,19 +107,26 @@ class ParamNames:
     """The qualified names of a model's parameters and buffers, and of tensors made from them."""
 
     def __init__(self, model: nn.Module) -> None:
-        self._names: dict[int, str] = {}
+        self.own: dict[int, str] = {}
+        """``id(tensor) -> name`` of the parameters and buffers (the first name of a shared one)."""
+        self._tensors: dict[str, torch.Tensor] = {}
         for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
-            self._names.setdefault(id(tensor), name)
+            if self.own.setdefault(id(tensor), name) == name:
+                self._tensors[name] = tensor
         self._aliases: TensorMap[str] = TensorMap()
+
+    def tensor(self, name: str) -> torch.Tensor | None:
+        """The parameter or buffer ``name`` (a name :meth:`of` gave), None if none."""
+        return self._tensors.get(name)
 
     def of(self, tensor: torch.Tensor) -> str | None:
         """The name of ``tensor`` if it is a parameter or buffer or was computed from one only."""
-        name = self._names.get(id(tensor))
+        name = self.own.get(id(tensor))
         return name if name is not None else self._aliases.get(tensor)
 
     def is_own(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` is a parameter or buffer itself, not computed from one."""
-        return id(tensor) in self._names
+        return id(tensor) in self.own
 
     def alias(self, tensors: Sequence[torch.Tensor], name: str) -> None:
         """Name tensors computed from the parameter ``name`` only.
