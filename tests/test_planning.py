@@ -252,3 +252,16 @@ def test_the_model_is_restored_when_its_forward_raises_during_a_replay() -> None
 def test_plan_must_be_a_plan() -> None:
     with pytest.raises(TypeError, match=r"plan must be a sigprop\.Plan, got dict"):
         sigprop.measure(Exploding(), torch.randn(2, 8), plan={})  # type: ignore[arg-type]
+
+
+def test_sweep_replicates_of_a_configuration_share_a_plan() -> None:
+    from sigprop.sweep import Grid
+    from sigprop.sweep.point import _plan, run_point
+
+    grid = Grid.from_mapping({"model": "torchvision:resnet18", "seeds": 2,
+                              "grid": {"image_size": 16, "batch_size": 2}})
+    first, second = grid.points()
+    assert run_point(first).status.value == run_point(second).status.value == "done"
+    plan = _plan(first)
+    assert plan is _plan(second)
+    assert (plan.discoveries, plan.replays) == (1, 1)
