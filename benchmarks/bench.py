@@ -6,6 +6,8 @@ Usage (from the repository root, with the project's virtual environment):
     .venv/bin/python benchmarks/bench.py --depths 64,512 --pairs 7 --models resnet
     .venv/bin/python benchmarks/bench.py --models torchvision:resnet50 --batch 8 --image 64
     .venv/bin/python benchmarks/bench.py --backward --depths 512 --pairs 5   # with gradients
+    .venv/bin/python benchmarks/bench.py --plan --models torchvision:resnet50 --batch 8 --image 224
+    .venv/bin/python benchmarks/bench.py --plan --models model:benchmarks/tiny.py:tiny --image 8
 
 Method. Both sides run the same model on the same input with batch norm in train mode under
 ``torch.no_grad()``. Time: in one process, the bare pass and ``measure`` alternate (the order
@@ -19,6 +21,11 @@ back as page faults whose cost varies from run to run by more than the overhead 
 With ``--backward`` the bare pass is a forward and a backward pass with the same cotangent as
 ``measure(..., backward=True)``: ``torch.autograd.grad`` of the output with respect to the input,
 parameters not requiring grad (on both sides).
+
+With ``--plan`` each round runs three sides in a rotating order: the bare pass, a *first*
+``measure`` (a fresh :class:`sigprop.Plan`: discovery, recording the plan) and a *planned*
+``measure`` (one plan reused, recorded in the warm-up: replayed); the table gives, per model,
+the median bare time and the medians of the per-round ratios first/bare and planned/bare.
 """
 
 from __future__ import annotations
@@ -68,6 +75,32 @@ def bare(net: nn.Module, x: torch.Tensor, backward: bool = False) -> None:
 
 def measured(net: nn.Module, x: torch.Tensor, backward: bool = False) -> sigprop.Trace:
     return sigprop.measure(net, x, backward=backward)
+
+
+def time_plan(net: nn.Module, x: torch.Tensor, rounds: int, backward: bool = False
+              ) -> tuple[float, list[float], list[float]]:
+    """Median bare time and per-round ratios first/bare and planned/bare (rotating order)."""
+    net.train()
+    plan = sigprop.Plan()
+    sides: list[Callable[[], object]] = [
+        lambda: bare(net, x, backward),
+        lambda: sigprop.measure(net, x, backward=backward, plan=sigprop.Plan()),
+        lambda: sigprop.measure(net, x, backward=backward, plan=plan),
+    ]
+    for warm_up in sides:  # records the reused plan
+        warm_up()
+    bares, firsts, planned = [], [], []
+    for k in range(rounds):
+        times = [0.0, 0.0, 0.0]
+        for j in range(3):
+            which = (j + k) % 3
+            times[which] = timed(sides[which])
+        bares.append(times[0])
+        firsts.append(times[1] / times[0])
+        planned.append(times[2] / times[0])
+    if plan.discoveries != 1:
+        raise SystemExit(f"the reused plan fell back to discovery: {plan}")
+    return statistics.median(bares), firsts, planned
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -131,6 +164,8 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the child processes")
     parser.add_argument("--backward", action="store_true",
                         help="forward + backward on both sides: measure(..., backward=True)")
+    parser.add_argument("--plan", action="store_true",
+                        help="bare vs a first measure (discovery) vs a planned measure (replay)")
     parser.add_argument("--child", choices=["bare", "measure"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     depths = [int(d) for d in args.depths.split(",")]
@@ -144,6 +179,24 @@ def main() -> None:
           f"{args.image}x{args.image} input, width {args.width}, {args.pairs} pairs"
           + (", forward + backward" if args.backward else "")
           + f", load average {os.getloadavg()[0]:.2f}")
+    if args.plan:
+        print("model | input | blocks | bare s | first/bare (median) | first IQR | "
+              "planned/bare (median) | planned IQR | planned range")
+        for model in args.models.split(","):
+            for depth in depths:
+                net = build(model, depth, args.width, args.backward)
+                x = sigprop.gaussian_input((args.batch, 3, args.image, args.image), seed=0)
+                b, firsts, planned = time_plan(net, x, args.pairs, args.backward)
+                blocks = sigprop.measure(net, x).n_blocks
+                f_low, _, f_high = statistics.quantiles(firsts, n=4)
+                p_low, _, p_high = statistics.quantiles(planned, n=4)
+                print(" | ".join([
+                    model, f"batch {args.batch}, {args.image}x{args.image}", str(blocks),
+                    f"{b:.3f}", f"{statistics.median(firsts):.3f}", f"{f_low:.3f}-{f_high:.3f}",
+                    f"{statistics.median(planned):.3f}", f"{p_low:.3f}-{p_high:.3f}",
+                    f"{min(planned):.3f}-{max(planned):.3f}"])
+                    + f" | load {os.getloadavg()[0]:.2f}", flush=True)
+        return
     header = ("model", "blocks", "bare s", "measure s", "ratio (median)", "ratio IQR",
               "ratio range", "ms/block", "peak MiB bare", "peak MiB measure", "mem ratio")
     print(" | ".join(header))

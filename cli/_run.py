@@ -64,6 +64,7 @@ def collect(analysis: Analysis, options: RunOptions) -> Collected:
         raise UsageError(str(e)) from e
     started = time.perf_counter()
     traces = []
+    plan = sigprop.Plan()  # every seed builds the same architecture: discovered once
     total = analysis.expected_blocks * options.seeds if analysis.expected_blocks else None
     with use_threads(options.threads), _progress(total) as advance:
         for k in range(options.seeds):
@@ -74,13 +75,14 @@ def collect(analysis: Analysis, options: RunOptions) -> Collected:
                           else analysis.inputs(options.seed + k, device))
             except ValueError as e:
                 raise UsageError(str(e)) from e
-            traces.append(_measure(analysis, options, model, spec, model_info, advance, inputs))
+            traces.append(_measure(analysis, options, model, spec, model_info, advance, plan,
+                                   inputs))
     trace = reduce(sigprop.Trace.merge, traces)
     return Collected(trace, stats.report(trace), time.perf_counter() - started)
 
 
 def _measure(analysis: Analysis, options: RunOptions, model: nn.Module, spec: sigprop.InputSpec,
-             model_info: dict[str, Any], advance: Callable[[int], None],
+             model_info: dict[str, Any], advance: Callable[[int], None], plan: sigprop.Plan,
              inputs: ModelInputs | None = None) -> sigprop.Trace:
     """Measure on the Gaussian ``spec``, or on ``inputs`` (positional, keyword) when given."""
     try:
@@ -88,10 +90,11 @@ def _measure(analysis: Analysis, options: RunOptions, model: nn.Module, spec: si
             return sigprop.measure(model, args=inputs[0], kwargs=inputs[1],
                                    seed=options.seed, bn_mode=options.bn_mode,
                                    model_info=model_info, progress=advance,
-                                   blocks=analysis.blocks, backward=options.backward)
+                                   blocks=analysis.blocks, backward=options.backward,
+                                   plan=plan)
         return sigprop.measure(model, spec, bn_mode=options.bn_mode, model_info=model_info,
                                progress=advance, blocks=analysis.blocks,
-                               backward=options.backward)
+                               backward=options.backward, plan=plan)
     except sigprop.BackwardError as e:
         raise UsageError(str(e)) from e
     except sigprop.ForwardError as e:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sigprop._moments import moments
     from sigprop.blocks import ResidualAdd
     from sigprop.finding import NoResidualBlockError
+    from sigprop.planning import Plan
     from sigprop.recording import (
         BackwardError,
         ForwardError,
@@ -55,6 +56,7 @@ _WHERE = {
     "moments": "sigprop._moments",
     "ResidualAdd": "sigprop.blocks",
     "NoResidualBlockError": "sigprop.finding",
+    "Plan": "sigprop.planning",
     **dict.fromkeys(["BackwardError", "ForwardError", "MeasurementError", "find_blocks",
                      "gaussian_input", "measure", "token_input"], "sigprop.recording"),
     **dict.fromkeys(["BatchNorms", "Block", "BlockStats", "BNMode", "Direction", "Gradients",
@@ -78,6 +80,7 @@ __all__ = [
     "MeasurementError",
     "Moments",
     "NoResidualBlockError",
+    "Plan",
     "ResidualAdd",
     "Run",
     "Shortcut",

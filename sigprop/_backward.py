@@ -39,7 +39,6 @@ from torch.autograd.graph import GradientEdge, get_gradient_edge
 from sigprop._accumulators import Accumulator, Addition
 from sigprop._moments import Reduced, Reducer, channel_dim
 from sigprop.blocks import ResidualAdd
-from sigprop.discovery import NamedBlocks
 from sigprop.finding import BlockFinder
 from sigprop.trace import Block, Gradients, Moments, Shortcut
 
@@ -209,16 +208,17 @@ def block_inputs(model: nn.Module, finder: BlockFinder
 
     Names follow the finders' (the model itself is named after its class). A projection's
     ``x`` is its block's input; only the modules that can own a block are hooked: the named
-    ones, the owners of :class:`~sigprop.ResidualAdd` modules, else (discovery) all.
+    ones, the owners of :class:`~sigprop.ResidualAdd` modules, those a plan names, else
+    (discovery) all.
     """
-    named = dict(model.named_modules())
-    owners: Sequence[str]
-    if isinstance(finder, NamedBlocks):
-        owners = sorted(finder.names)
-    else:
+    owners = finder.owners()
+    module: Callable[[str], nn.Module] = model.get_submodule
+    if owners is None:
+        named = dict(model.named_modules())
         marked = [name.rpartition(".")[0] for name, m in named.items()
                   if isinstance(m, ResidualAdd)]
         owners = marked if marked else list(named)
+        module = named.__getitem__
     inputs: dict[str, weakref.ref[torch.Tensor]] = {}
 
     def hook(name: str) -> Callable[..., None]:
@@ -230,7 +230,7 @@ def block_inputs(model: nn.Module, finder: BlockFinder
 
     with ExitStack() as stack:
         for name in dict.fromkeys(owners):
-            stack.enter_context(named[name].register_forward_pre_hook(
+            stack.enter_context(module(name).register_forward_pre_hook(
                 hook(name or type(model).__name__)))
         yield inputs
 

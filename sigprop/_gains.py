@@ -60,15 +60,13 @@ def describe_gains(blocks: Sequence[tuple[str, tuple[GainTerm, ...]]]) -> list[s
         parameters); a constant factor reads ``constant 0.2``; several are joined with `` * ``.
         Names are relative to the block when inside it. None: no gain seen.
     """
-    tensors = [t.value for _, terms in blocks for t in terms if isinstance(t.value, torch.Tensor)]
+    tensors = [t for _, ts in blocks for t in ts if isinstance(t.value, torch.Tensor)]
     summary: list[list[float]] = []
     if tensors:
         with torch.no_grad():
-            rows = [torch.stack((v.detach().double().abs().mean(),
-                                 (v.detach() == 0).all().double(),
-                                 v.detach().double().reshape(-1)[0])).to(tensors[0].device)
-                    for v in tensors]
-            summary = torch.stack(rows).cpu().tolist()
+            rows = [_summary(t) for t in tensors]
+            device = rows[0].device
+            summary = torch.stack([r.to(device) for r in rows]).cpu().tolist()
     it = iter(summary)
     described: list[str | None] = []
     for owner, terms in blocks:
@@ -90,23 +88,45 @@ def describe_gains(blocks: Sequence[tuple[str, tuple[GainTerm, ...]]]) -> list[s
     return described
 
 
+def _summary(term: GainTerm) -> torch.Tensor:
+    """``(mean |v|, all zero, first value)`` of a term's tensor, as float64 on its device.
+
+    Only a multi-element parameter gain (a per-channel scale) needs its mean: a layer's weight
+    (millions of values) is only tested for zero, without float64 copies.
+    """
+    assert isinstance(term.value, torch.Tensor)
+    v = term.value.detach()
+    zero = (v == 0).all().double()
+    first = v.reshape(-1)[0].double()
+    mean = v.double().abs().mean() if term.kind == "param" and v.numel() > 1 \
+        else zero
+    return torch.stack((mean, zero, first))
+
+
 class ParamNames:
     """The qualified names of a model's parameters and buffers, and of tensors made from them."""
 
     def __init__(self, model: nn.Module) -> None:
-        self._names: dict[int, str] = {}
+        self.own: dict[int, str] = {}
+        """``id(tensor) -> name`` of the parameters and buffers (the first name of a shared one)."""
+        self._tensors: dict[str, torch.Tensor] = {}
         for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
-            self._names.setdefault(id(tensor), name)
+            if self.own.setdefault(id(tensor), name) == name:
+                self._tensors[name] = tensor
         self._aliases: TensorMap[str] = TensorMap()
+
+    def tensor(self, name: str) -> torch.Tensor | None:
+        """The parameter or buffer ``name`` (a name :meth:`of` gave), None if none."""
+        return self._tensors.get(name)
 
     def of(self, tensor: torch.Tensor) -> str | None:
         """The name of ``tensor`` if it is a parameter or buffer or was computed from one only."""
-        name = self._names.get(id(tensor))
+        name = self.own.get(id(tensor))
         return name if name is not None else self._aliases.get(tensor)
 
     def is_own(self, tensor: torch.Tensor) -> bool:
         """Whether ``tensor`` is a parameter or buffer itself, not computed from one."""
-        return id(tensor) in self._names
+        return id(tensor) in self.own
 
     def alias(self, tensors: Sequence[torch.Tensor], name: str) -> None:
         """Name tensors computed from the parameter ``name`` only.

@@ -36,6 +36,7 @@ from torch.overrides import TorchFunctionMode
 from sigprop._blame import runs_model_code
 from sigprop._gains import BranchGains, GainTerm, OpKind, ParamNames
 from sigprop._provenance import Call, Label, Provenance
+from sigprop._tape import Site, Tape, tensors
 from sigprop.finding import BlockFinder, FoundBlocks, NoResidualBlockError
 from sigprop.trace import Block, Shortcut
 
@@ -64,10 +65,19 @@ class Discovery(BlockFinder):
     input of a module call, or a short transformation of it (a projection), and the other (the
     residual branch) a longer computation on it that runs a parametrized layer; it is owned by
     that module (see ``docs/discovery.md``).
+
+    Args:
+        model: the model.
+        tape: where to write the signature of every operation and the site of every residual
+            addition (for a plan, see :mod:`sigprop.planning`); None: nowhere.
     """
 
+    def __init__(self, model: nn.Module, tape: Tape | None = None) -> None:
+        super().__init__(model)
+        self.tape = tape
+
     def tapping(self, found: FoundBlocks) -> AbstractContextManager[None]:
-        return _hooked(_Discovering(self.model, found))
+        return _hooked(_Discovering(self.model, found, self.tape))
 
 
 class NamedBlocks(BlockFinder):
@@ -80,6 +90,7 @@ class NamedBlocks(BlockFinder):
     Args:
         model: the model.
         names: qualified names of modules of ``model`` whose forward returns ``skip + residual``.
+        tape: as for :class:`Discovery`.
 
     Raises:
         TypeError: ``names`` is not a list of strings.
@@ -87,8 +98,9 @@ class NamedBlocks(BlockFinder):
             there are none.
     """
 
-    def __init__(self, model: nn.Module, names: Sequence[str]) -> None:
+    def __init__(self, model: nn.Module, names: Sequence[str], tape: Tape | None = None) -> None:
         super().__init__(model)
+        self.tape = tape
         if isinstance(names, str) or not all(isinstance(n, str) for n in names):
             raise TypeError(f"blocks must be a list of module names, got {names!r}")
         known = {name for name, _ in model.named_modules()}
@@ -102,7 +114,10 @@ class NamedBlocks(BlockFinder):
         self.names = frozenset(names)
 
     def tapping(self, found: FoundBlocks) -> AbstractContextManager[None]:
-        return _hooked(_Naming(self.model, found, self.names))
+        return _hooked(_Naming(self.model, found, self.names, self.tape))
+
+    def owners(self) -> Sequence[str] | None:
+        return sorted(self.names)
 
     def check(self, blocks: Sequence[Block]) -> None:
         """Every named module executed an addition (and so there is a block)."""
@@ -123,11 +138,13 @@ class _Engine(ABC):
     Args:
         model: the model whose submodules are hooked.
         found: told of each residual addition (its tensors go to ``found.recorder`` at once).
+        tape: signs every operation, if given (see :class:`Discovery`).
     """
 
-    def __init__(self, model: nn.Module, found: FoundBlocks) -> None:
+    def __init__(self, model: nn.Module, found: FoundBlocks, tape: Tape | None) -> None:
         self.model = model
         self._found = found
+        self._tape = tape
         self._calls: list[Call] = []  # the running calls, innermost last
         self._started = 0  # module calls started so far: the serial of the next one
         # (parent module, child module) -> the child's attribute name, to name each call
@@ -138,7 +155,7 @@ class _Engine(ABC):
                 self._attributes.setdefault((id(parent), id(child)), attribute)
         self._sizes: dict[int, int] = {}  # module -> number of parameters, when asked for
         self._provenance = Provenance()
-        self._params = ParamNames(model)
+        self._params = ParamNames(model) if tape is None else tape.params
         self._gains = BranchGains(self._params)
         self._layouts = _Layouts()
 
@@ -208,7 +225,7 @@ class _Engine(ABC):
                     break
             else:
                 return
-            call.outputs = frozenset(id(t) for t in _tensors(output))
+            call.outputs = frozenset(id(t) for t in tensors(output))
             weight = getattr(module, "weight", None)
             if (isinstance(module, _NORMS) and isinstance(output, torch.Tensor)
                     and isinstance(weight, torch.Tensor)):
@@ -221,12 +238,20 @@ class _Engine(ABC):
     def handle(self, func: Callable[..., Any], args: Sequence[Any],
                kwargs: dict[str, Any]) -> Any:
         """Run one torch operation, recording it first if it is a residual addition."""
+        tape = self._tape
+        if tape is not None:
+            tape.signatures.append(tape.signature(func, args, kwargs))
+            tape.index += 1
+        done = None
         if func in _ADD and len(args) >= 2 and _same_shape_addition(args, kwargs):
             done = self._residual(func, args, kwargs)
-            if done is not None:
-                return done[0]
-        out = func(*args, **kwargs)
-        self._propagate(func, args, kwargs, out)
+        if done is not None:
+            out = done[0]
+        else:
+            out = func(*args, **kwargs)
+            self._propagate(func, args, kwargs, out)
+        if tape is not None:
+            tape.produce(out)
         return out
 
     @abstractmethod
@@ -244,7 +269,7 @@ class _Engine(ABC):
     def _propagate(self, func: Callable[..., Any], args: Sequence[Any],
                    kwargs: dict[str, Any], out: Any) -> None:
         """Update both analyses with the results of one operation."""
-        outputs = _tensors(out)
+        outputs = tensors(out)
         if not outputs:
             return
         labels: list[Label] = []
@@ -271,18 +296,20 @@ class _Engine(ABC):
     @runs_model_code  # its own frame runs the model's addition
     def _run(self, call: Call, func: Callable[..., Any], args: Sequence[Any],
              kwargs: dict[str, Any], skip: torch.Tensor, residual: torch.Tensor
-             ) -> tuple[Any, bool, Any]:
+             ) -> tuple[Any, bool, Any, Site | None]:
         """Run a residual addition owned by ``call``, its tensors reduced by the recorder.
 
         The operands are reduced before (an in-place addition overwrites one), the sum at once
         (the block may still change it in place, e.g. with a ReLU). Returns the sum, whether it
-        is channels-last, and the recorder's handle.
+        is channels-last, the recorder's handle, and the addition's site on the tape (if any).
         """
         channels_last = self._layouts.channels_last(call.module, skip)
         operands = self._found.recorder.operands(skip, residual, channels_last)
         out = func(*args, **kwargs)
         self._propagate(func, args, kwargs, out)
-        return out, channels_last, self._found.recorder.output(operands, out)
+        op = -1 if self._tape is None else self._tape.index - 1
+        return (out, channels_last, self._found.recorder.output(operands, out),
+                None if op < 0 else Site(op, skip is args[0], op))
 
 
 class _Discovering(_Engine):
@@ -300,7 +327,7 @@ class _Discovering(_Engine):
         call, a_is_skip, shortcut, since = choice
         skip, residual = (a, b) if a_is_skip else (b, a)
         gains = self._gains.of(residual)
-        out, channels_last, reduced = self._run(call, func, args, kwargs, skip, residual)
+        out, channels_last, reduced, site = self._run(call, func, args, kwargs, skip, residual)
         self._provenance.crossed(out)
         if call.active:
             # The sum is the input of the next addition of the same call (a transformer block
@@ -308,7 +335,7 @@ class _Discovering(_Engine):
             self._provenance.mark_root(call, out, self._started)
         self._found.add(call.name, shortcut, channels_last, gains, reduced,
                         tuple(out.shape[1:]), call=call,
-                        branch=self.branch_name(call, since, skip))
+                        branch=self.branch_name(call, since, skip), site=site)
         return (out,)
 
     def _finished(self, call: Call) -> None:
@@ -321,12 +348,14 @@ class _Naming(_Engine):
     It is reported when the call returns: only then is it known to be the last.
     """
 
-    def __init__(self, model: nn.Module, found: FoundBlocks, names: frozenset[str]) -> None:
-        super().__init__(model, found)
+    def __init__(self, model: nn.Module, found: FoundBlocks, names: frozenset[str],
+                 tape: Tape | None) -> None:
+        super().__init__(model, found, tape)
         self._names = names
-        # Per running named call: its last addition so far, reduced, as FoundBlocks.add's args.
-        self._pending: dict[Call, tuple[str, Shortcut, bool, tuple[GainTerm, ...], Any,
-                                       tuple[int, ...]]] = {}
+        # Per running named call: its last addition so far, reduced, as FoundBlocks.add's args,
+        # and its site on the tape.
+        self._pending: dict[Call, tuple[tuple[str, Shortcut, bool, tuple[GainTerm, ...], Any,
+                                              tuple[int, ...]], Site | None]] = {}
 
     def _residual(self, func: Callable[..., Any], args: Sequence[Any],
                   kwargs: dict[str, Any]) -> tuple[Any] | None:
@@ -340,15 +369,18 @@ class _Naming(_Engine):
         skip, residual = (a, b) if a_is_skip else (b, a)
         shortcut = Shortcut.IDENTITY if min(dist_a, dist_b) == 0 else Shortcut.PROJECTION
         gains = self._gains.of(residual)
-        out, channels_last, reduced = self._run(call, func, args, kwargs, skip, residual)
-        self._pending[call] = (call.name, shortcut, channels_last, gains, reduced,
-                               tuple(out.shape[1:]))
+        out, channels_last, reduced, site = self._run(call, func, args, kwargs, skip, residual)
+        self._pending[call] = ((call.name, shortcut, channels_last, gains, reduced,
+                                tuple(out.shape[1:])), site)
         return (out,)
 
     def _finished(self, call: Call) -> None:
         pending = self._pending.pop(call, None)
         if pending is not None:
-            self._found.add(*pending)
+            found, site = pending
+            if site is not None and self._tape is not None:  # numbered now, not at the addition
+                site = Site(site.op, site.skip_first, self._tape.index - 1)
+            self._found.add(*found, site=site)
 
 
 class _Layouts:
@@ -413,14 +445,6 @@ def _flat(args: Sequence[Any], kwargs: dict[str, Any]) -> Iterator[torch.Tensor]
             for item in value:
                 if isinstance(item, torch.Tensor):
                     yield item
-
-
-def _tensors(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, list | tuple):
-        return [t for t in out if isinstance(t, torch.Tensor)]
-    return []
 
 
 class _Mode(TorchFunctionMode):

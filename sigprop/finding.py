@@ -14,7 +14,7 @@ import math
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 import torch
@@ -23,7 +23,7 @@ from torch import nn
 from sigprop._gains import GainTerm, describe_gains
 from sigprop.trace import Block, Shortcut
 
-__all__ = ["BlockFinder", "FoundBlocks", "NoResidualBlockError", "Recorder"]
+__all__ = ["BlockFinder", "FoundBlocks", "NoResidualBlockError", "Recorder", "Report"]
 
 
 class NoResidualBlockError(ValueError):
@@ -44,6 +44,19 @@ class Recorder(Protocol):
         the block it was numbered as."""
 
 
+@dataclass(frozen=True, slots=True)
+class Report:
+    """One addition reported to :meth:`FoundBlocks.add` (its arguments but the tensors)."""
+
+    name: str
+    shortcut: Shortcut
+    channels_last: bool
+    gains: tuple[GainTerm, ...]
+    call: object | None
+    branch: str | None
+    site: object | None
+
+
 class FoundBlocks:
     """The residual blocks of one forward pass, numbered in call order as finders report them.
 
@@ -61,6 +74,7 @@ class FoundBlocks:
         self._size: tuple[int, int] | None = None  # (width, positions) of the last block's sum
         # Per block: the module call that owns it and the module its branch runs through.
         self._calls: list[tuple[object | None, str | None]] = []
+        self._sites: list[object | None] = []  # per block: where it ran, for a plan
 
     @property
     def last(self) -> Block | None:
@@ -69,7 +83,8 @@ class FoundBlocks:
 
     def add(self, name: str, shortcut: Shortcut, channels_last: bool,
             gains: tuple[GainTerm, ...], reduced: Any, shape: tuple[int, ...], *,
-            call: object | None = None, branch: str | None = None) -> None:
+            call: object | None = None, branch: str | None = None,
+            site: object | None = None) -> None:
         """Number an addition, whose tensors ``reduced`` holds, as the next block.
 
         A new stage starts at a projection shortcut after the first block, and where the sum's
@@ -79,7 +94,8 @@ class FoundBlocks:
         ``(H * W, C)`` or windows of tokens, is not a new stage.
         ``call`` identifies the module call that owns the addition and ``branch`` names the
         module its branch runs through: when one call owns several blocks, they are named after
-        their branches (see :meth:`blocks`).
+        their branches (see :meth:`blocks`). ``site`` says where the addition ran, for a plan
+        (:meth:`reports`).
         """
         last = self.last
         width = shape[-1] if channels_last else shape[0]
@@ -91,9 +107,16 @@ class FoundBlocks:
         self._blocks.append(block)
         self._gains.append(gains)
         self._calls.append((call, branch))
+        self._sites.append(site)
         self.recorder.commit(reduced, block)
         if self._progress is not None:
             self._progress(len(self._blocks))
+
+    def reports(self) -> list[Report]:
+        """What :meth:`add` was told of each block, in order (without its tensors)."""
+        return [Report(b.name, b.shortcut, b.channels_last, gains, call, branch, site)
+                for b, gains, (call, branch), site in zip(self._blocks, self._gains, self._calls,
+                                                          self._sites, strict=True)]
 
     def blocks(self) -> list[Block]:
         """The blocks, each with the description of its gain (one device sync for all).
@@ -112,10 +135,10 @@ class FoundBlocks:
 def _call_site_names(names: list[str], calls: list[tuple[object | None, str | None]]
                      ) -> list[str]:
     """``names``, with the blocks of a call that owns several named apart."""
-    groups: dict[int, list[int]] = {}
+    groups: dict[object, list[int]] = {}  # calls compare by identity (plans: by number)
     for index, (call, _) in enumerate(calls):
         if call is not None:
-            groups.setdefault(id(call), []).append(index)
+            groups.setdefault(call, []).append(index)
     named = list(names)
     for indices in groups.values():
         if len(indices) < 2:
@@ -144,6 +167,11 @@ class BlockFinder(ABC):
         Each addition's operands go to ``found.recorder`` just before it runs and its sum just
         after. All hooks are removed on exit, also when the forward raises.
         """
+
+    def owners(self) -> Sequence[str] | None:
+        """Registered names of the modules that may own a block (``""`` for the model itself);
+        None: any module (a projection block's gradient needs its owner's input)."""
+        return None
 
     def check(self, blocks: Sequence[Block]) -> None:
         """Raise :class:`NoResidualBlockError` unless ``blocks`` (of one pass) are plausible."""

@@ -16,11 +16,13 @@ from sigprop import _backward
 from sigprop._accumulators import Accumulator, FastAccumulator, SafeAccumulator
 from sigprop._backward import BackwardError
 from sigprop._blame import sigprop_raised
+from sigprop._tape import Tape
 from sigprop._validate import parse_choice
 from sigprop.blocks import MarkedAdditions
 from sigprop.config import ResNetConfig
 from sigprop.discovery import Discovery, NamedBlocks
 from sigprop.finding import BlockFinder, FoundBlocks, Recorder
+from sigprop.planning import Plan, planned
 from sigprop.trace import BatchNorms, Block, BlockStats, BNMode, InputKind, InputSpec, Run, Trace
 
 __all__ = [
@@ -154,16 +156,18 @@ def _plain_batch_norm(module: nn.Module) -> bool:
     return isinstance(module, _BatchNorm) and type(module).forward is _BatchNorm.forward
 
 
-def _finder(model: nn.Module, blocks: Sequence[str] | None) -> BlockFinder:
+def _finder(model: nn.Module, blocks: Sequence[str] | None,
+            tape: Tape | None = None) -> BlockFinder:
     """How to find ``model``'s blocks: the named ones, else its marked additions, else discovery.
 
     ``blocks`` (names of block modules) overrides everything; otherwise
-    :class:`sigprop.ResidualAdd` modules define the blocks if the model has any.
+    :class:`sigprop.ResidualAdd` modules define the blocks if the model has any. The
+    provenance-based finders write their pass to ``tape`` if given (for a plan).
     """
     if blocks is not None:
-        return NamedBlocks(model, blocks)
+        return NamedBlocks(model, blocks, tape)
     marked = MarkedAdditions.of(model)
-    return marked if marked is not None else Discovery(model)
+    return marked if marked is not None else Discovery(model, tape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -344,6 +348,7 @@ def measure(
     blocks: Sequence[str] | None = None,
     backward: bool = False,
     loss: _backward.Loss | None = None,
+    plan: Plan | None = None,
     **forward_kwargs: Any,
 ) -> Trace:
     """Measure skip, residual and output statistics of every residual block in one forward pass.
@@ -388,6 +393,11 @@ def measure(
             forward statistics are those of a forward-only measurement.
         loss: with ``backward``, back-propagate ``loss(output)`` (a scalar) instead of a random
             cotangent.
+        plan: a :class:`~sigprop.Plan` to reuse across passes over the same architecture
+            (seeds, repeated measurements): the first pass discovers the blocks and records
+            it, later ones replay it at the cost of about one forward pass, checking every
+            operation and falling back to discovery where the model's execution differs. The
+            statistics are those of discovery, bit for bit.
 
     Returns:
         A :class:`Trace` with one run. Non-finite statistics (overflow) are kept as they are;
@@ -411,16 +421,28 @@ def measure(
     model = eager_model(model)
     batch, spec = _resolve_input(model, inputs, args, kwargs, forward_kwargs)
     run_seed = seed if seed is not None else spec.seed
-    finder = _finder(model, blocks)
+    if plan is not None and not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a sigprop.Plan, got {type(plan).__name__}")
     batchnorms = _batchnorms(model)
+
+    def finder(tape: Tape | None) -> BlockFinder:
+        return _finder(model, blocks, tape)
+
+    def passed(measured: Callable[[BlockFinder], tuple[BlockStats, ...]],
+               grad: bool) -> tuple[BlockStats, ...]:
+        return planned(plan, model, finder, batch.args, batch.kwargs, (mode, grad), measured)
+
     if backward:
-        stats = _measured_backward(model, batch, finder, mode, progress, run_seed, loss)
+        stats = passed(lambda f: _measured_backward(model, batch, f, mode, progress, run_seed,
+                                                    loss), True)
     else:
-        stats = _measured(model, batch, finder, FastAccumulator(), mode, progress)
+        stats = passed(lambda f: _measured(model, batch, f, FastAccumulator(), mode, progress),
+                       False)
     if not all(b.finite for b in stats):
         # The fast statistics overflow long before float32 activations do: measure again with
         # every tensor scaled, so the first non-finite block is where the network overflows.
-        safe = _measured(model, batch, finder, SafeAccumulator(), mode, None)
+        safe = passed(lambda f: _measured(model, batch, f, SafeAccumulator(), mode, None),
+                      False)
         stats = tuple(replace(b, grad=m.grad) for b, m in zip(safe, stats, strict=True))
     if isinstance(model_info, ResNetConfig):
         info = model_info.to_dict()
@@ -489,7 +511,7 @@ def _batchnorms(model: nn.Module) -> BatchNorms:
 def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec | None = None,
                 *, args: Sequence[Any] | None = None, kwargs: Mapping[str, Any] | None = None,
                 bn_mode: BNMode | str = BNMode.TRAIN, blocks: Sequence[str] | None = None,
-                **forward_kwargs: Any) -> list[Block]:
+                plan: Plan | None = None, **forward_kwargs: Any) -> list[Block]:
     """Every residual addition executed in one forward pass, in call order.
 
     An addition of two tensors of the same shape is residual when one operand (the skip) is the
@@ -506,6 +528,8 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec | None
             :func:`measure`).
         bn_mode: ``train`` or ``eval`` (see :func:`measure`).
         blocks: override discovery with the names of the block modules (see :func:`measure`).
+        plan: a :class:`~sigprop.Plan` recorded by the first call and replayed by later ones
+            (see :func:`measure`).
 
     Returns:
         The blocks in call order, with the gain seen on each residual branch.
@@ -520,4 +544,8 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec | None
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
     model = eager_model(model)
     batch, _ = _resolve_input(model, example_input, args, kwargs, forward_kwargs)
-    return _forward(model, batch, _finder(model, blocks), _NoStats(), mode)
+    if plan is not None and not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a sigprop.Plan, got {type(plan).__name__}")
+    return planned(plan, model, lambda tape: _finder(model, blocks, tape), batch.args,
+                   batch.kwargs, (mode, False),
+                   lambda finder: _forward(model, batch, finder, _NoStats(), mode))

@@ -36,11 +36,12 @@ def measure_run(spec: RunSpec, config: FigureConfig,
     batch = spec.batch or config.batch
     image = spec.image or config.image
     traces = []
+    plan = sigprop.Plan()  # one architecture, several seeds: discovered once
     for seed in spec.seeds or config.seeds:
         net, info = _build(spec, width, seed)
         inputs = sigprop.InputSpec("gaussian", (batch, 3, image, image), seed)
         traces.append(sigprop.measure(net, inputs, model_info=info, progress=progress,
-                                      backward=spec.backward))
+                                      backward=spec.backward, plan=plan))
     return reduce(sigprop.Trace.merge, traces)
 
 

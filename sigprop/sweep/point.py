@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -10,6 +11,7 @@ from typing import Any
 import torch
 
 from sigprop import stats
+from sigprop.planning import Plan
 from sigprop.recording import measure
 from sigprop.sweep.grid import Point
 from sigprop.trace import InputSpec
@@ -52,6 +54,23 @@ class Outcome:
         return cls(key, Status.FAILED, elapsed_s, " ".join(text.split()))
 
 
+_PLANS: OrderedDict[str, Plan] = OrderedDict()
+"""Plans of the configurations this process measured last: replicates of a configuration
+(other seeds) replay the plan of the first (see :class:`sigprop.Plan`)."""
+
+_KEPT_PLANS = 16
+
+
+def _plan(point: Point) -> Plan:
+    """The plan of ``point``'s configuration (architecture, input, device, autograd)."""
+    key = repr((point.config, point.input_shape, point.device, point.backward))
+    plan = _PLANS.pop(key, None) or Plan()
+    _PLANS[key] = plan
+    while len(_PLANS) > _KEPT_PLANS:
+        _PLANS.popitem(last=False)
+    return plan
+
+
 def run_point(point: Point, threads: int | None = None) -> Outcome:
     """Build and measure ``point`` (weights and input from its seed), then fit the trace.
 
@@ -78,7 +97,7 @@ def run_point(point: Point, threads: int | None = None) -> Outcome:
         model.to(point.device)
         spec = InputSpec("gaussian", point.input_shape, point.seed)
         trace = measure(model, spec, bn_mode=point.bn_mode, model_info=info,
-                        backward=point.backward)
+                        backward=point.backward, plan=_plan(point))
         report = stats.report(trace)
     except Exception as e:
         return Outcome.failed(point.key, e, time.perf_counter() - started)
