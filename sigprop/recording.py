@@ -414,7 +414,13 @@ def measure(
     finder = _finder(model, blocks)
     batchnorms = _batchnorms(model)
     if backward:
-        stats = _measured_backward(model, batch, finder, mode, progress, run_seed, loss)
+        stats, overflowed = _measured_backward(model, batch, finder, mode, progress, run_seed,
+                                               loss)
+        if overflowed:
+            # Float32 squares of large gradients overflow long before the gradients do: the
+            # backward pass again, every gradient reduced scaled by its own power of two.
+            stats, _ = _measured_backward(model, batch, finder, mode, None, run_seed, loss,
+                                          safe=True)
     else:
         stats = _measured(model, batch, finder, FastAccumulator(), mode, progress)
     if not all(b.finite for b in stats):
@@ -445,9 +451,10 @@ def _measured(model: nn.Module, batch: _Batch, finder: BlockFinder,
 
 def _measured_backward(model: nn.Module, batch: _Batch, finder: BlockFinder,
                        bn_mode: BNMode, progress: Callable[[int], None] | None,
-                       seed: int | None, loss: _backward.Loss | None
-                       ) -> tuple[BlockStats, ...]:
-    """One forward pass recorded by autograd, then one backward pass: blocks with gradients."""
+                       seed: int | None, loss: _backward.Loss | None, safe: bool = False
+                       ) -> tuple[tuple[BlockStats, ...], bool]:
+    """One forward pass recorded by autograd, then one backward pass: blocks with gradients,
+    and whether a gradient statistic overflowed (``safe``: gradients reduced scaled)."""
     accumulator = FastAccumulator()
     # Every floating-point input becomes a fresh leaf (the caller's tensors are not touched),
     # entered through a copy so that a model may still change its input in place.
@@ -467,12 +474,13 @@ def _measured_backward(model: nn.Module, batch: _Batch, finder: BlockFinder,
     with ExitStack() as stack:
         stack.enter_context(_backward.frozen_parameters(model))
         inputs = stack.enter_context(_backward.block_inputs(model, finder))
-        recorder = _backward.GradientRecorder(accumulator, inputs)
+        recorder = _backward.GradientRecorder(accumulator, inputs, safe)
         blocks = _forward(model, lifted, finder, recorder, bn_mode, progress,
                           then=lambda output: _backward.backward(output, leaves, seed, loss))
-    return tuple(BlockStats.of(block, *stats, grad=grad)
-                 for block, stats, grad in zip(blocks, accumulator.results(),
-                                               recorder.gradients(), strict=True))
+    stats = tuple(BlockStats.of(block, *stats, grad=grad)
+                  for block, stats, grad in zip(blocks, accumulator.results(),
+                                                recorder.gradients(), strict=True))
+    return stats, recorder.overflowed
 
 
 def _batchnorms(model: nn.Module) -> BatchNorms:
