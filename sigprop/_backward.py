@@ -219,17 +219,19 @@ def block_inputs(model: nn.Module, finder: BlockFinder
     """The first tensor argument of the latest call of every module that may own a block.
 
     Names follow the finders' (the model itself is named after its class). A projection's
-    ``x`` is its block's input; only the modules that can own a block are hooked: the named
-    ones, the owners of :class:`~sigprop.ResidualAdd` modules, else (discovery) all.
+    ``x`` is its block's input, and only the modules that can own a projection are hooked: the
+    named ones, the owners of :class:`~sigprop.ResidualAdd` modules declared ``projection``
+    (none when all are identities: the skip operand is then ``x``), else (discovery) all.
     """
     named = dict(model.named_modules())
     owners: Sequence[str]
     if isinstance(finder, NamedBlocks):
         owners = sorted(finder.names)
     else:
-        marked = [name.rpartition(".")[0] for name, m in named.items()
-                  if isinstance(m, ResidualAdd)]
-        owners = marked if marked else list(named)
+        marks = [(name.rpartition(".")[0], m.shortcut) for name, m in named.items()
+                 if isinstance(m, ResidualAdd)]
+        owners = ([owner for owner, shortcut in marks if shortcut is Shortcut.PROJECTION]
+                  if marks else list(named))
     inputs: dict[str, weakref.ref[torch.Tensor]] = {}
 
     def hook(name: str) -> Callable[..., None]:
