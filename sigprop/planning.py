@@ -49,10 +49,11 @@ class Plan:
     """Where a model's residual additions run: found once by discovery, then replayed.
 
     Pass the same plan to :func:`sigprop.measure` or :func:`sigprop.find_blocks` for every
-    pass over one architecture (seeds, repeated measurements, audits): the first pass discovers
-    the blocks as usual and records the plan; later passes with the same kind of input replay
-    it, checking every torch operation against it, and fall back to discovery (recording the
-    plan afresh) wherever the model's execution differs. A new model instance of the same
+    pass over one architecture (seeds, repeated measurements, audits): the first pass of each
+    kind (the inputs' shapes, dtypes and devices, the batch-norm mode, with or without
+    gradients) discovers the blocks as usual and records a recipe; later passes of that kind
+    replay it, checking every torch operation against it, and fall back to discovery (recording
+    the recipe afresh) wherever the model's execution differs. A new model instance of the same
     architecture (another seed's weights) replays the plan. Models with
     :class:`sigprop.ResidualAdd` marks need no plan (it stays unused).
 
@@ -72,11 +73,12 @@ class Plan:
     def __init__(self) -> None:
         self.discoveries = 0
         self.replays = 0
-        self._recipe: _Recipe | None = None
+        # One recipe per kind of pass (model class, inputs' shapes, batch-norm mode, autograd):
+        # a forward and a backward measurement, or two input sizes, do not evict each other.
+        self._recipes: dict[tuple[Any, ...], _Recipe] = {}
 
     def __repr__(self) -> str:
-        blocks = 0 if self._recipe is None else len(self._recipe.blocks)
-        return (f"Plan(blocks={blocks}, discoveries={self.discoveries}, "
+        return (f"Plan(recipes={len(self._recipes)}, discoveries={self.discoveries}, "
                 f"replays={self.replays})")
 
 
@@ -101,9 +103,9 @@ def planned(plan: Plan | None, model: nn.Module, finder: Callable[[Tape | None],
         return run(plain)  # marked additions: hooks on the marks, nothing to plan
     key = (type(model), type(plain), getattr(plain, "names", None), context,
            _inputs_key(args, kwargs))
-    recipe = plan._recipe
+    recipe = plan._recipes.get(key)
     params = ParamNames(model)
-    if recipe is not None and recipe.key == key:
+    if recipe is not None:
         try:
             result = run(_Replaying(model, recipe, params))
         except _Mismatch:
@@ -113,7 +115,10 @@ def planned(plan: Plan | None, model: nn.Module, finder: Callable[[Tape | None],
             return result
     recording = _Recording(model, finder(Tape(params)), key)
     result = run(recording)
-    plan._recipe = recording.recipe
+    if recording.recipe is None:
+        plan._recipes.pop(key, None)
+    else:
+        plan._recipes[key] = recording.recipe
     plan.discoveries += 1
     return result
 

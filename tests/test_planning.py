@@ -199,6 +199,35 @@ def test_backward_with_a_plan_gives_the_gradients_of_discovery() -> None:
     assert (forward.discoveries, forward.replays) == (2, 1)
 
 
+class _Doubling(nn.Module):
+    """``x + I x`` with a 1x1 identity convolution, unmarked (found by discovery)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.branch = nn.Conv2d(3, 3, 1, bias=False)
+        with torch.no_grad():
+            self.branch.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.branch(x)
+
+
+def test_the_scaled_rerun_of_overflowing_gradients_replays_the_plan() -> None:
+    # The signal doubles in each of 70 blocks, forwards and backwards: float32 squares overflow
+    # (4^69), so each measure runs the backward pass again scaled, and a scaled forward pass
+    # (without autograd: a second recipe). With a plan only the first pass of each kind
+    # discovers; a backward recipe and a forward one do not evict each other.
+    model = nn.Sequential(*(_Doubling() for _ in range(70)))
+    x = sigprop.gaussian_input((2, 3, 4, 4), seed=0)
+    discovered = sigprop.measure(model, x, backward=True)
+    plan = sigprop.Plan()
+    assert sigprop.measure(model, x, backward=True, plan=plan) == discovered
+    assert sigprop.measure(model, x, backward=True, plan=plan) == discovered
+    assert (plan.discoveries, plan.replays) == (2, 4)
+    first = discovered.runs[0].blocks[0].grad
+    assert first is not None and first.finite and first.input.m2 > 2.0**128
+
+
 def test_named_blocks_replay_and_marked_models_need_no_plan() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None)
