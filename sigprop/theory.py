@@ -13,7 +13,8 @@ axis that fall inside the map; batch norm rescales the map to mean 1. With circu
 ``T`` keeps a uniform map uniform and the infinite-image forms come back exactly. A scaled
 weight-standardized convolution (NF-ResNets) also subtracts the squared tap-average of its
 input's mean, ``(T m T')^2``: all of it in the interior, less at the border, where the mean
-leaks through.
+leaks through. In the backward pass each batch norm divides the gradient by the channel
+variance of what it normalizes on this map, whose channel mean averages border and interior.
 """
 
 from __future__ import annotations
