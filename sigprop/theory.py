@@ -13,7 +13,8 @@ axis that fall inside the map; batch norm rescales the map to mean 1. With circu
 ``T`` keeps a uniform map uniform and the infinite-image forms come back exactly. A scaled
 weight-standardized convolution (NF-ResNets) also subtracts the squared tap-average of its
 input's mean, ``(T m T')^2``: all of it in the interior, less at the border, where the mean
-leaks through.
+leaks through. In the backward pass each batch norm divides the gradient by the channel
+variance of what it normalizes on this map, whose channel mean averages border and interior.
 """
 
 from __future__ import annotations
@@ -63,14 +64,9 @@ def channel_mean_factor(height: int, width: int | None = None, circular: bool = 
     >>> round(channel_mean_factor(16), 4), round(channel_mean_factor(32), 4)
     (0.8623, 0.9295)
     """
-    if circular:
-        return 1.0
-    c = math.sqrt(2 / 3)
-
-    def axis(n: int) -> float:
-        return ((n - 2 + 2 * c) ** 2 + 2 * (n - 2 + c) ** 2) / (n * (3 * n - 2))
-
-    return axis(height) * axis(height if width is None else width)
+    image = _Image.of(height, height if width is None else width, circular)
+    uniform = np.ones((image.rows.shape[0], image.cols.shape[0]))
+    return math.pi * image.relu_conv_sq_mean(image.normalize(image.conv(uniform)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -140,36 +136,85 @@ class Prediction:
 
 
 @cache
-def _taps(size: int, circular: bool) -> np.ndarray:
-    """``T``: each output position averages the three taps of one axis that land on the map."""
-    taps = np.zeros((size, size))
+def _axis(size: int, circular: bool) -> tuple[np.ndarray, np.ndarray]:
+    """One axis of a 3x3 convolution on ``size`` positions: its tap average and what each tap reads.
+
+    ``taps[p, q]`` (``T``) is 1/3 for each of output ``p``'s three taps that lands on input
+    ``q``; ``reads[k, q]`` is 1 where tap ``k - 1`` of some output lands on input ``q`` (every
+    input with circular padding; with zero padding the first tap never reads the last input,
+    the last never the first).
+    """
+    taps, reads = np.zeros((size, size)), np.zeros((3, size))
     for p in range(size):
-        for offset in (-1, 0, 1):
+        for k, offset in enumerate((-1, 0, 1)):
             q = p + offset
-            if circular:
+            if circular or 0 <= q < size:
                 taps[p, q % size] += 1 / 3
-            elif 0 <= q < size:
-                taps[p, q] += 1 / 3
-    return taps
+                reads[k, q % size] = 1.0
+    return taps, reads
 
 
 @dataclass(frozen=True, slots=True)
 class _Image:
     """The per-position second-moment algebra of one stage's feature map."""
 
-    rows: np.ndarray
-    cols: np.ndarray
+    rows: np.ndarray  # T of the height axis
+    cols: np.ndarray  # T of the width axis
+    row_reads: np.ndarray  # which inputs each tap of the height axis reads (3 x height)
+    col_reads: np.ndarray
+
+    @staticmethod
+    def of(height: int, width: int, circular: bool) -> _Image:
+        """The map of ``height x width`` positions with zero or circular padding."""
+        (rows, row_reads), (cols, col_reads) = _axis(height, circular), _axis(width, circular)
+        return _Image(rows, cols, row_reads, col_reads)
+
+    @staticmethod
+    def infinite() -> _Image:
+        """A single position that is its own neighbour: the infinite-image forms."""
+        return _Image.of(1, 1, True)
 
     def conv(self, profile: np.ndarray) -> np.ndarray:
         """A He-init 3x3 conv after a ReLU of a symmetric input or after BN (gains cancel)."""
         out: np.ndarray = self.rows @ profile @ self.cols.T
         return out
 
+    def conv_transposed(self, profile: np.ndarray) -> np.ndarray:
+        """The gradient's per-position second moment through a He conv's transpose and a ReLU."""
+        out: np.ndarray = self.rows.T @ profile @ self.cols
+        return out
+
+    def relu_conv_sq_mean(self, second: np.ndarray) -> float:
+        """Squared channel mean of a He-init 3x3 conv of ``relu(z)``, infinite width.
+
+        ``z`` is centred and symmetric with per-position second moment ``second``, so
+        ``relu(z)`` has mean ``sqrt(second / (2 pi))``. The output channel's mean over the map is
+        a sum over input channels and the 9 taps of a weight times the mean of the ReLU means
+        that tap reads; with i.i.d. weights of variance ``2 / (9 C)``,
+        ``E[mu^2] = (1/pi) mean_taps (sum of sqrt(second) the tap reads / positions)^2``
+        (``1/pi`` on a uniform map with circular padding).
+        """
+        read = self.row_reads @ np.sqrt(second) @ self.col_reads.T / second.size
+        return float((read**2).mean() / math.pi)
+
+    def relu_conv_variance(self, second: np.ndarray) -> float:
+        """Channel variance of a He-init 3x3 conv of ``relu(z)`` (see :meth:`relu_conv_sq_mean`)."""
+        return float(self.conv(second).mean()) - self.relu_conv_sq_mean(second)
+
     @staticmethod
     def normalize(profile: np.ndarray) -> np.ndarray:
         """Batch norm: the map rescaled to mean second moment 1."""
         out: np.ndarray = profile / profile.mean()
         return out
+
+
+def _relu_variance(second: np.ndarray) -> float:
+    """Channel variance of ``relu(z)``, ``z`` centred and symmetric with per-position ``second``.
+
+    Its second moment is ``second / 2`` and its mean ``sqrt(second / (2 pi))`` per position:
+    ``(1 - 1/pi) / 2`` of a uniform ``second``, more where ``second`` varies over the map.
+    """
+    return float(second.mean() / 2 - np.sqrt(second / (2 * math.pi)).mean() ** 2)
 
 
 def _scaled_relu(profile: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -309,7 +354,7 @@ def _stage_images(trace: Trace, circular: bool, stages: int) -> list[_Image | No
     height, width = shape[2], shape[3]
     images: list[_Image | None] = []
     for _ in range(stages):
-        images.append(_Image(_taps(height, circular), _taps(width, circular)))
+        images.append(_Image.of(height, width, circular))
         height, width = (height + 1) // 2, (width + 1) // 2
     return images
 
@@ -328,6 +373,12 @@ def predict(trace: Trace) -> Prediction | None:
     >>> p.family, [round(b.skip_m2 - p.blocks[0].skip_m2, 6) for b in p.blocks]
     ('bn-v2', [0.0, 1.0, 2.0, 3.0])
     """
+    forward = _forward(trace)
+    return None if forward is None else forward[0]
+
+
+def _forward(trace: Trace) -> tuple[Prediction, list[np.ndarray]] | None:
+    """:func:`predict` and the skip path's per-position second moment at every block."""
     config = ResNetConfig.of(trace.model)
     if config is None or not trace.runs:
         return None
@@ -337,18 +388,20 @@ def predict(trace: Trace) -> Prediction | None:
     n_stages = max(b.stage for b in first) + 1
     images = _stage_images(trace, circular, n_stages)
     predictions: list[BlockPrediction] = []
+    skips: list[np.ndarray] = []
     previous: tuple[_Image, np.ndarray] | None = None
     for stage in range(n_stages):
         blocks = [b for b in first if b.stage == stage]
-        stage_predictions, output = _predict_stage(trace, family, images[stage],
-                                                   blocks[0].index, len(blocks), circular,
-                                                   previous)
+        stage_predictions, profiles = _predict_stage(trace, family, images[stage],
+                                                     blocks[0].index, len(blocks), circular,
+                                                     previous)
         predictions += stage_predictions
+        skips += profiles[:-1]
         image = images[stage]
-        previous = None if image is None else (image, output)
+        previous = None if image is None else (image, profiles[-1])
     return Prediction(family.name, _rule(family, images[0], circular), family.exact,
                       tuple(predictions), family.growth,
-                      proportional=not family.normalized and family.branch_gain > 0)
+                      proportional=not family.normalized and family.branch_gain > 0), skips
 
 
 def _anchor(trace: Trace, index: int) -> tuple[float, float, float]:
@@ -362,8 +415,9 @@ def _anchor(trace: Trace, index: int) -> tuple[float, float, float]:
 
 def _predict_stage(trace: Trace, family: _Family, image: _Image | None, start: int, size: int,
                    circular: bool, previous: tuple[_Image, np.ndarray] | None = None
-                   ) -> tuple[list[BlockPrediction], np.ndarray]:
-    """One stage's predictions and the per-position map of its last block's output.
+                   ) -> tuple[list[BlockPrediction], list[np.ndarray]]:
+    """One stage's predictions and the per-position maps of its skip path: every block's, then
+    its last block's output.
 
     ``previous`` is the previous stage's map and its last output's per-position second moment
     (used by NF transitions); the first stage's skip path is the stem convolution of a uniform
@@ -373,7 +427,7 @@ def _predict_stage(trace: Trace, family: _Family, image: _Image | None, start: i
     stage = trace.runs[0].blocks[start].stage
     height, width = (1, 1) if image is None else (image.rows.shape[0], image.cols.shape[0])
     if image is None:  # not an image: the infinite-image forms
-        image = _Image(np.ones((1, 1)), np.ones((1, 1)))
+        image = _Image.infinite()
     uniform = np.ones((height, width))
     shape = image.conv(uniform) if stage == 0 else uniform
     transition = None
@@ -395,6 +449,7 @@ def _predict_stage(trace: Trace, family: _Family, image: _Image | None, start: i
     # moment is half the He projection's).
     halve = family.post_relu and stage > 0
     out = []
+    profiles = []
     skip_var, skip_sq = var_0, sq_0
     for offset in range(size):
         if transition is not None and offset == 0:
@@ -404,6 +459,7 @@ def _predict_stage(trace: Trace, family: _Family, image: _Image | None, start: i
         if halve and offset == 0:
             branch = branch / 2
         skip_m2, residual_m2 = float(profile.mean()), float(branch.mean())
+        profiles.append(profile)
         known = family.split is not None
         out.append(BlockPrediction(start + offset, stage, skip_m2, residual_m2,
                                    skip_var if known else math.nan,
@@ -414,7 +470,7 @@ def _predict_stage(trace: Trace, family: _Family, image: _Image | None, start: i
         profile = profile + branch
         if halve and offset == 0:
             profile = profile / 2
-    return out, profile
+    return out, [*profiles, profile]
 
 
 def _rule(family: _Family, image: _Image | None, circular: bool) -> str:
@@ -473,13 +529,16 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     The backward pass through a branch is the forward one transposed: a He-init 3x3
     convolution's transpose keeps the gradient's second moment per position as ``T' p T`` (its
     gain 2 and the next ReLU's mask 1/2 cancel), and a batch norm divides it by the channel
-    variance of the tensor it normalized (``var_l``, of the block input, for the first; the
-    first convolution's output, ``(1 - 1/pi)`` of its mean second moment, for the second). So
-    the branch's gradient is ``rho_l`` times the block's output gradient, with
-    ``rho_l = T'T'/((1 - 1/pi) m var_l)`` (BN-ReLU-Conv; ``2/(1 - 1/pi)^2`` for ReLU-BN-Conv,
-    ``T'T'`` alone without BN, times ``alpha^2`` or ``1/d``; NF: ``alpha^2 / ((1 - 1/pi)^2
-    beta_l^2)``, the scaled ReLUs' ``gamma^2 / 2`` twice; Fixup: 0 with its zero last layer,
-    else ``1/d``), and the input gradient is the output's times ``1 + rho_l``:
+    variance of the tensor it normalized, over the whole map (:func:`_bn_variances`: ``var_l``,
+    of the block input, for the first; the first convolution's output for the second,
+    ``1 - 1/pi`` on an infinite image, more with zero padding, where the channel mean it
+    subtracts is that of border and interior together). So the branch's gradient is
+    ``rho_l`` times the block's output gradient, with ``rho_l = T'T'/(v_l var_l)``
+    (BN-ReLU-Conv, ``v_l`` the second variance; ``2/(1 - 1/pi)^2`` for ReLU-BN-Conv on an
+    infinite image, ``T'T'`` alone without BN, times ``alpha^2`` or ``1/d``; NF:
+    ``alpha^2 / ((1 - 1/pi)^2 beta_l^2)``, the scaled ReLUs' ``gamma^2 / 2`` twice; Fixup: 0
+    with its zero last layer, else ``1/d``), and the input gradient is the output's times
+    ``1 + rho_l``:
     the gradient grows from the last block to the first by ``prod (1 + rho_l)``. ``var_l`` is
     the forward prediction where there is one, else the measured skip variance. Each stage is
     anchored on the measured output gradient of its last block (mean over runs). In BN v1 the
@@ -499,8 +558,9 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     config = ResNetConfig.of(trace.model)
     if config is None or not trace.runs or not trace.has_gradients:
         return None
-    forward = predict(trace)
-    assert forward is not None  # a built-in ResNet's trace
+    computed = _forward(trace)
+    assert computed is not None  # a built-in ResNet's trace
+    forward, skip_maps = computed
     blocks = trace.runs[0].blocks
     n_stages = max(b.stage for b in blocks) + 1
     images = _stage_images(trace, config.padding is Padding.CIRCULAR, n_stages)
@@ -522,19 +582,17 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     output, skip, residual, inputs = (np.array(nan) for _ in range(4))
     for stage in range(n_stages):
         members = [b for b in blocks if b.stage == stage]
-        image = images[stage] or _Image(np.ones((1, 1)), np.ones((1, 1)))
+        image = images[stage] or _Image.infinite()
         size = (image.rows.shape[0], image.cols.shape[0])
-        coverage = float(image.conv(np.ones(size)).mean())  # m: the first conv's mean m2
         profile = np.full(size, last_output[members[-1].index])
         for block in reversed(members):
             l = block.index
             output[l] = float(profile.mean())
             if block.shortcut is Shortcut.PROJECTION:
                 break  # the skip part leaves the stage's map: no closed form here
-            transposed = image.rows.T @ (image.rows.T @ profile @ image.cols) @ image.cols
-            branch = gain / betas[l] ** 2 * transposed
+            branch = gain / betas[l] ** 2 * image.conv_transposed(image.conv_transposed(profile))
             if config.norm is Norm.BATCHNORM:
-                branch = branch / (coverage * var[l])
+                branch = branch / math.prod(_bn_variances(config, image, skip_maps[l], var[l]))
             skip[l], residual[l] = output[l], float(branch.mean())
             profile = profile + branch
             inputs[l] = float(profile.mean())
@@ -567,11 +625,12 @@ def _branch_gain(config: ResNetConfig) -> float:
     """The branch's backward gain before padding, batch norm's division and NF's ``1/beta_l^2``.
 
     Each He convolution's transpose doubles the gradient's second moment and each ReLU's mask
-    halves it (v1 with BN: the first BN divides by ``2 var_l``, the first conv's output).
+    halves it: 1 with batch norm, whose divisions are :func:`_bn_variances`, but 2 in v1,
+    whose first convolution meets the block input without a ReLU inside the branch (the ReLU
+    after the previous addition is :func:`_relu_shares`).
     """
     if config.norm is Norm.BATCHNORM:
-        relu_bn = config.order is Order.RELU_BN and config.variant is Variant.V2
-        return 2 / BN_BRANCH_VAR**2 if relu_bn else 1 / BN_BRANCH_VAR
+        return 2.0 if config.variant is Variant.V1 else 1.0
     if config.norm is Norm.NF:
         # Scaled ReLUs pass gamma^2 / 2 = 1/(1 - 1/pi) each; a WS convolution's transpose
         # keeps the second moment (unit rows, fan-out = fan-in).
@@ -583,6 +642,38 @@ def _branch_gain(config: ResNetConfig) -> float:
     if config.norm is Norm.SQRT_DEPTH:
         return 1 / config.depth
     return 1.0
+
+
+def _bn_variances(config: ResNetConfig, image: _Image, skip: np.ndarray, var: float
+                  ) -> tuple[float, float]:
+    """The channel variances by which a BN branch's two batch norms divide the gradient.
+
+    Each batch norm divides the gradient's second moment by the channel variance of the
+    tensor it normalizes, taken over the whole map: with zero padding that is not the
+    infinite image's variance times the padded convolution's mean second moment ``m``, because
+    the channel means it subtracts come from ReLU means that differ between border and
+    interior (and from fewer taps at the border). ``skip`` is the block input's per-position
+    second moment (the forward's map), ``var`` its channel variance.
+
+    * BN-ReLU-Conv (v2): the block input's ``var``, then the first convolution's output,
+      a He convolution of ``relu(BN(x))``: its mean second moment ``mean(T s T')`` less its
+      squared channel mean (:meth:`_Image.relu_conv_variance`, ``s`` the normalized map).
+      On an infinite image ``var_l`` and ``1 - 1/pi``.
+    * ReLU-BN-Conv: ``relu(x)`` and ``relu`` of the first convolution's output
+      (:func:`_relu_variance`, per-position second moments ``s`` and ``2 T s T'``):
+      ``(1 - 1/pi) var_l / 2`` and ``1 - 1/pi`` on an infinite image.
+    * Conv-BN-ReLU-Conv-BN (v1): the first convolution's output, ``2 var`` (measured within 2%
+      at 32x32: the border's missing taps lower it, the channel means of the post-ReLU input
+      that differ between border and interior raise it back), then the second convolution's,
+      a He convolution of ``relu(BN(.))`` of the first's map on a uniform input.
+    """
+    normalized = image.normalize(skip)
+    if config.variant is Variant.V1:
+        uniform = np.ones_like(skip)
+        return 2 * var, image.relu_conv_variance(image.normalize(image.conv(uniform)))
+    if config.order is Order.RELU_BN:
+        return _relu_variance(skip), _relu_variance(2 * image.conv(normalized))
+    return var, image.relu_conv_variance(normalized)
 
 
 def _apply_relu_shares(members: Sequence[BlockStats], columns: tuple[np.ndarray, ...]) -> None:
