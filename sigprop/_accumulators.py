@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from sigprop._moments import Reduced, Reducer, channel_dim, scale_below_peak
+from sigprop._moments import Reduced, Reducer, channel_dim
 from sigprop.trace import Block, Moments
 
 __all__ = ["Accumulator", "Addition", "FastAccumulator", "SafeAccumulator"]
@@ -123,13 +123,9 @@ class SafeAccumulator(Accumulator):
     def operands(self, skip: torch.Tensor, residual: torch.Tensor, channels_last: bool
                  ) -> Addition:
         channel = channel_dim(skip.ndim, channels_last)
-        return Addition(self._scaled(skip, channel), self._scaled(residual, channel), channel)
+        return Addition(self._reducer.reduce_scaled(skip, channel),
+                        self._reducer.reduce_scaled(residual, channel), channel)
 
     def output(self, addition: Addition, output: torch.Tensor) -> Addition:
-        addition.output = self._scaled(output, addition.channel)
+        addition.output = self._reducer.reduce_scaled(output, addition.channel)
         return addition
-
-    def _scaled(self, x: torch.Tensor, channel: int) -> Reduced:
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        scale = scale_below_peak(x, dtype)
-        return self._reducer.reduce(x.to(dtype) * scale, channel, scale=scale)

@@ -103,12 +103,19 @@ class GradientRecorder:
     Args:
         forward: the accumulator of the forward statistics.
         inputs: the block inputs seen so far, by block name (see :func:`block_inputs`).
+        safe: reduce every gradient scaled by its own power of two
+            (:meth:`~sigprop._moments.Reducer.reduce_scaled`): slower, and finite wherever the
+            gradient is, even where its float32 squares overflow; used after a fast pass
+            reported :attr:`overflowed`.
     """
 
-    def __init__(self, forward: Accumulator, inputs: dict[str, weakref.ref[torch.Tensor]]):
+    def __init__(self, forward: Accumulator, inputs: dict[str, weakref.ref[torch.Tensor]],
+                 safe: bool = False):
         self.forward = forward
         self._inputs = inputs
         self._reducer = Reducer()
+        self._reduce_one = self._reducer.reduce_scaled if safe else self._reducer.reduce
+        self.overflowed = False  # set by gradients(): a reduced statistic is not finite
         self._slots: list[_Slot] = []
         self._last: tuple[torch.Tensor, Reduced] | None = None  # the last gradient reduced
         self._nested = False  # inside a projection's own product: the hooks stand aside
@@ -151,7 +158,7 @@ class GradientRecorder:
         if last is not None and last[0] is grad:
             return last[1]
         with torch.no_grad():
-            reduced = self._reducer.reduce(grad, channel)
+            reduced = self._reduce_one(grad, channel)
         self._last = (grad, reduced)
         return reduced
 
@@ -180,13 +187,17 @@ class GradientRecorder:
             return
         slot.input = self._reduce(grad, slot.channel)
         with torch.no_grad():
-            slot.residual = self._reducer.reduce(grad - slot.pending, slot.channel)
+            slot.residual = self._reduce_one(grad - slot.pending, slot.channel)
         slot.pending = None
 
     def gradients(self) -> list[Gradients]:
-        """Per committed block, the moments of its four gradients (NaN where none arrived)."""
+        """Per committed block, the moments of its four gradients (NaN where none arrived).
+
+        Sets :attr:`overflowed` when a gradient that arrived has a non-finite statistic.
+        """
         self._last = None
         stats = self._reducer.moments()
+        self.overflowed = not all(m.finite for m in stats.values())
         missing = Moments(math.nan, math.nan)
 
         def get(reduced: Reduced | None) -> Moments:
@@ -207,17 +218,19 @@ def block_inputs(model: nn.Module, finder: BlockFinder
     """The first tensor argument of the latest call of every module that may own a block.
 
     Names follow the finders' (the model itself is named after its class). A projection's
-    ``x`` is its block's input; only the modules that can own a block are hooked: the named
-    ones, the owners of :class:`~sigprop.ResidualAdd` modules, those a plan names, else
+    ``x`` is its block's input, and only the modules that can own a projection are hooked: the
+    named ones, those a plan names, the owners of :class:`~sigprop.ResidualAdd` modules declared
+    ``projection`` (none when all are identities: the skip operand is then ``x``), else
     (discovery) all.
     """
     owners = finder.owners()
     module: Callable[[str], nn.Module] = model.get_submodule
     if owners is None:
         named = dict(model.named_modules())
-        marked = [name.rpartition(".")[0] for name, m in named.items()
-                  if isinstance(m, ResidualAdd)]
-        owners = marked if marked else list(named)
+        marks = [(name.rpartition(".")[0], m.shortcut) for name, m in named.items()
+                 if isinstance(m, ResidualAdd)]
+        owners = ([owner for owner, shortcut in marks if shortcut is Shortcut.PROJECTION]
+                  if marks else list(named))
         module = named.__getitem__
     inputs: dict[str, weakref.ref[torch.Tensor]] = {}
 

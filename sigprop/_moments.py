@@ -12,7 +12,8 @@ Operations are few on purpose: between the layers of a forward pass even a tiny 
 costs ~10-25 us (measured), a third of a reduction over a 2 MiB activation.
 
 A tensor reduced after scaling by a power of two (exact: it only shifts exponents) keeps its
-scale with its sums; :mod:`sigprop._accumulators` scales when float32 squares would overflow.
+scale with its sums (:meth:`Reducer.reduce_scaled`, the one place that scales): the accumulators
+and the gradient recorder reduce that way when float32 squares overflowed.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import torch
 
 from sigprop.trace import Moments
 
-__all__ = ["Reduced", "Reducer", "channel_dim", "moments", "scale_below_peak"]
+__all__ = ["Reduced", "Reducer", "channel_dim", "moments"]
 
 
 def channel_dim(ndim: int, channels_last: bool) -> int:
@@ -220,6 +221,17 @@ class Reducer:
             torch.sum(torch.square(columns.to(acc)), 0, keepdim=True, out=squares)
         return tensor
 
+    def reduce_scaled(self, x: torch.Tensor, channel: int) -> Reduced:
+        """Reduce ``x`` multiplied by its own power of two, so its float32 squares cannot overflow.
+
+        ``x`` is scaled by ``2^-e`` with ``max |x| < 2^e`` (exact: only exponents shift) and its
+        sums are unscaled in float64 on the host, so a tensor whose squares exceed float32 keeps
+        finite statistics. A peak, a scaling and one more pass than :meth:`reduce`.
+        """
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        scale = _scale_below_peak(x, dtype)
+        return self.reduce(x.to(dtype) * scale, channel, scale=scale)
+
     def moments(self) -> dict[Reduced, Moments]:
         """The moments of every reduced tensor, after one copy from the device."""
         for partials in self._partials.values():
@@ -260,7 +272,7 @@ class Reducer:
                 for t, v, s in zip(self._tensors, var, sq_mean, strict=True)}
 
 
-def scale_below_peak(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+def _scale_below_peak(x: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     """The power of two ``2^-e`` with ``max |x| < 2^e`` (1 when x is 0 or not finite)."""
     low, high = torch.aminmax(x)
     _, exponent = torch.frexp(torch.maximum(high, -low).to(dtype))
@@ -274,8 +286,6 @@ def moments(x: torch.Tensor, channels_last: bool = False) -> Moments:
     >>> moments(torch.tensor([[1.0, 10.0], [3.0, 10.0]]))
     Moments(var=0.5, sq_mean=52.0)
     """
-    channel = channel_dim(x.ndim, channels_last)
-    scale = scale_below_peak(x, torch.promote_types(x.dtype, torch.float32))
     reducer = Reducer()
-    tensor = reducer.reduce(x.to(scale.dtype) * scale, channel, scale=scale)
+    tensor = reducer.reduce_scaled(x, channel_dim(x.ndim, channels_last))
     return reducer.moments()[tensor]

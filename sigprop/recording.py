@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import itertools
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
@@ -24,6 +26,8 @@ from sigprop.discovery import Discovery, NamedBlocks
 from sigprop.finding import BlockFinder, FoundBlocks, Recorder
 from sigprop.planning import Plan, planned
 from sigprop.trace import BatchNorms, Block, BlockStats, BNMode, InputKind, InputSpec, Run, Trace
+
+_T = TypeVar("_T")
 
 __all__ = [
     "BNMode",
@@ -231,14 +235,14 @@ def _deep_enough(model: nn.Module) -> Iterator[None]:
 
 
 def _model_device(model: nn.Module) -> torch.device:
-    for tensor in (*model.parameters(), *model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         return tensor.device
     return torch.device("cpu")
 
 
 def _model_dtype(model: nn.Module) -> torch.dtype:
     """The dtype of the model's first floating parameter or buffer (float32 if none)."""
-    for tensor in (*model.parameters(), *model.buffers()):
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
         if tensor.is_floating_point():
             return tensor.dtype
     return torch.float32
@@ -261,15 +265,29 @@ def eager_model(model: nn.Module) -> nn.Module:
             f"model is a TorchScript module ({type(model).__name__}): sigprop needs the eager "
             "nn.Module to hook its calls; measure the model before torch.jit.script/trace"
         )
-    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
-        if tensor.is_meta:
-            raise ValueError(
-                f"model parameter {name!r} is on the meta device (no values): materialize the "
-                "model first, e.g. model.to_empty(device='cpu') and initialize or load weights"
-            )
-    lazy = [name or type(model).__name__ for name, m in model.named_modules()
-            if any(isinstance(p, nn.parameter.UninitializedParameter)
-                   for p in m.parameters(recurse=False))]
+    # One walk over the modules (a deep network has thousands): parameters, buffers, lazies.
+    meta: list[str] = []
+    lazy: list[str] = []
+    seen: set[int] = set()  # a tensor shared by several modules counts once, as in named_*
+    for prefix, module in model.named_modules():
+        dotted = prefix + "." if prefix else ""
+        uninitialized = False
+        for kind, tensors in ((0, module._parameters), (1, module._buffers)):
+            for name, tensor in tensors.items():
+                if tensor is None or id(tensor) in seen:
+                    continue
+                seen.add(id(tensor))
+                uninitialized |= kind == 0 and isinstance(
+                    tensor, nn.parameter.UninitializedParameter)
+                if tensor.is_meta:
+                    meta.append(dotted + name)
+        if uninitialized:
+            lazy.append(prefix or type(model).__name__)
+    if meta:
+        raise ValueError(
+            f"model parameter {meta[0]!r} is on the meta device (no values): materialize the "
+            "model first, e.g. model.to_empty(device='cpu') and initialize or load weights"
+        )
     if lazy:
         raise ValueError(
             f"model has uninitialized lazy modules ({', '.join(lazy[:3])}): run one forward "
@@ -428,13 +446,17 @@ def measure(
     def finder(tape: Tape | None) -> BlockFinder:
         return _finder(model, blocks, tape)
 
-    def passed(measured: Callable[[BlockFinder], tuple[BlockStats, ...]],
-               grad: bool) -> tuple[BlockStats, ...]:
+    def passed(measured: Callable[[BlockFinder], _T], grad: bool) -> _T:
         return planned(plan, model, finder, batch.args, batch.kwargs, (mode, grad), measured)
 
     if backward:
-        stats = passed(lambda f: _measured_backward(model, batch, f, mode, progress, run_seed,
-                                                    loss), True)
+        stats, overflowed = passed(lambda f: _measured_backward(
+            model, batch, f, mode, progress, run_seed, loss), True)
+        if overflowed:
+            # Float32 squares of large gradients overflow long before the gradients do: the
+            # backward pass again, every gradient reduced scaled by its own power of two.
+            stats, _ = passed(lambda f: _measured_backward(
+                model, batch, f, mode, None, run_seed, loss, safe=True), True)
     else:
         stats = passed(lambda f: _measured(model, batch, f, FastAccumulator(), mode, progress),
                        False)
@@ -467,9 +489,10 @@ def _measured(model: nn.Module, batch: _Batch, finder: BlockFinder,
 
 def _measured_backward(model: nn.Module, batch: _Batch, finder: BlockFinder,
                        bn_mode: BNMode, progress: Callable[[int], None] | None,
-                       seed: int | None, loss: _backward.Loss | None
-                       ) -> tuple[BlockStats, ...]:
-    """One forward pass recorded by autograd, then one backward pass: blocks with gradients."""
+                       seed: int | None, loss: _backward.Loss | None, safe: bool = False
+                       ) -> tuple[tuple[BlockStats, ...], bool]:
+    """One forward pass recorded by autograd, then one backward pass: blocks with gradients,
+    and whether a gradient statistic overflowed (``safe``: gradients reduced scaled)."""
     accumulator = FastAccumulator()
     # Every floating-point input becomes a fresh leaf (the caller's tensors are not touched),
     # entered through a copy so that a model may still change its input in place.
@@ -489,22 +512,29 @@ def _measured_backward(model: nn.Module, batch: _Batch, finder: BlockFinder,
     with ExitStack() as stack:
         stack.enter_context(_backward.frozen_parameters(model))
         inputs = stack.enter_context(_backward.block_inputs(model, finder))
-        recorder = _backward.GradientRecorder(accumulator, inputs)
+        recorder = _backward.GradientRecorder(accumulator, inputs, safe)
         blocks = _forward(model, lifted, finder, recorder, bn_mode, progress,
                           then=lambda output: _backward.backward(output, leaves, seed, loss))
-    return tuple(BlockStats.of(block, *stats, grad=grad)
-                 for block, stats, grad in zip(blocks, accumulator.results(),
-                                               recorder.gradients(), strict=True))
+    stats = tuple(BlockStats.of(block, *stats, grad=grad)
+                  for block, stats, grad in zip(blocks, accumulator.results(),
+                                                recorder.gradients(), strict=True))
+    return stats, recorder.overflowed
 
 
 def _batchnorms(model: nn.Module) -> BatchNorms:
     """Count the batch-norm layers, and those with fresh running statistics (mean 0, var 1)."""
     layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    fresh = sum(
-        1 for m in layers
-        if m.running_mean is not None and m.running_var is not None
-        and bool((m.running_mean == 0).all()) and bool((m.running_var == 1).all())
-    )
+    tracked = [(m.running_mean, m.running_var) for m in layers
+               if m.running_mean is not None and m.running_var is not None]
+    if not tracked:
+        return BatchNorms(len(layers), 0)
+    # Two comparisons and one copy from the device for all layers, not two of each per layer.
+    device = tracked[0][0].device
+    means = torch.cat([mean.reshape(-1).to(device) for mean, _ in tracked])
+    variances = torch.cat([var.reshape(-1).to(device) for _, var in tracked])
+    stale = torch.stack(((means != 0), (variances != 1))).cpu().numpy()
+    starts = np.cumsum([0] + [mean.numel() for mean, _ in tracked[:-1]])
+    fresh = int(np.count_nonzero(np.add.reduceat(stale.sum(0), starts) == 0))
     return BatchNorms(len(layers), fresh)
 
 

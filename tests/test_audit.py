@@ -88,6 +88,15 @@ def test_trace_records_batch_norm_layers_with_fresh_statistics() -> None:
     trace = sigprop.measure(net, sigprop.InputSpec("gaussian", (2, 3, 4, 4), 0))
     assert trace.batchnorms == sigprop.BatchNorms(layers=5, fresh=4)
     assert sigprop.Trace.from_dict(trace.to_dict()).batchnorms == trace.batchnorms
+    layers = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
+    last_var = layers[-1].running_var
+    assert last_var is not None
+    with torch.no_grad():
+        last_var[-1] = 2.0  # one value, at the end of the last layer
+    layers[0].track_running_stats = False  # no running statistics: not fresh
+    layers[0].running_mean = layers[0].running_var = None
+    trace = sigprop.measure(net, sigprop.InputSpec("gaussian", (2, 3, 4, 4), 0))
+    assert trace.batchnorms == sigprop.BatchNorms(layers=5, fresh=2)
 
 
 def test_short_stages_cannot_be_judged() -> None:

@@ -391,3 +391,51 @@ def test_overflowing_gradients_are_kept_non_finite_and_judged_explosive(tmp_path
     assert sigprop.Trace.from_json(tmp_path / "stats.json").has_gradients
     verdict = stats.report(trace).verdict("gradient_propagation")
     assert verdict.outcome is stats.Outcome.CONSISTENT and "non-finite" in verdict.detail
+
+
+def test_gradients_whose_float32_squares_overflow_are_measured_scaled() -> None:
+    # The cotangent times 2^76: every gradient is finite in float32 (|g| ~ 2^80) but its squares
+    # (~2^160) are not; the statistics are those of the unscaled gradients times 2^152, exactly.
+    import copy
+
+    model = sigprop.models.resnet(6, norm="none", stages=2, seed=1)
+    x = sigprop.gaussian_input((8, 3, 8, 8), seed=1)
+    scale = 2.0**76
+    generator = torch.Generator().manual_seed(cotangent_seed(1))
+    cotangent = torch.randn(model(x).shape, generator=generator)
+    trace = sigprop.measure(model, x, backward=True, seed=1,
+                            loss=lambda output: (output * cotangent).sum() * scale)
+    reference_model = copy.deepcopy(model)
+    reference = _reference(reference_model, x, 1, _capture_marked(reference_model))
+    scaled = [{role: (var * scale**2, sq_mean * scale**2)
+               for role, (var, sq_mean) in block.items()} for block in reference]
+    _compare(trace, scaled)
+    float32_max = float(torch.finfo(torch.float32).max)
+    assert all(b.grad is not None and b.grad.output.m2 > float32_max
+               for b in trace.runs[0].blocks)
+
+
+def test_a_doubling_chain_beyond_float32_squares_has_exact_gradient_moments() -> None:
+    # y = x + x: dL/dx = 2 dL/dy exactly, so the gradient at the output of block l of n is
+    # 2^(n-1-l) times the cotangent: m2 x4 per block, up to 4^69 ~ 2^138 > float32's 2^128.
+    n = 70
+    model = nn.Sequential(*(ScaledBlock(3, 1.0) for _ in range(n)))
+    x = sigprop.gaussian_input((4, 3, 5, 5), seed=0)
+    blocks = sigprop.measure(model, x, backward=True, seed=5).runs[0].blocks
+    generator = torch.Generator().manual_seed(cotangent_seed(5))
+    cotangent = torch.randn(x.shape, generator=generator).double()
+    last = blocks[-1].grad
+    assert last is not None
+    assert last.output.m2 == pytest.approx(float(cotangent.square().mean()), rel=1e-6)
+    for block in blocks:
+        g = block.grad
+        assert g is not None and g.finite
+        factor = 4.0 ** (n - 1 - block.index)
+        for stat in ("var", "sq_mean"):
+            out = getattr(last.output, stat) * factor
+            assert getattr(g.output, stat) == pytest.approx(out, rel=1e-12)
+            assert getattr(g.skip, stat) == getattr(g.output, stat)
+            assert getattr(g.residual, stat) == pytest.approx(out, rel=1e-12)
+            assert getattr(g.input, stat) == pytest.approx(4 * out, rel=1e-12)
+    assert blocks[0].grad is not None
+    assert blocks[0].grad.input.m2 > float(torch.finfo(torch.float32).max)

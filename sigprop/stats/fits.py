@@ -162,7 +162,8 @@ def _mean_increment(levels: Callable[[_Series], np.ndarray]) -> _Fitter:
         if y.size < 2:
             return math.nan, math.nan
         slope = float(y[-1] - y[0]) / (y.size - 1)
-        return slope, float((y - slope * np.arange(y.size)).mean())
+        # Summing y/n, not y: levels near the largest float have a finite mean whose sum is not.
+        return slope, float(((y - slope * np.arange(y.size)) / y.size).sum())
     return _on_spliced(fitter)
 
 
@@ -306,7 +307,8 @@ def _run_fit(fit: _Fit, s: _Series | _GradSeries, proportional: bool = False) ->
     values = np.array(left_out)
     if not np.isfinite(values).all():
         return _RunFit(value, intercept, math.nan, 0)
-    variance = (segments - 1) / segments * float(((values - values.mean()) ** 2).sum())
+    with np.errstate(over="ignore"):  # a variance beyond the largest float is infinite
+        variance = (segments - 1) / segments * float(((values - values.mean()) ** 2).sum())
     return _RunFit(value, intercept, variance, segments - 1)
 
 
