@@ -164,11 +164,15 @@ def main() -> None:
     parser.add_argument("--no-memory", action="store_true", help="skip the child processes")
     parser.add_argument("--backward", action="store_true",
                         help="forward + backward on both sides: measure(..., backward=True)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default: torch's)")
     parser.add_argument("--plan", action="store_true",
                         help="bare vs a first measure (discovery) vs a planned measure (replay)")
     parser.add_argument("--child", choices=["bare", "measure"], help=argparse.SUPPRESS)
     args = parser.parse_args()
     depths = [int(d) for d in args.depths.split(",")]
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     if args.child:
         child(args.child, args.models, depths[0], args.width, args.batch, args.image,
               args.backward)
