@@ -59,7 +59,9 @@ def channel_mean_factor(height: int, width: int | None = None, circular: bool = 
     channel mean averages, per tap offset, the ReLU means that land on the map: all ``n`` for
     offset 0, one border position fewer for +-1. With i.i.d. weights
     ``E[mu^2] = (1/pi) A(height) A(width)``, ``A(n) = (A_0^2 + 2 A_1^2) / 3``, where
-    ``A_0 = (n - 2 + 2c) / (n sqrt(m))``, ``A_1 = (n - 2 + c) / (n sqrt(m))``, ``c = sqrt(2/3)``.
+    ``A_0 = (n - 2 + 2c) / (n sqrt(m))``, ``A_1 = (n - 2 + c) / (n sqrt(m))``, ``c = sqrt(2/3)``:
+    :meth:`_Image.relu_conv_sq_mean` of the first convolution's map, which this closed form
+    writes out axis by axis.
 
     >>> round(channel_mean_factor(16), 4), round(channel_mean_factor(32), 4)
     (0.8623, 0.9295)
@@ -615,7 +617,9 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     }
     rule = rules[config.norm] + ("; times the share of the gradient that the ReLU after each "
                                  "addition passes (a reflected random walk)" if shares else "") + \
-        ("" if config.padding is Padding.CIRCULAR else "; zero padding on the measured map")
+        ("" if config.padding is Padding.CIRCULAR else
+         "; zero padding on the measured map" + ("" if config.norm is not Norm.BATCHNORM else
+                                                  " (each BN's channel variance on it)"))
     return GradientPrediction(forward.family, rule, not shares, tuple(output.tolist()),
                               tuple(skip.tolist()), tuple(residual.tolist()),
                               tuple(inputs.tolist()))
