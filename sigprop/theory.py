@@ -59,7 +59,9 @@ def channel_mean_factor(height: int, width: int | None = None, circular: bool = 
     channel mean averages, per tap offset, the ReLU means that land on the map: all ``n`` for
     offset 0, one border position fewer for +-1. With i.i.d. weights
     ``E[mu^2] = (1/pi) A(height) A(width)``, ``A(n) = (A_0^2 + 2 A_1^2) / 3``, where
-    ``A_0 = (n - 2 + 2c) / (n sqrt(m))``, ``A_1 = (n - 2 + c) / (n sqrt(m))``, ``c = sqrt(2/3)``.
+    ``A_0 = (n - 2 + 2c) / (n sqrt(m))``, ``A_1 = (n - 2 + c) / (n sqrt(m))``, ``c = sqrt(2/3)``:
+    :meth:`_Image.relu_conv_sq_mean` of the first convolution's map, which this closed form
+    writes out axis by axis.
 
     >>> round(channel_mean_factor(16), 4), round(channel_mean_factor(32), 4)
     (0.8623, 0.9295)
@@ -137,21 +139,19 @@ class Prediction:
 
 @cache
 def _axis(size: int, circular: bool) -> tuple[np.ndarray, np.ndarray]:
-    """One axis of a 3x3 convolution on ``size`` positions: its tap average and what each tap reads.
+    """One axis of a 3x3 convolution on ``size`` positions: its tap average and its three taps.
 
-    ``taps[p, q]`` (``T``) is 1/3 for each of output ``p``'s three taps that lands on input
-    ``q``; ``reads[k, q]`` is 1 where tap ``k - 1`` of some output lands on input ``q`` (every
-    input with circular padding; with zero padding the first tap never reads the last input,
-    the last never the first).
+    ``bands[k, p, q]`` is 1 where tap ``k - 1`` of output ``p`` lands on input ``q`` (with zero
+    padding the first tap of the first output and the last tap of the last land nowhere);
+    ``T``, their average, is 1/3 for each of output ``p``'s taps that lands on ``q``.
     """
-    taps, reads = np.zeros((size, size)), np.zeros((3, size))
+    bands = np.zeros((3, size, size))
     for p in range(size):
         for k, offset in enumerate((-1, 0, 1)):
             q = p + offset
             if circular or 0 <= q < size:
-                taps[p, q % size] += 1 / 3
-                reads[k, q % size] = 1.0
-    return taps, reads
+                bands[k, p, q % size] += 1.0
+    return bands.sum(axis=0) / 3, bands
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,14 +160,14 @@ class _Image:
 
     rows: np.ndarray  # T of the height axis
     cols: np.ndarray  # T of the width axis
-    row_reads: np.ndarray  # which inputs each tap of the height axis reads (3 x height)
-    col_reads: np.ndarray
+    row_bands: np.ndarray  # the height axis's three taps (3 x height x height)
+    col_bands: np.ndarray
 
     @staticmethod
     def of(height: int, width: int, circular: bool) -> _Image:
         """The map of ``height x width`` positions with zero or circular padding."""
-        (rows, row_reads), (cols, col_reads) = _axis(height, circular), _axis(width, circular)
-        return _Image(rows, cols, row_reads, col_reads)
+        (rows, row_bands), (cols, col_bands) = _axis(height, circular), _axis(width, circular)
+        return _Image(rows, cols, row_bands, col_bands)
 
     @staticmethod
     def infinite() -> _Image:
@@ -184,18 +184,38 @@ class _Image:
         out: np.ndarray = self.rows.T @ profile @ self.cols
         return out
 
-    def relu_conv_sq_mean(self, second: np.ndarray) -> float:
-        """Squared channel mean of a He-init 3x3 conv of ``relu(z)``, infinite width.
+    def relu_conv_mean_cross(self, second: np.ndarray) -> np.ndarray:
+        """``E_c[mu_c(p) mu_c]`` per position of a He-init 3x3 conv of ``relu(z)``, infinite width.
 
         ``z`` is centred and symmetric with per-position second moment ``second``, so
-        ``relu(z)`` has mean ``sqrt(second / (2 pi))``. The output channel's mean over the map is
-        a sum over input channels and the 9 taps of a weight times the mean of the ReLU means
-        that tap reads; with i.i.d. weights of variance ``2 / (9 C)``,
-        ``E[mu^2] = (1/pi) mean_taps (sum of sqrt(second) the tap reads / positions)^2``
-        (``1/pi`` on a uniform map with circular padding).
+        ``relu(z)`` has mean ``a = sqrt(second / (2 pi))``. Output channel ``c``'s mean at
+        ``p``, ``mu_c(p)``, sums over input channels and the 9 taps a weight times ``a`` where
+        the tap lands; its mean over the map, ``mu_c``, the same weights times the mean of the
+        ``a`` each tap reads, ``abar_tap``. With i.i.d. weights of variance ``2 / (9 C)``:
+        ``E[mu_c(p) mu_c] = (2/9) sum_taps a(p + tap) abar_tap``, whose mean over the map is
+        ``E[mu_c^2]`` (:meth:`relu_conv_sq_mean`).
         """
-        read = self.row_reads @ np.sqrt(second) @ self.col_reads.T / second.size
-        return float((read**2).mean() / math.pi)
+        mean = np.sqrt(second / (2 * math.pi))
+        reads = self._reads(mean)
+        out: np.ndarray = 2 / 9 * sum(
+            (reads[j, k] * self.row_bands[j] @ mean @ self.col_bands[k].T
+             for j in range(3) for k in range(3)), np.zeros_like(second))
+        return out
+
+    def relu_conv_sq_mean(self, second: np.ndarray) -> float:
+        """Squared channel mean ``E[mu_c^2]`` of a He-init 3x3 conv of ``relu(z)``.
+
+        The mean over the map of :meth:`relu_conv_mean_cross`, ``(2/9) sum_taps abar_tap^2``:
+        ``(1/pi) mean_taps (sum of sqrt(second) the tap reads / positions)^2``, ``1/pi`` on a
+        uniform map with circular padding.
+        """
+        return float((self._reads(np.sqrt(second)) ** 2).mean() / math.pi)
+
+    def _reads(self, values: np.ndarray) -> np.ndarray:
+        """Per tap (3 x 3), the sum of the ``values`` that tap reads over the map, per position."""
+        out: np.ndarray = (self.row_bands.sum(axis=1) @ values @ self.col_bands.sum(axis=1).T
+                           / values.size)
+        return out
 
     def relu_conv_variance(self, second: np.ndarray) -> float:
         """Channel variance of a He-init 3x3 conv of ``relu(z)`` (see :meth:`relu_conv_sq_mean`)."""
@@ -578,6 +598,9 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     shares = post_relu and config.norm is Norm.BATCHNORM
     if post_relu and not shares and not (config.norm is Norm.FIXUP and config.fixup_zero_last):
         return None
+    # BN-ReLU-Conv branches add channel means that vary over the map: the first BN meets the
+    # skip path about them.
+    centre = config.norm is Norm.BATCHNORM and forward.family == "bn-v2"
     nan = [math.nan] * len(blocks)
     output, skip, residual, inputs = (np.array(nan) for _ in range(4))
     for stage in range(n_stages):
@@ -585,14 +608,17 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
         image = images[stage] or _Image.infinite()
         size = (image.rows.shape[0], image.cols.shape[0])
         profile = np.full(size, last_output[members[-1].index])
-        for block in reversed(members):
+        bn_inputs = _centred(image, [skip_maps[b.index] for b in members]) if centre else \
+            [skip_maps[b.index] for b in members]
+        for position, block in reversed(list(enumerate(members))):
             l = block.index
             output[l] = float(profile.mean())
             if block.shortcut is Shortcut.PROJECTION:
                 break  # the skip part leaves the stage's map: no closed form here
             branch = gain / betas[l] ** 2 * image.conv_transposed(image.conv_transposed(profile))
             if config.norm is Norm.BATCHNORM:
-                branch = branch / math.prod(_bn_variances(config, image, skip_maps[l], var[l]))
+                branch = branch / math.prod(_bn_variances(config, image, bn_inputs[position],
+                                                          var[l]))
             skip[l], residual[l] = output[l], float(branch.mean())
             profile = profile + branch
             inputs[l] = float(profile.mean())
@@ -615,7 +641,9 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     }
     rule = rules[config.norm] + ("; times the share of the gradient that the ReLU after each "
                                  "addition passes (a reflected random walk)" if shares else "") + \
-        ("" if config.padding is Padding.CIRCULAR else "; zero padding on the measured map")
+        ("" if config.padding is Padding.CIRCULAR else
+         "; zero padding on the measured map" + ("" if config.norm is not Norm.BATCHNORM else
+                                                  " (each BN's channel variance on it)"))
     return GradientPrediction(forward.family, rule, not shares, tuple(output.tolist()),
                               tuple(skip.tolist()), tuple(residual.tolist()),
                               tuple(inputs.tolist()))
@@ -674,6 +702,21 @@ def _bn_variances(config: ResNetConfig, image: _Image, skip: np.ndarray, var: fl
     if config.order is Order.RELU_BN:
         return _relu_variance(skip), _relu_variance(2 * image.conv(normalized))
     return var, image.relu_conv_variance(normalized)
+
+
+def _centred(image: _Image, skips: Sequence[np.ndarray]) -> list[np.ndarray]:
+    """BN v2 (BN-ReLU-Conv): one stage's skip maps about their channel means.
+
+    Every branch adds channel means that vary over the map (``mu_c(p)``, smaller at the
+    border, from the ReLU means of its BN-normalized ``T 1 T'`` map, the forward's branch);
+    the first batch norm subtracts their mean over the map, ``mu_c``, so the block input it
+    normalizes has ``E[(x(p) - mu_c)^2] = m2(p) - sum_branches (2 E[mu_c(p) mu_c] - E[mu_c^2])``
+    (:meth:`_Image.relu_conv_mean_cross`): flatter than ``m2``, whose interior excess is partly
+    the means'. The stem adds no channel mean; a projection's is the same at every position.
+    """
+    branch_input = image.normalize(image.conv(np.ones_like(skips[0])))
+    cross = image.relu_conv_mean_cross(branch_input)
+    return [skip - k * (2 * cross - cross.mean()) for k, skip in enumerate(skips)]
 
 
 def _apply_relu_shares(members: Sequence[BlockStats], columns: tuple[np.ndarray, ...]) -> None:
