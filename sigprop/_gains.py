@@ -123,9 +123,17 @@ class ParamNames:
         self.own: dict[int, str] = {}
         """``id(tensor) -> name`` of the parameters and buffers (the first name of a shared one)."""
         self._tensors: dict[str, torch.Tensor] = {}
-        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers()):
-            if self.own.setdefault(id(tensor), name) == name:
-                self._tensors[name] = tensor
+        # One walk of the modules (not one for parameters and one for buffers: a walk costs
+        # ~10 ms at 15,000 modules); parameters first, as named_parameters() + named_buffers().
+        modules = list(model.named_modules())
+        for attribute in ("_parameters", "_buffers"):
+            for prefix, module in modules:
+                for key, tensor in getattr(module, attribute).items():
+                    if tensor is None:
+                        continue
+                    name = f"{prefix}.{key}" if prefix else key
+                    if self.own.setdefault(id(tensor), name) == name:
+                        self._tensors[name] = tensor
         self._aliases: TensorMap[str] = TensorMap()
 
     def tensor(self, name: str) -> torch.Tensor | None:
