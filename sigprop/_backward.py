@@ -67,7 +67,9 @@ def cotangent_seed(seed: int | None) -> int:
 def frozen_parameters(model: nn.Module) -> Iterator[None]:
     """Parameters not requiring grad while the graph is built (so nothing can reach a
     ``.grad`` and no weight gradient is formed); each flag restored on exit."""
-    params = list(model.parameters())
+    # Each module's own parameters: much faster than model.parameters() on thousands of
+    # modules; a parameter shared by several modules is listed (and restored) more than once.
+    params = [p for m in model.modules() for p in m._parameters.values() if p is not None]
     flags = [p.requires_grad for p in params]
     try:
         for p in params:
@@ -116,6 +118,7 @@ class GradientRecorder:
         self._reducer = Reducer()
         self._reduce_one = self._reducer.reduce_scaled if safe else self._reducer.reduce
         self.overflowed = False  # set by gradients(): a reduced statistic is not finite
+        self._scratch: torch.Tensor | None = None  # reused for each block's branch part
         self._slots: list[_Slot] = []
         self._last: tuple[torch.Tensor, Reduced] | None = None  # the last gradient reduced
         self._nested = False  # inside a projection's own product: the hooks stand aside
@@ -187,15 +190,29 @@ class GradientRecorder:
             return
         slot.input = self._reduce(grad, slot.channel)
         with torch.no_grad():
-            slot.residual = self._reduce_one(grad - slot.pending, slot.channel)
+            slot.residual = self._reduce_one(self._difference(grad, slot.pending), slot.channel)
         slot.pending = None
+
+    def _difference(self, grad: torch.Tensor, part: torch.Tensor) -> torch.Tensor:
+        """``grad - part``, written into one scratch tensor reused by every block of its shape
+        and layout (reduced before the next block's overwrites it: the device runs them in
+        order), instead of a fresh one per block."""
+        scratch = self._scratch
+        if not (scratch is not None and scratch.shape == grad.shape
+                and scratch.dtype == grad.dtype and scratch.device == grad.device
+                and scratch.stride() == grad.stride() == part.stride()):
+            scratch = torch.empty_like(grad)
+            if not scratch.stride() == grad.stride() == part.stride():
+                return grad - part  # mixed or overlapping layouts: torch picks the result's
+            self._scratch = scratch
+        return torch.sub(grad, part, out=scratch)
 
     def gradients(self) -> list[Gradients]:
         """Per committed block, the moments of its four gradients (NaN where none arrived).
 
         Sets :attr:`overflowed` when a gradient that arrived has a non-finite statistic.
         """
-        self._last = None
+        self._last = self._scratch = None
         stats = self._reducer.moments()
         self.overflowed = not all(m.finite for m in stats.values())
         missing = Moments(math.nan, math.nan)

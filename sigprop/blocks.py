@@ -84,10 +84,11 @@ class MarkedAdditions(BlockFinder):
             ValueError: a ``ResidualAdd(gain=...)`` names no parameter or buffer of its block.
         """
         marks = []
-        for name, module in model.named_modules():
+        named = dict(model.named_modules())
+        for name, module in named.items():
             if isinstance(module, ResidualAdd):
                 owner = name.rpartition(".")[0]
-                gains = _declared_gain(model.get_submodule(owner), module)
+                gains = _declared_gain(named[owner], module)
                 marks.append(_Mark(module, owner or type(model).__name__, gains))
         return cls(model, marks) if marks else None
 

@@ -265,35 +265,30 @@ def eager_model(model: nn.Module) -> nn.Module:
             f"model is a TorchScript module ({type(model).__name__}): sigprop needs the eager "
             "nn.Module to hook its calls; measure the model before torch.jit.script/trace"
         )
-    # One walk over the modules (a deep network has thousands): parameters, buffers, lazies.
-    meta: list[str] = []
-    lazy: list[str] = []
-    seen: set[int] = set()  # a tensor shared by several modules counts once, as in named_*
-    for prefix, module in model.named_modules():
-        dotted = prefix + "." if prefix else ""
-        uninitialized = False
-        for kind, tensors in ((0, module._parameters), (1, module._buffers)):
-            for name, tensor in tensors.items():
-                if tensor is None or id(tensor) in seen:
-                    continue
-                seen.add(id(tensor))
-                uninitialized |= kind == 0 and isinstance(
-                    tensor, nn.parameter.UninitializedParameter)
-                if tensor.is_meta:
-                    meta.append(dotted + name)
-        if uninitialized:
-            lazy.append(prefix or type(model).__name__)
-    if meta:
-        raise ValueError(
-            f"model parameter {meta[0]!r} is on the meta device (no values): materialize the "
-            "model first, e.g. model.to_empty(device='cpu') and initialize or load weights"
-        )
+    # One walk over the modules (a deep network has thousands), and a second one with names
+    # only to word the error.
+    if any(t is not None and (t.is_meta or isinstance(t, nn.parameter.UninitializedParameter))
+           for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())):
+        _refuse_unmaterialized(model)
+    return model
+
+
+def _refuse_unmaterialized(model: nn.Module) -> None:
+    """Raise the error for a model with meta-device tensors or uninitialized lazy modules."""
+    for name, tensor in (*model.named_parameters(), *model.named_buffers()):
+        if tensor.is_meta:
+            raise ValueError(
+                f"model parameter {name!r} is on the meta device (no values): materialize the "
+                "model first, e.g. model.to_empty(device='cpu') and initialize or load weights"
+            )
+    lazy = [name or type(model).__name__ for name, m in model.named_modules()
+            if any(isinstance(p, nn.parameter.UninitializedParameter)
+                   for p in m.parameters(recurse=False))]
     if lazy:
         raise ValueError(
             f"model has uninitialized lazy modules ({', '.join(lazy[:3])}): run one forward "
             "pass on an example input (model(x)) to initialize them, then measure"
         )
-    return model
 
 
 def _resolve_input(model: nn.Module, inputs: torch.Tensor | InputSpec | None,
@@ -524,14 +519,14 @@ def _measured_backward(model: nn.Module, batch: _Batch, finder: BlockFinder,
 def _batchnorms(model: nn.Module) -> BatchNorms:
     """Count the batch-norm layers, and those with fresh running statistics (mean 0, var 1)."""
     layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
-    tracked = [(m.running_mean, m.running_var) for m in layers
-               if m.running_mean is not None and m.running_var is not None]
+    buffers = [(m._buffers.get("running_mean"), m._buffers.get("running_var")) for m in layers]
+    tracked = [(mean, var) for mean, var in buffers if mean is not None and var is not None]
     if not tracked:
         return BatchNorms(len(layers), 0)
     # Two comparisons and one copy from the device for all layers, not two of each per layer.
     device = tracked[0][0].device
-    means = torch.cat([mean.reshape(-1).to(device) for mean, _ in tracked])
-    variances = torch.cat([var.reshape(-1).to(device) for _, var in tracked])
+    means = torch.cat([mean.to(device) for mean, _ in tracked])  # 1-d, one per channel
+    variances = torch.cat([var.to(device) for _, var in tracked])
     stale = torch.stack(((means != 0), (variances != 1))).cpu().numpy()
     starts = np.cumsum([0] + [mean.numel() for mean, _ in tracked[:-1]])
     fresh = int(np.count_nonzero(np.add.reduceat(stale.sum(0), starts) == 0))
