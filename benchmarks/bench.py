@@ -37,7 +37,7 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
 from torch import nn
@@ -153,6 +153,16 @@ def child(side: str, model: str, depth: int, width: int, batch: int, image: int,
     print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
 
 
+def cases(args: argparse.Namespace, depths: list[int]
+          ) -> Iterator[tuple[str, int, nn.Module, torch.Tensor]]:
+    """Each model at each depth, built, with the benchmark's input batch."""
+    for model in args.models.split(","):
+        for depth in depths:
+            net = build(model, depth, args.width, args.backward)
+            yield model, depth, net, sigprop.gaussian_input(
+                (args.batch, 3, args.image, args.image), seed=0)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="resnet")
@@ -186,42 +196,36 @@ def main() -> None:
     if args.plan:
         print("model | input | blocks | bare s | first/bare (median) | first IQR | "
               "planned/bare (median) | planned IQR | planned range")
-        for model in args.models.split(","):
-            for depth in depths:
-                net = build(model, depth, args.width, args.backward)
-                x = sigprop.gaussian_input((args.batch, 3, args.image, args.image), seed=0)
-                b, firsts, planned = time_plan(net, x, args.pairs, args.backward)
-                blocks = sigprop.measure(net, x).n_blocks
-                f_low, _, f_high = statistics.quantiles(firsts, n=4)
-                p_low, _, p_high = statistics.quantiles(planned, n=4)
-                print(" | ".join([
-                    model, f"batch {args.batch}, {args.image}x{args.image}", str(blocks),
-                    f"{b:.3f}", f"{statistics.median(firsts):.3f}", f"{f_low:.3f}-{f_high:.3f}",
-                    f"{statistics.median(planned):.3f}", f"{p_low:.3f}-{p_high:.3f}",
-                    f"{min(planned):.3f}-{max(planned):.3f}"])
-                    + f" | load {os.getloadavg()[0]:.2f}", flush=True)
+        for model, _depth, net, x in cases(args, depths):
+            b, firsts, planned = time_plan(net, x, args.pairs, args.backward)
+            blocks = sigprop.measure(net, x).n_blocks
+            f_low, _, f_high = statistics.quantiles(firsts, n=4)
+            p_low, _, p_high = statistics.quantiles(planned, n=4)
+            print(" | ".join([
+                model, f"batch {args.batch}, {args.image}x{args.image}", str(blocks),
+                f"{b:.3f}", f"{statistics.median(firsts):.3f}", f"{f_low:.3f}-{f_high:.3f}",
+                f"{statistics.median(planned):.3f}", f"{p_low:.3f}-{p_high:.3f}",
+                f"{min(planned):.3f}-{max(planned):.3f}"])
+                + f" | load {os.getloadavg()[0]:.2f}", flush=True)
         return
     header = ("model", "blocks", "bare s", "measure s", "ratio (median)", "ratio IQR",
               "ratio range", "ms/block", "peak MiB bare", "peak MiB measure", "mem ratio")
     print(" | ".join(header))
-    for model in args.models.split(","):
-        for depth in depths:
-            net = build(model, depth, args.width, args.backward)
-            x = sigprop.gaussian_input((args.batch, 3, args.image, args.image), seed=0)
-            b, m, ratios = time_pairs(net, x, args.pairs, args.backward)
-            blocks = sigprop.measure(net, x).n_blocks
-            low, _, high = statistics.quantiles(ratios, n=4)
-            row = [model, str(blocks), f"{b:.3f}", f"{m:.3f}", f"{statistics.median(ratios):.3f}",
-                   f"{low:.3f}-{high:.3f}", f"{min(ratios):.3f}-{max(ratios):.3f}",
-                   f"{1000 * m / blocks:.2f}"]
-            if args.no_memory:
-                row += ["-", "-", "-"]
-            else:
-                sizes = (model, depth, args.width, args.batch, args.image, args.backward)
-                pb = child_peak("bare", *sizes)
-                pm = child_peak("measure", *sizes)
-                row += [str(pb), str(pm), f"{pm / pb:.3f}"]
-            print(" | ".join(row) + f" | load {os.getloadavg()[0]:.2f}", flush=True)
+    for model, depth, net, x in cases(args, depths):
+        b, m, ratios = time_pairs(net, x, args.pairs, args.backward)
+        blocks = sigprop.measure(net, x).n_blocks
+        low, _, high = statistics.quantiles(ratios, n=4)
+        row = [model, str(blocks), f"{b:.3f}", f"{m:.3f}", f"{statistics.median(ratios):.3f}",
+               f"{low:.3f}-{high:.3f}", f"{min(ratios):.3f}-{max(ratios):.3f}",
+               f"{1000 * m / blocks:.2f}"]
+        if args.no_memory:
+            row += ["-", "-", "-"]
+        else:
+            sizes = (model, depth, args.width, args.batch, args.image, args.backward)
+            pb = child_peak("bare", *sizes)
+            pm = child_peak("measure", *sizes)
+            row += [str(pb), str(pm), f"{pm / pb:.3f}"]
+        print(" | ".join(row) + f" | load {os.getloadavg()[0]:.2f}", flush=True)
 
 
 if __name__ == "__main__":
