@@ -66,7 +66,7 @@ def collect(analysis: Analysis, options: RunOptions) -> Collected:
     traces = []
     plan = sigprop.Plan()  # every seed builds the same architecture: discovered once
     total = analysis.expected_blocks * options.seeds if analysis.expected_blocks else None
-    with use_threads(options.threads), _progress(total) as advance:
+    with use_threads(options.threads), BlockProgress(total) as advance:
         for k in range(options.seeds):
             model, model_info = _build(analysis, options.seed + k, device)
             spec = sigprop.InputSpec("gaussian", analysis.input_shape, options.seed + k)
@@ -77,6 +77,7 @@ def collect(analysis: Analysis, options: RunOptions) -> Collected:
                 raise UsageError(str(e)) from e
             traces.append(_measure(analysis, options, model, spec, model_info, advance, plan,
                                    inputs))
+            advance.measured(traces[-1].n_blocks)
     trace = reduce(sigprop.Trace.merge, traces)
     return Collected(trace, stats.report(trace), time.perf_counter() - started)
 
@@ -161,19 +162,34 @@ def print_json(doc: Any) -> None:
     typer.echo(json.dumps(doc, indent=1, allow_nan=False))
 
 
-class _progress:
-    """A Rich progress bar over blocks on stderr; yields the callback for ``measure``."""
+class BlockProgress:
+    """A Rich progress bar over blocks on stderr; called as ``measure``'s progress callback.
 
-    def __init__(self, total: int | None):
+    The bar shows the blocks of the finished measurements plus the current pass's count, so a
+    pass that starts again (a plan that did not match, replaced by discovery) sets it back
+    instead of counting its blocks twice.
+    """
+
+    def __init__(self, total: int | None, console: Console | None = None):
         self.bar = Progress(TextColumn("measuring"), BarColumn(), MofNCompleteColumn(),
                             TextColumn("blocks"), TimeElapsedColumn(),
-                            console=Console(stderr=True), transient=True)
+                            console=console or Console(stderr=True), transient=True)
         self.task = self.bar.add_task("blocks", total=total)
+        self.finished = 0
 
-    def __enter__(self) -> Callable[[int], None]:
-        """Start; the callback, called once per recorded block, advances the bar by one."""
+    def __call__(self, done: int) -> None:
+        """``done`` blocks of the current pass are recorded."""
+        self.bar.update(self.task, completed=self.finished + done)
+
+    def measured(self, blocks: int) -> None:
+        """A measurement of ``blocks`` blocks is complete."""
+        self.finished += blocks
+        self(0)
+
+    def __enter__(self) -> BlockProgress:
+        """Start the bar."""
         self.bar.start()
-        return lambda _done: self.bar.advance(self.task)
+        return self
 
     def __exit__(self, *exc: object) -> None:
         self.bar.stop()

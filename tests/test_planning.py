@@ -3,6 +3,7 @@ to discovery wherever the model's execution differs from the plan."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
@@ -10,9 +11,11 @@ import pytest
 import timm
 import torch
 import torchvision
+from rich.console import Console
 from torch import nn
 
 import sigprop
+from sigprop_cli._run import BlockProgress
 from tests.helpers import assert_unchanged, snapshot
 from tests.transformer_copies import BertModel, GPT2Model
 
@@ -133,6 +136,23 @@ class Looping(nn.Module):
         for layer in self.layers[:count]:
             x = x + torch.relu(layer(x))
         return x
+
+
+def test_the_cli_progress_counts_a_pass_that_falls_back_once() -> None:
+    # The replay of a 3-block plan on a 1-block pass reports its first block before the
+    # mismatch shows; the discovery that replaces it reports it again: 3 + 1 blocks, not 5.
+    torch.manual_seed(0)
+    model = Looping()
+    plan = sigprop.Plan()
+    progress = BlockProgress(None, Console(file=io.StringIO()))
+    with progress:
+        for mean in (3.0, -3.0):
+            trace = sigprop.measure(model, torch.randn(16, 8) + mean, plan=plan,
+                                    progress=progress)
+            progress.measured(trace.n_blocks)
+        completed = progress.bar.tasks[0].completed
+    assert (plan.discoveries, plan.replays) == (2, 0)
+    assert completed == 4
 
 
 @pytest.mark.parametrize(("first", "then"), [(-3.0, 3.0), (3.0, -3.0)])
