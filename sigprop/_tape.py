@@ -10,7 +10,6 @@ on the same data flow, so the additions discovery found are where it found them.
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 
 from sigprop._gains import ParamNames
+from sigprop._tensor_map import TensorMap
 
 __all__ = ["Signature", "Site", "Tape", "tensors"]
 
@@ -62,8 +62,7 @@ class Tape:
         self.params = params
         self._names = params.own
         self.signatures: list[Signature] = []
-        # id(tensor) -> (weak reference proving it is that tensor, its source number)
-        self._sources: dict[int, tuple[weakref.ref[torch.Tensor], int]] = {}
+        self._sources: TensorMap[int] = TensorMap()  # tensor -> its source number
         self.index = 0
         self.produced = 0
 
@@ -73,7 +72,7 @@ class Tape:
         for x in values:
             if isinstance(x, torch.Tensor):
                 k += 1
-                self._sources[id(x)] = (weakref.ref(x), -k)
+                self._sources[x] = -k
 
     def signature(self, func: Callable[..., Any], args: Sequence[Any],
                   kwargs: dict[str, Any]) -> Signature:
@@ -89,23 +88,20 @@ class Tape:
             name = self._names.get(id(value))
             if name is not None:
                 return name
-            entry = self._sources.get(id(value))
-            number = entry[1] if entry is not None and entry[0]() is value else None
-            return number, value.shape
+            return self._sources.get(value), value.shape
         if isinstance(value, list | tuple):
             return tuple(map(self.source, value))
         return value if isinstance(value, _PLAIN) else type(value)
 
     def number(self, tensor: torch.Tensor) -> int | None:
         """The source number of ``tensor`` (input or result of an operation), None if none."""
-        entry = self._sources.get(id(tensor))
-        return entry[1] if entry is not None and entry[0]() is tensor else None
+        return self._sources.get(tensor)
 
     def produce(self, out: Any) -> int:
         """Number the tensors an operation returned; returns the number of the first."""
         first = self.produced
         for tensor in tensors(out):
-            self._sources[id(tensor)] = (weakref.ref(tensor), self.produced)
+            self._sources[tensor] = self.produced
             self.produced += 1
         return first
 

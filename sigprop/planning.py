@@ -98,6 +98,8 @@ def planned(plan: Plan | None, model: nn.Module, finder: Callable[[Tape | None],
     """
     if plan is None:
         return run(finder(None))
+    if not isinstance(plan, Plan):
+        raise TypeError(f"plan must be a sigprop.Plan, got {type(plan).__name__}")
     plain = finder(None)
     if not isinstance(plain, Discovery | NamedBlocks):
         return run(plain)  # marked additions: hooks on the marks, nothing to plan
@@ -113,7 +115,7 @@ def planned(plan: Plan | None, model: nn.Module, finder: Callable[[Tape | None],
         else:
             plan.replays += 1
             return result
-    recording = _Recording(model, finder(Tape(params)), key)
+    recording = _Recording(model, finder(Tape(params)))
     result = run(recording)
     if recording.recipe is None:
         plan._recipes.pop(key, None)
@@ -157,7 +159,6 @@ class _Block:
 class _Recipe:
     """What a discovering pass recorded (see the module's docstring)."""
 
-    key: tuple[Any, ...]
     signatures: tuple[Signature, ...]
     blocks: tuple[_Block, ...]
     owners: tuple[str, ...]  # registered names of the modules whose input backward needs
@@ -181,19 +182,18 @@ class _Recipe:
 class _Recording(BlockFinder):
     """Discovery (or ``blocks=[...]``) writing a tape; :attr:`recipe` once the pass is done."""
 
-    def __init__(self, model: nn.Module, inner: BlockFinder, key: tuple[Any, ...]) -> None:
+    def __init__(self, model: nn.Module, inner: BlockFinder) -> None:
         super().__init__(model)
         assert isinstance(inner, Discovery | NamedBlocks) and inner.tape is not None
         self._inner = inner
         self._tape = inner.tape
-        self._key = key
         self.recipe: _Recipe | None = None
 
     @contextmanager
     def tapping(self, found: FoundBlocks) -> Iterator[None]:
         with self._inner.tapping(found), _inputs_signed(self.model, self._tape):
             yield
-        self.recipe = _recipe(self.model, self._key, self._tape, found.reports())
+        self.recipe = _recipe(self.model, self._tape, found.reports())
 
     def check(self, blocks: Sequence[Block]) -> None:
         self._inner.check(blocks)
@@ -202,8 +202,7 @@ class _Recording(BlockFinder):
         return self._inner.owners()
 
 
-def _recipe(model: nn.Module, key: tuple[Any, ...], tape: Tape,
-            reports: list[Report]) -> _Recipe | None:
+def _recipe(model: nn.Module, tape: Tape, reports: list[Report]) -> _Recipe | None:
     """The recipe of a recorded pass; None if a block cannot be replayed (a gain read from a
     tensor that is neither the model's nor made in the pass)."""
     calls: dict[object, int] = {}
@@ -222,7 +221,7 @@ def _recipe(model: nn.Module, key: tuple[Any, ...], tape: Tape,
     registered = {name or type(model).__name__: name for name, _ in model.named_modules()}
     owners = [registered[b.name] for b in blocks
               if b.shortcut is Shortcut.PROJECTION and b.name in registered]
-    return _Recipe(key, tuple(tape.signatures), tuple(blocks), tuple(dict.fromkeys(owners)))
+    return _Recipe(tuple(tape.signatures), tuple(blocks), tuple(dict.fromkeys(owners)))
 
 
 def _gain_source(term: GainTerm, tape: Tape) -> _Gain | None:

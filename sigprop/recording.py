@@ -434,8 +434,6 @@ def measure(
     model = eager_model(model)
     batch, spec = _resolve_input(model, inputs, args, kwargs, forward_kwargs)
     run_seed = seed if seed is not None else spec.seed
-    if plan is not None and not isinstance(plan, Plan):
-        raise TypeError(f"plan must be a sigprop.Plan, got {type(plan).__name__}")
     batchnorms = _batchnorms(model)
 
     def finder(tape: Tape | None) -> BlockFinder:
@@ -569,8 +567,6 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec | None
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
     model = eager_model(model)
     batch, _ = _resolve_input(model, example_input, args, kwargs, forward_kwargs)
-    if plan is not None and not isinstance(plan, Plan):
-        raise TypeError(f"plan must be a sigprop.Plan, got {type(plan).__name__}")
     return planned(plan, model, lambda tape: _finder(model, blocks, tape), batch.args,
                    batch.kwargs, (mode, False),
                    lambda finder: _forward(model, batch, finder, _NoStats(), mode))
