@@ -307,9 +307,9 @@ class _Engine(ABC):
         operands = self._found.recorder.operands(skip, residual, channels_last)
         out = func(*args, **kwargs)
         self._propagate(func, args, kwargs, out)
-        op = -1 if self._tape is None else self._tape.index - 1
-        return (out, channels_last, self._found.recorder.output(operands, out),
-                None if op < 0 else Site(op, skip is args[0], op))
+        tape = self._tape  # the addition was signed last: its index is tape.index - 1
+        site = None if tape is None else Site(tape.index - 1, skip is args[0], tape.index - 1)
+        return out, channels_last, self._found.recorder.output(operands, out), site
 
 
 class _Discovering(_Engine):
