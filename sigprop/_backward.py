@@ -13,14 +13,19 @@ dL/dx. How they are obtained without a second backward pass through any branch:
 * ``skip``: for an identity shortcut it is ``output`` (no work); for a projection, a
   vector-Jacobian product through the shortcut alone, from the skip operand back to ``x``, run in
   the ``output`` hook while that part of the graph is intact.
-* ``residual``: ``input - skip``, formed in the ``input`` hook. Autograd forms ``input`` as the
-  sum of the two parts, so the difference is exact when one of them is 0 (SkipInit at
-  ``alpha = 0``) and otherwise within float32 rounding of ``input``.
+* ``residual``: for an identity shortcut whose branch reads ``x`` in one place, captured where
+  autograd forms it: a hook on that one node of the branch's graph (found by walking the graph
+  from the residual operand back to ``x``, at :meth:`GradientRecorder.commit`) takes the gradient
+  it passes to ``x``, exactly J_branch^T dL/dy. Otherwise (a projection; a branch that reads ``x``
+  in several places, or not at all) ``input - skip``, formed in the ``input`` hook: autograd forms
+  ``input`` as the sum of the two parts, so the difference is exact when one of them is 0
+  (SkipInit at ``alpha = 0``) and otherwise within float32 rounding of ``input``.
 
 Hooks reduce each gradient with the same :class:`~sigprop._moments.Reducer` as the forward
 statistics (no host synchronisation, float64 moments on the host once at the end); a gradient
 asked for twice (the input of a block is the output of the one before in a chain) is reduced
-once. A hook keeps at most one gradient per block alive, until that block's ``input`` arrives.
+once. A direct capture keeps no gradient alive, so autograd still adds the two parts of ``dL/dx``
+in place; a difference keeps the skip part alive until that block's ``input`` arrives.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.autograd.graph import GradientEdge, get_gradient_edge
+from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 
 from sigprop._accumulators import Accumulator, Addition
 from sigprop._moments import Reduced, Reducer, channel_dim
@@ -87,7 +92,9 @@ class _Slot:
     forward: Addition
     channel: int
     skip_edge: GradientEdge | None = None  # the skip operand, for a projection's product
+    residual_edge: GradientEdge | None = None  # the residual operand, before the addition
     block: Block | None = None
+    direct: bool = False  # the residual part arrives from the branch's graph (no difference)
     input_edge: GradientEdge | None = None  # x, for a projection
     output: Reduced | None = None
     skip: Reduced | None = None
@@ -132,6 +139,8 @@ class GradientRecorder:
         if skip.requires_grad:
             slot.skip_edge = get_gradient_edge(skip)
             _hook(skip, lambda grad: self._on_skip_operand(slot, grad))
+        if residual.requires_grad:  # its node, before an in-place addition replaces it
+            slot.residual_edge = get_gradient_edge(residual)
         return slot
 
     def output(self, slot: _Slot, output: torch.Tensor) -> _Slot:
@@ -143,11 +152,19 @@ class GradientRecorder:
         return slot
 
     def commit(self, slot: _Slot, block: Block) -> None:
-        """Count the addition as ``block``; for a projection, hook the block's input."""
+        """Count the addition as ``block``; hook where its branch reads ``x`` (identity) or the
+        block's input (projection)."""
         self.forward.commit(slot.forward, block)
         slot.block = block
         self._slots.append(slot)
+        residual, slot.residual_edge = slot.residual_edge, None
         if block.shortcut is Shortcut.IDENTITY:
+            reader = None if residual is None or slot.skip_edge is None else \
+                _sole_reader(residual.node, slot.skip_edge)
+            if reader is not None:
+                node, k = reader
+                node.register_hook(lambda grads, _: self._on_branch(slot, grads[k]))
+                slot.direct = True
             slot.skip_edge = None  # a node of the graph whose hooks hold the slot: let it go
         else:
             ref = self._inputs.get(block.name)
@@ -170,7 +187,9 @@ class GradientRecorder:
             return
         slot.output = self._reduce(grad, slot.channel)
         if slot.block.shortcut is Shortcut.IDENTITY:
-            slot.skip, slot.pending = slot.output, grad
+            slot.skip = slot.output
+            if not slot.direct:
+                slot.pending = grad
         elif slot.input_edge is not None and slot.skip_edge is not None:
             self._nested = True
             try:
@@ -185,8 +204,20 @@ class GradientRecorder:
         if slot.block is not None and slot.block.shortcut is Shortcut.IDENTITY:
             self._on_input(slot, grad)
 
+    def _on_branch(self, slot: _Slot, grad: torch.Tensor | None) -> None:
+        # Reduced through _reduce, which lets go of the output's gradient: autograd then adds
+        # this part to it in place, as in a bare backward pass.
+        if not self._nested and slot.output is not None and grad is not None:
+            slot.residual = self._reduce(grad, slot.channel)
+
     def _on_input(self, slot: _Slot, grad: torch.Tensor) -> None:
-        if self._nested or slot.pending is None:
+        if self._nested:
+            return
+        if slot.direct:
+            if slot.output is not None:
+                slot.input = self._reduce(grad, slot.channel)
+            return
+        if slot.pending is None:
             return
         slot.input = self._reduce(grad, slot.channel)
         with torch.no_grad():
@@ -222,6 +253,36 @@ class GradientRecorder:
 
         return [Gradients(get(s.output), get(s.skip), get(s.residual), get(s.input))
                 for s in self._slots]
+
+
+_LEAF = 2**64 - 1
+"""The sequence number of a leaf's gradient accumulator (the largest: it runs first)."""
+
+
+def _sole_reader(start: Node, target: GradientEdge) -> tuple[Node, int] | None:
+    """The one node of the graph from ``start`` back to ``target`` that reads ``target``, and
+    the index of ``target`` among that node's inputs; None if none or several do.
+
+    Only nodes created after ``target``'s are walked: autograd numbers the nodes a thread
+    creates in order, and an older node cannot read a newer tensor (nor can its inputs).
+    """
+    source, output = target.node, target.output_nr
+    oldest = source._sequence_nr()
+    oldest = -1 if oldest == _LEAF else oldest
+    if start._sequence_nr() <= oldest:
+        return None
+    readers: list[tuple[Node, int]] = []
+    seen, todo = {start}, [start]
+    while todo:
+        node = todo.pop()
+        for k, (parent, parent_output) in enumerate(node.next_functions):
+            if parent is source:
+                if parent_output == output:
+                    readers.append((node, k))
+            elif parent is not None and parent not in seen and parent._sequence_nr() > oldest:
+                seen.add(parent)
+                todo.append(parent)
+    return readers[0] if len(readers) == 1 else None
 
 
 def _hook(tensor: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> None:
