@@ -12,7 +12,9 @@ Usage (from the repository root, with the project's virtual environment):
 Method. Both sides run the same model on the same input with batch norm in train mode under
 ``torch.no_grad()``. Time: in one process, the bare pass and ``measure`` alternate (the order
 flips every pair), after one warm-up of each; the table gives the median of the per-pair
-ratios, their interquartile range and their full range. Memory: each side runs once in a fresh
+ratios, their interquartile range and their full range, and the *fastest ratio*: the fastest
+measure over the fastest bare pass, each side's least disturbed run (other jobs on shared cores
+only ever add time). Memory: each side runs once in a fresh
 child process, which reports its peak resident set size (``resource.getrusage``); the ratio is
 measure/bare. glibc's allocator is pinned for every process (``MALLOC_MMAP_THRESHOLD_`` and
 ``MALLOC_TRIM_THRESHOLD_``): otherwise freed activation buffers go back to the kernel and come
@@ -110,8 +112,8 @@ def timed(fn: Callable[[], object]) -> float:
 
 
 def time_pairs(net: nn.Module, x: torch.Tensor, pairs: int, backward: bool = False
-               ) -> tuple[float, float, list[float]]:
-    """Median bare and measure times and the per-pair ratios, alternating the order."""
+               ) -> tuple[list[float], list[float]]:
+    """Bare and measure times of each pair, alternating the order."""
     net.train()
     def run_bare() -> None:
         bare(net, x, backward)
@@ -119,7 +121,7 @@ def time_pairs(net: nn.Module, x: torch.Tensor, pairs: int, backward: bool = Fal
         measured(net, x, backward)
     run_bare()  # warm-up of each side
     run_measure()
-    bares, measures, ratios = [], [], []
+    bares, measures = [], []
     for k in range(pairs):
         if k % 2 == 0:
             b, m = timed(run_bare), timed(run_measure)
@@ -127,8 +129,7 @@ def time_pairs(net: nn.Module, x: torch.Tensor, pairs: int, backward: bool = Fal
             m, b = timed(run_measure), timed(run_bare)
         bares.append(b)
         measures.append(m)
-        ratios.append(m / b)
-    return statistics.median(bares), statistics.median(measures), ratios
+    return bares, measures
 
 
 def child_peak(side: str, model: str, depth: int, width: int, batch: int, image: int,
@@ -209,14 +210,18 @@ def main() -> None:
                 + f" | load {os.getloadavg()[0]:.2f}", flush=True)
         return
     header = ("model", "blocks", "bare s", "measure s", "ratio (median)", "ratio IQR",
-              "ratio range", "ms/block", "peak MiB bare", "peak MiB measure", "mem ratio")
+              "ratio range", "fastest ratio", "ms/block", "peak MiB bare", "peak MiB measure",
+              "mem ratio")
     print(" | ".join(header))
     for model, depth, net, x in cases(args, depths):
-        b, m, ratios = time_pairs(net, x, args.pairs, args.backward)
+        bares, measures = time_pairs(net, x, args.pairs, args.backward)
+        ratios = [m / b for m, b in zip(measures, bares, strict=True)]
+        m = statistics.median(measures)
         blocks = sigprop.measure(net, x).n_blocks
         low, _, high = statistics.quantiles(ratios, n=4)
-        row = [model, str(blocks), f"{b:.3f}", f"{m:.3f}", f"{statistics.median(ratios):.3f}",
-               f"{low:.3f}-{high:.3f}", f"{min(ratios):.3f}-{max(ratios):.3f}",
+        row = [model, str(blocks), f"{statistics.median(bares):.3f}", f"{m:.3f}",
+               f"{statistics.median(ratios):.3f}", f"{low:.3f}-{high:.3f}",
+               f"{min(ratios):.3f}-{max(ratios):.3f}", f"{min(measures) / min(bares):.3f}",
                f"{1000 * m / blocks:.2f}"]
         if args.no_memory:
             row += ["-", "-", "-"]
