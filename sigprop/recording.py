@@ -122,15 +122,14 @@ def _measurement_state(modules: Modules, bn_mode: BNMode) -> Iterator[None]:
         if overriding:
             model.eval()  # let the overrides run
         else:
-            for module in every:
-                _set_flag(module, "training", False)
+            _set_flags(every, "training", [False] * len(every))
         if bn_mode is BNMode.TRAIN:
             for bn in batch_norms:
                 if type(bn) in overriding:
                     bn.train()
-                else:
-                    _set_flag(bn, "training", True)
-                _set_flag(bn, "track_running_stats", False)
+            plain_train = [bn for bn in batch_norms if type(bn) not in overriding]
+            _set_flags(plain_train, "training", [True] * len(plain_train))
+            _set_flags(batch_norms, "track_running_stats", [False] * len(batch_norms))
         yield
     finally:
         for module, saved_attributes in attributes:
@@ -138,23 +137,23 @@ def _measurement_state(modules: Modules, bn_mode: BNMode) -> Iterator[None]:
             module.__dict__.update(saved_attributes)
         for parameter, required in requires_grad:
             parameter.requires_grad_(required)
-        for module, training in zip(every, modes, strict=True):
-            _set_flag(module, "training", training)
-        for bn, tracked in zip(batch_norms, tracking, strict=True):
-            _set_flag(bn, "track_running_stats", tracked)
+        _set_flags(every, "training", modes)
+        _set_flags(batch_norms, "track_running_stats", tracking)
         with torch.no_grad():
             for buffer, value in saved:
                 buffer.copy_(value)
 
 
-def _set_flag(module: nn.Module, name: str, value: bool) -> None:
-    """``module.<name> = value`` for a plain bool attribute, without ``Module.__setattr__``.
+def _set_flags(modules: Sequence[nn.Module], name: str, values: Sequence[bool]) -> None:
+    """``module.<name> = value`` for each module and value, without ``Module.__setattr__``.
 
     Its type checks cost microseconds per call, which add up over the thousands of modules of a
-    deep network; for a bool (not a parameter, buffer or module) the effect is the same. Where
-    ``train()`` is not overridden, setting ``training`` this way is what it does too.
+    deep network; for a plain bool attribute (not a parameter, buffer or module) the effect is
+    the same. Where ``train()`` is not overridden, setting ``training`` this way is what it does
+    too.
     """
-    module.__dict__[name] = value
+    for module, value in zip(modules, values, strict=True):
+        module.__dict__[name] = value
 
 
 def _finder(modules: Modules, blocks: Sequence[str] | None,
