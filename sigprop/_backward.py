@@ -30,11 +30,13 @@ in place; a difference keeps the skip part alive until that block's ``input`` ar
 
 from __future__ import annotations
 
+import itertools
 import math
 import weakref
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import Any
 
 import torch
@@ -42,8 +44,8 @@ from torch import nn
 from torch.autograd.graph import GradientEdge, Node, get_gradient_edge
 
 from sigprop._accumulators import Accumulator, Addition
+from sigprop._modules import Modules
 from sigprop._moments import Reduced, Reducer, channel_dim
-from sigprop.blocks import ResidualAdd
 from sigprop.finding import BlockFinder
 from sigprop.trace import Block, Gradients, Moments, Shortcut
 
@@ -69,20 +71,25 @@ def cotangent_seed(seed: int | None) -> int:
 
 
 @contextmanager
-def frozen_parameters(model: nn.Module) -> Iterator[None]:
+def frozen_parameters(params: Sequence[nn.Parameter]) -> Iterator[None]:
     """Parameters not requiring grad while the graph is built (so nothing can reach a
-    ``.grad`` and no weight gradient is formed); each flag restored on exit."""
-    # Each module's own parameters: much faster than model.parameters() on thousands of
-    # modules; a parameter shared by several modules is listed (and restored) more than once.
-    params = [p for m in model.modules() for p in m._parameters.values() if p is not None]
-    flags = [p.requires_grad for p in params]
+    ``.grad`` and no weight gradient is formed); each flag restored on exit.
+
+    ``params`` may list a shared parameter more than once (see
+    :attr:`~sigprop._modules.Modules.parameters`).
+    """
+    flags = list(map(_requires_grad, params))  # thousands of parameters: the loops run in C
     try:
-        for p in params:
+        for p in itertools.compress(params, flags):
             p.requires_grad_(False)
         yield
     finally:
         for p, flag in zip(params, flags, strict=True):
-            p.requires_grad_(flag)
+            if p.requires_grad is not flag:
+                p.requires_grad_(flag)
+
+
+_requires_grad = attrgetter("requires_grad")
 
 
 @dataclass(eq=False, slots=True)
@@ -291,25 +298,20 @@ def _hook(tensor: torch.Tensor, hook: Callable[[torch.Tensor], None]) -> None:
 
 
 @contextmanager
-def block_inputs(model: nn.Module, finder: BlockFinder
+def block_inputs(modules: Modules, finder: BlockFinder
                  ) -> Iterator[dict[str, weakref.ref[torch.Tensor]]]:
     """The first tensor argument of the latest call of every module that may own a block.
 
     Names follow the finders' (the model itself is named after its class). A projection's
-    ``x`` is its block's input, and only the modules that can own a projection are hooked: the
-    named ones, those a plan names, the owners of :class:`~sigprop.ResidualAdd` modules declared
-    ``projection`` (none when all are identities: the skip operand is then ``x``), else
-    (discovery) all.
+    ``x`` is its block's input, and only the modules that can own a projection are hooked (see
+    :meth:`~sigprop.finding.BlockFinder.owners`; all of them for discovery).
     """
+    model = modules.model
     owners = finder.owners()
     module: Callable[[str], nn.Module] = model.get_submodule
     if owners is None:
-        named = dict(model.named_modules())
-        marks = [(name.rpartition(".")[0], m.shortcut) for name, m in named.items()
-                 if isinstance(m, ResidualAdd)]
-        owners = ([owner for owner, shortcut in marks if shortcut is Shortcut.PROJECTION]
-                  if marks else list(named))
-        module = named.__getitem__
+        owners = [name for name, _ in modules.named]
+        module = modules.by_name.__getitem__
     inputs: dict[str, weakref.ref[torch.Tensor]] = {}
 
     def hook(name: str) -> Callable[..., None]:

@@ -12,6 +12,7 @@ from torch import nn
 
 from sigprop._blame import runs_model_code
 from sigprop._gains import GainTerm
+from sigprop._modules import Modules
 from sigprop.finding import BlockFinder, FoundBlocks
 from sigprop.trace import Shortcut
 
@@ -60,7 +61,8 @@ class _Mark:
     """One :class:`ResidualAdd` of a model: the block it defines, known before the pass."""
 
     add: ResidualAdd
-    name: str  # of the module owning the addition
+    owner: str  # registered name of the module owning the addition ("" for the model)
+    name: str  # of the block: the owner's, or the model's class name
     gains: tuple[GainTerm, ...]
 
 
@@ -75,22 +77,27 @@ class MarkedAdditions(BlockFinder):
         self._marks = marks
 
     @classmethod
-    def of(cls, model: nn.Module) -> MarkedAdditions | None:
-        """The finder of ``model``'s marked additions, or None if it has none.
+    def of(cls, modules: Modules) -> MarkedAdditions | None:
+        """The finder of the model's marked additions, or None if it has none.
 
         An addition owned by the model itself is named after the model's class.
 
         Raises:
             ValueError: a ``ResidualAdd(gain=...)`` names no parameter or buffer of its block.
         """
+        model = modules.model
         marks = []
-        named = dict(model.named_modules())
-        for name, module in named.items():
+        for name, module in modules.named:
             if isinstance(module, ResidualAdd):
                 owner = name.rpartition(".")[0]
-                gains = _declared_gain(named[owner], module)
-                marks.append(_Mark(module, owner or type(model).__name__, gains))
+                gains = _declared_gain(modules.by_name[owner], module)
+                marks.append(_Mark(module, owner, owner or type(model).__name__, gains))
         return cls(model, marks) if marks else None
+
+    def owners(self) -> list[str]:
+        """The owners of the additions declared ``projection`` (an identity's ``x`` is its
+        skip operand)."""
+        return [m.owner for m in self._marks if m.add.shortcut is Shortcut.PROJECTION]
 
     @contextmanager
     def tapping(self, found: FoundBlocks) -> Iterator[None]:

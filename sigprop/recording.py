@@ -7,6 +7,7 @@ import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
+from operator import attrgetter
 from typing import Any, TypeVar
 
 import numpy as np
@@ -18,6 +19,7 @@ from sigprop import _backward
 from sigprop._accumulators import Accumulator, FastAccumulator, SafeAccumulator
 from sigprop._backward import BackwardError
 from sigprop._blame import sigprop_raised
+from sigprop._modules import Modules
 from sigprop._tape import Tape
 from sigprop._validate import parse_choice
 from sigprop.blocks import MarkedAdditions
@@ -93,39 +95,41 @@ class _NoStats:
 
 
 @contextmanager
-def _measurement_state(model: nn.Module, bn_mode: BNMode) -> Iterator[None]:
+def _measurement_state(modules: Modules, bn_mode: BNMode) -> Iterator[None]:
     """Put the model in measuring mode; restore modes, BN flags and buffers on exit.
 
     Every module runs in eval mode (no dropout or stochastic depth) except batch norm in
     ``train`` mode, which normalizes with batch statistics without updating its running ones.
     """
-    modules = list(model.modules())
-    modes = [m.training for m in modules]
-    batch_norms = [m for m in modules if isinstance(m, _BatchNorm)]
+    model, every = modules.model, modules.all
+    modes = [m.training for m in every]
+    batch_norms = modules.batch_norms
     tracking = [bn.track_running_stats for bn in batch_norms]
     # Safety net for custom modules that mutate buffers in forward. Torch's own batch-norm
     # forward writes no buffer in either mode here (tracking is off in train mode), so only
     # the buffers of other modules, and of batch norms with their own forward, are saved.
-    saved = [(b, b.detach().clone()) for m in modules if not _plain_batch_norm(m)
+    # The tests run once per type of module, not once per module.
+    types = {type(m) for m in every}
+    plain = {t for t in types if issubclass(t, _BatchNorm) and t.forward is _BatchNorm.forward}
+    saved = [(b, b.detach().clone()) for m in every if type(m) not in plain
              for b in m._buffers.values() if b is not None]
-    overridden = any(_overrides_train(m) for m in modules)
+    overriding = {t for t in types if t.train is not nn.Module.train}
     # An override of train() may do more than set flags (freeze parameters, set attributes):
     # every module's attributes and every requires_grad are put back as they were.
-    attributes = [(m, dict(m.__dict__)) for m in modules] if overridden else []
-    requires_grad = [(p, p.requires_grad) for p in model.parameters()] if overridden else []
+    attributes = [(m, dict(m.__dict__)) for m in every] if overriding else []
+    requires_grad = [(p, p.requires_grad) for p in model.parameters()] if overriding else []
     try:
-        if overridden:
+        if overriding:
             model.eval()  # let the overrides run
         else:
-            for module in modules:
-                _set_flag(module, "training", False)
+            _set_flags(every, "training", [False] * len(every))
         if bn_mode is BNMode.TRAIN:
             for bn in batch_norms:
-                if _overrides_train(bn):
+                if type(bn) in overriding:
                     bn.train()
-                else:
-                    _set_flag(bn, "training", True)
-                _set_flag(bn, "track_running_stats", False)
+            plain_train = [bn for bn in batch_norms if type(bn) not in overriding]
+            _set_flags(plain_train, "training", [True] * len(plain_train))
+            _set_flags(batch_norms, "track_running_stats", [False] * len(batch_norms))
         yield
     finally:
         for module, saved_attributes in attributes:
@@ -133,34 +137,26 @@ def _measurement_state(model: nn.Module, bn_mode: BNMode) -> Iterator[None]:
             module.__dict__.update(saved_attributes)
         for parameter, required in requires_grad:
             parameter.requires_grad_(required)
-        for module, training in zip(modules, modes, strict=True):
-            _set_flag(module, "training", training)
-        for bn, tracked in zip(batch_norms, tracking, strict=True):
-            _set_flag(bn, "track_running_stats", tracked)
+        _set_flags(every, "training", modes)
+        _set_flags(batch_norms, "track_running_stats", tracking)
         with torch.no_grad():
             for buffer, value in saved:
                 buffer.copy_(value)
 
 
-def _set_flag(module: nn.Module, name: str, value: bool) -> None:
-    """``module.<name> = value`` for a plain bool attribute, without ``Module.__setattr__``.
+def _set_flags(modules: Sequence[nn.Module], name: str, values: Sequence[bool]) -> None:
+    """``module.<name> = value`` for each module and value, without ``Module.__setattr__``.
 
     Its type checks cost microseconds per call, which add up over the thousands of modules of a
-    deep network; for a bool (not a parameter, buffer or module) the effect is the same. Where
-    ``train()`` is not overridden, setting ``training`` this way is what it does too.
+    deep network; for a plain bool attribute (not a parameter, buffer or module) the effect is
+    the same. Where ``train()`` is not overridden, setting ``training`` this way is what it does
+    too.
     """
-    module.__dict__[name] = value
+    for module, value in zip(modules, values, strict=True):
+        module.__dict__[name] = value
 
 
-def _overrides_train(module: nn.Module) -> bool:
-    return type(module).train is not nn.Module.train
-
-
-def _plain_batch_norm(module: nn.Module) -> bool:
-    return isinstance(module, _BatchNorm) and type(module).forward is _BatchNorm.forward
-
-
-def _finder(model: nn.Module, blocks: Sequence[str] | None,
+def _finder(modules: Modules, blocks: Sequence[str] | None,
             tape: Tape | None = None) -> BlockFinder:
     """How to find ``model``'s blocks: the named ones, else its marked additions, else discovery.
 
@@ -169,9 +165,9 @@ def _finder(model: nn.Module, blocks: Sequence[str] | None,
     provenance-based finders write their pass to ``tape`` if given (for a plan).
     """
     if blocks is not None:
-        return NamedBlocks(model, blocks, tape)
-    marked = MarkedAdditions.of(model)
-    return marked if marked is not None else Discovery(model, tape)
+        return NamedBlocks(modules.model, blocks, tape)
+    marked = MarkedAdditions.of(modules)
+    return marked if marked is not None else Discovery(modules.model, tape)
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,7 +178,7 @@ class _Batch:
     kwargs: dict[str, Any] = field(default_factory=dict)
 
 
-def _forward(model: nn.Module, batch: _Batch, finder: BlockFinder, recorder: Recorder,
+def _forward(modules: Modules, batch: _Batch, finder: BlockFinder, recorder: Recorder,
              bn_mode: BNMode, progress: Callable[[int], None] | None = None,
              then: Callable[[Any], None] | None = None) -> list[Block]:
     """Run the forward pass with the residual additions tapped; returns the blocks found.
@@ -193,11 +189,11 @@ def _forward(model: nn.Module, batch: _Batch, finder: BlockFinder, recorder: Rec
     """
     found = FoundBlocks(recorder, progress)
     with ExitStack() as stack, torch.set_grad_enabled(then is not None):
-        stack.enter_context(_measurement_state(model, bn_mode))
-        stack.enter_context(_deep_enough(model))
+        stack.enter_context(_measurement_state(modules, bn_mode))
+        stack.enter_context(_deep_enough(modules.depth))
         with finder.tapping(found):
             try:
-                output = model(*batch.args, **batch.kwargs)
+                output = modules.model(*batch.args, **batch.kwargs)
             except Exception as e:
                 last = found.last
                 where = f"after block {last.index} ({last.name})" if last else "before block 0"
@@ -216,16 +212,12 @@ def _forward(model: nn.Module, batch: _Batch, finder: BlockFinder, recorder: Rec
 
 
 @contextmanager
-def _deep_enough(model: nn.Module) -> Iterator[None]:
-    """Raise Python's recursion limit for a forward through deeply nested modules.
+def _deep_enough(depth: int) -> Iterator[None]:
+    """Raise Python's recursion limit for a forward through ``depth`` levels of nested modules.
 
     Each level of nesting costs a few frames (the module call, its hooks, its forward); 200
     levels exceed the default limit of 1000 once hooked.
     """
-    depth, level = 0, [model]
-    while level:  # breadth first: no recursion of our own
-        depth += 1
-        level = [child for module in level for child in module.children()]
     limit = sys.getrecursionlimit()
     sys.setrecursionlimit(max(limit, limit + 12 * depth))
     try:
@@ -248,8 +240,12 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def eager_model(model: nn.Module) -> nn.Module:
-    """The eager module sigprop measures: ``model`` itself, or a compiled model's original.
+_is_meta = attrgetter("is_meta")
+
+
+def eager_model(model: nn.Module) -> Modules:
+    """The modules of the eager model sigprop measures: ``model`` itself, or a compiled model's
+    original (its one walk for this measurement).
 
     Raises:
         TypeError: ``model`` is not an ``nn.Module``, or a TorchScript module.
@@ -265,12 +261,15 @@ def eager_model(model: nn.Module) -> nn.Module:
             f"model is a TorchScript module ({type(model).__name__}): sigprop needs the eager "
             "nn.Module to hook its calls; measure the model before torch.jit.script/trace"
         )
-    # One walk over the modules (a deep network has thousands), and a second one with names
-    # only to word the error.
-    if any(t is not None and (t.is_meta or isinstance(t, nn.parameter.UninitializedParameter))
-           for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values())):
+    modules = Modules(model)
+    # Thousands of tensors: the per-tensor test runs in C (map), the type test once per type;
+    # a second walk, with names, only to word the error.
+    tensors = [*modules.parameters,
+               *(b for m in modules.all for b in m._buffers.values() if b is not None)]
+    if any(map(_is_meta, tensors)) or any(issubclass(t, nn.parameter.UninitializedParameter)
+                                          for t in set(map(type, tensors))):
         _refuse_unmaterialized(model)
-    return model
+    return modules
 
 
 def _refuse_unmaterialized(model: nn.Module) -> None:
@@ -431,32 +430,33 @@ def measure(
         raise ValueError("loss is back-propagated only with backward=True: pass both, or neither")
     if loss is not None and not callable(loss):
         raise TypeError(f"loss must be a callable(output) -> scalar tensor, got {loss!r}")
-    model = eager_model(model)
+    modules = eager_model(model)
+    model = modules.model
     batch, spec = _resolve_input(model, inputs, args, kwargs, forward_kwargs)
     run_seed = seed if seed is not None else spec.seed
-    batchnorms = _batchnorms(model)
+    batchnorms = _batchnorms(modules)
 
     def finder(tape: Tape | None) -> BlockFinder:
-        return _finder(model, blocks, tape)
+        return _finder(modules, blocks, tape)
 
     def passed(measured: Callable[[BlockFinder], _T], grad: bool) -> _T:
         return planned(plan, model, finder, batch.args, batch.kwargs, (mode, grad), measured)
 
     if backward:
         stats, overflowed = passed(lambda f: _measured_backward(
-            model, batch, f, mode, progress, run_seed, loss), True)
+            modules, batch, f, mode, progress, run_seed, loss), True)
         if overflowed:
             # Float32 squares of large gradients overflow long before the gradients do: the
             # backward pass again, every gradient reduced scaled by its own power of two.
             stats, _ = passed(lambda f: _measured_backward(
-                model, batch, f, mode, None, run_seed, loss, safe=True), True)
+                modules, batch, f, mode, None, run_seed, loss, safe=True), True)
     else:
-        stats = passed(lambda f: _measured(model, batch, f, FastAccumulator(), mode, progress),
+        stats = passed(lambda f: _measured(modules, batch, f, FastAccumulator(), mode, progress),
                        False)
     if not all(b.finite for b in stats):
         # The fast statistics overflow long before float32 activations do: measure again with
         # every tensor scaled, so the first non-finite block is where the network overflows.
-        safe = passed(lambda f: _measured(model, batch, f, SafeAccumulator(), mode, None),
+        safe = passed(lambda f: _measured(modules, batch, f, SafeAccumulator(), mode, None),
                       False)
         stats = tuple(replace(b, grad=m.grad) for b, m in zip(safe, stats, strict=True))
     if isinstance(model_info, ResNetConfig):
@@ -471,16 +471,16 @@ def measure(
     return Trace(model=info, input=spec, bn_mode=mode.value, runs=(run,), batchnorms=batchnorms)
 
 
-def _measured(model: nn.Module, batch: _Batch, finder: BlockFinder,
+def _measured(modules: Modules, batch: _Batch, finder: BlockFinder,
               accumulator: Accumulator, bn_mode: BNMode,
               progress: Callable[[int], None] | None) -> tuple[BlockStats, ...]:
     """One forward pass: every block found, with the statistics the accumulator gathered."""
-    blocks = _forward(model, batch, finder, accumulator, bn_mode, progress)
+    blocks = _forward(modules, batch, finder, accumulator, bn_mode, progress)
     return tuple(BlockStats.of(block, *stats)
                  for block, stats in zip(blocks, accumulator.results(), strict=True))
 
 
-def _measured_backward(model: nn.Module, batch: _Batch, finder: BlockFinder,
+def _measured_backward(modules: Modules, batch: _Batch, finder: BlockFinder,
                        bn_mode: BNMode, progress: Callable[[int], None] | None,
                        seed: int | None, loss: _backward.Loss | None, safe: bool = False
                        ) -> tuple[tuple[BlockStats, ...], bool]:
@@ -503,10 +503,10 @@ def _measured_backward(model: nn.Module, batch: _Batch, finder: BlockFinder,
         raise ValueError("backward=True differentiates towards a floating-point input, and this "
                          "model's inputs have none (token ids?): measure without backward")
     with ExitStack() as stack:
-        stack.enter_context(_backward.frozen_parameters(model))
-        inputs = stack.enter_context(_backward.block_inputs(model, finder))
+        stack.enter_context(_backward.frozen_parameters(modules.parameters))
+        inputs = stack.enter_context(_backward.block_inputs(modules, finder))
         recorder = _backward.GradientRecorder(accumulator, inputs, safe)
-        blocks = _forward(model, lifted, finder, recorder, bn_mode, progress,
+        blocks = _forward(modules, lifted, finder, recorder, bn_mode, progress,
                           then=lambda output: _backward.backward(output, leaves, seed, loss))
     stats = tuple(BlockStats.of(block, *stats, grad=grad)
                   for block, stats, grad in zip(blocks, accumulator.results(),
@@ -514,9 +514,9 @@ def _measured_backward(model: nn.Module, batch: _Batch, finder: BlockFinder,
     return stats, recorder.overflowed
 
 
-def _batchnorms(model: nn.Module) -> BatchNorms:
+def _batchnorms(modules: Modules) -> BatchNorms:
     """Count the batch-norm layers, and those with fresh running statistics (mean 0, var 1)."""
-    layers = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    layers = modules.batch_norms
     buffers = [(m._buffers.get("running_mean"), m._buffers.get("running_var")) for m in layers]
     tracked = [(mean, var) for mean, var in buffers if mean is not None and var is not None]
     if not tracked:
@@ -565,8 +565,9 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec | None
      ('blocks.2', 1, 'projection'), ('blocks.3', 1, 'identity')]
     """
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
-    model = eager_model(model)
+    modules = eager_model(model)
+    model = modules.model
     batch, _ = _resolve_input(model, example_input, args, kwargs, forward_kwargs)
-    return planned(plan, model, lambda tape: _finder(model, blocks, tape), batch.args,
+    return planned(plan, model, lambda tape: _finder(modules, blocks, tape), batch.args,
                    batch.kwargs, (mode, False),
-                   lambda finder: _forward(model, batch, finder, _NoStats(), mode))
+                   lambda finder: _forward(modules, batch, finder, _NoStats(), mode))

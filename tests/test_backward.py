@@ -484,3 +484,18 @@ def test_a_doubling_chain_beyond_float32_squares_has_exact_gradient_moments() ->
             assert getattr(g.input, stat) == pytest.approx(4 * out, rel=1e-12)
     assert blocks[0].grad is not None
     assert blocks[0].grad.input.m2 > float(torch.finfo(torch.float32).max)
+
+
+def test_a_shared_layer_keeps_its_flags_and_gets_no_grad() -> None:
+    # A layer registered in two blocks lists its parameters twice when they are frozen for the
+    # pass; a frozen parameter elsewhere must stay frozen.
+    model = sigprop.models.resnet(3, seed=0)
+    model.blocks[2].conv1 = model.blocks[0].conv1
+    model.blocks[1].conv2.weight.requires_grad_(False)
+    before = snapshot(model)
+    trace = sigprop.measure(model, sigprop.InputSpec("gaussian", (2, 3, 8, 8), 0), backward=True)
+    assert_unchanged(model, before)
+    assert model.blocks[0].conv1.weight.requires_grad
+    assert not model.blocks[1].conv2.weight.requires_grad
+    assert all(p.grad is None for p in model.parameters())
+    assert all(math.isfinite(b.grad.input.m2) for b in trace.runs[0].blocks if b.grad)
