@@ -1,4 +1,4 @@
-"""Shared fixtures."""
+"""Shared fixtures, and the order in which test files are handed to the workers."""
 
 from __future__ import annotations
 
@@ -11,6 +11,23 @@ from tests.helpers import ScaledBlock
 # One intra-op thread for the whole suite: tiny models gain nothing from a thread pool, and on
 # cores shared with another job the pool's threads wait on each other (a 10-20x slowdown).
 torch.set_num_threads(1)
+
+# The longest files first (seconds of one worker, 2 cores). With `--dist loadfile` a file runs
+# whole on one worker; started last, a long file keeps one worker busy alone at the end, while
+# started first the short files fill in around it (longest-first scheduling). pyproject.toml's
+# --no-loadscope-reorder keeps this order (xdist would sort the files by their number of tests).
+_LONGEST_FIRST = ("test_paper.py", "test_sweep.py", "test_audit.py", "test_planning.py",
+                  "test_plotting.py", "test_calibration.py", "test_theory.py",
+                  "test_cli_sources.py", "test_package.py", "test_cli.py", "test_cli_fuzz.py",
+                  "test_docs.py", "test_plot_cli.py", "test_discovery_zoo.py", "test_stats.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return _LONGEST_FIRST.index(name) if name in _LONGEST_FIRST else len(_LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: a file's tests keep their order, the other files theirs
 
 
 @pytest.fixture
