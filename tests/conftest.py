@@ -1,16 +1,27 @@
-"""Shared fixtures, and the order in which test files are handed to the workers."""
+"""Shared fixtures, one torch thread per test process, and the order in which test files are
+handed to the workers."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import pytest
-import torch
-from torch import nn
 
-from tests.helpers import ScaledBlock
+if TYPE_CHECKING:
+    from torch.nn import Module
 
-# One intra-op thread for the whole suite: tiny models gain nothing from a thread pool, and on
-# cores shared with another job the pool's threads wait on each other (a 10-20x slowdown).
-torch.set_num_threads(1)
+
+def pytest_configure(config: pytest.Config) -> None:
+    # One intra-op thread for the whole suite: tiny models gain nothing from a thread pool, and
+    # on cores shared with another job the pool's threads wait on each other (a 10-20x
+    # slowdown). Not in xdist's controller, which runs no test: importing torch there (~2 s)
+    # only delays the start of the workers.
+    if config.getoption("numprocesses", None) and not hasattr(config, "workerinput"):
+        return
+    import torch
+
+    torch.set_num_threads(1)
+
 
 # The longest files first (seconds of one worker, 2 cores). With `--dist loadfile` a file runs
 # whole on one worker; started last, a long file keeps one worker busy alone at the end, while
@@ -31,5 +42,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def scaled_model() -> nn.Module:
+def scaled_model() -> Module:
+    from torch import nn
+
+    from tests.helpers import ScaledBlock
+
     return nn.Sequential(ScaledBlock(3, 0.5), ScaledBlock(3, -2.0)).double()
