@@ -628,6 +628,9 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
           else "1/((1 - 1/pi) var_l)")
     fixup = ("0 (the zero last layer: every block passes the gradient on exactly)"
              if config.fixup_zero_last else f"1/d (d = {config.depth})")
+    if config.padding is not Padding.CIRCULAR:  # the first clause is what a legend shows
+        bn = (f"the padded convolutions' gain / the product of its BNs' channel variances, on "
+              f"the measured map; {bn} on an infinite image")
     rules = {
         Norm.BATCHNORM: f"g_in = (1 + rho_l) g_out, rho_l = {bn}",
         Norm.NONE: "g_in = (1 + rho) g_out, rho = 1 (x2 per block)",
@@ -641,9 +644,8 @@ def predict_gradients(trace: Trace) -> GradientPrediction | None:
     }
     rule = rules[config.norm] + ("; times the share of the gradient that the ReLU after each "
                                  "addition passes (a reflected random walk)" if shares else "") + \
-        ("" if config.padding is Padding.CIRCULAR else
-         "; zero padding on the measured map" + ("" if config.norm is not Norm.BATCHNORM else
-                                                  " (each BN's channel variance on it)"))
+        ("" if config.padding is Padding.CIRCULAR or config.norm is Norm.BATCHNORM else
+         "; zero padding on the measured map")
     return GradientPrediction(forward.family, rule, not shares, tuple(output.tolist()),
                               tuple(skip.tolist()), tuple(residual.tolist()),
                               tuple(inputs.tolist()))
