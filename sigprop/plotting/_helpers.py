@@ -269,8 +269,8 @@ def outside_legend(fig: Figure, ax: Axes, own_figure: bool, ncol: int = 1,
     ours, else inside ``ax``.
 
     Under the figure it takes at most ``ncol`` columns, fewer when a row would be wider than the
-    figure (measured after layout), so that it never leaves the canvas; an entry repeated on
-    several axes is listed once.
+    figure, so that it never leaves the canvas; an entry repeated on several axes is listed once.
+    The layout centres it, so its width alone decides, and measuring it takes no drawing.
     """
     if not own_figure:
         legend(ax, **kwargs)
@@ -283,9 +283,7 @@ def outside_legend(fig: Figure, ax: Axes, own_figure: bool, ncol: int = 1,
     for columns in range(max(ncol, 1), 0, -1):
         below = fig.legend(handles, labels, loc="outside lower center", frameon=False,
                            handlelength=2.2, ncols=columns, **kwargs)
-        fig.draw_without_rendering()
-        box = below.get_window_extent()
-        if columns == 1 or (box.x0 >= fig.bbox.x0 and box.x1 <= fig.bbox.x1):
+        if columns == 1 or below.get_window_extent().width <= fig.bbox.width:
             return
         below.remove()
 
@@ -295,7 +293,8 @@ def legend_panel(ax: Axes, entries: Sequence[tuple[Artist, str]]) -> Legend:
 
     Labels are wrapped to the panel's width; the font shrinks (7 to 5 pt), then the entries
     spread over two columns, until the legend lies inside the panel (the smallest is kept if
-    none does). The figure is laid out (drawn without rendering) to measure it.
+    none does). The figure is laid out once (drawn without rendering) to measure the panel; the
+    legend stays out of the layout, so each candidate is measured without drawing again.
     """
     ax.set_axis_off()
     handles = [handle for handle, _ in entries]
@@ -314,8 +313,7 @@ def legend_panel(ax: Axes, entries: Sequence[tuple[Artist, str]]) -> Legend:
                                frameon=False, fontsize=size, ncols=columns, handlelength=2.2,
                                borderaxespad=0.0)
             legend.set_in_layout(False)  # the panel is its room; the layout does not grow it
-            fig.draw_without_rendering()
-            box, room = legend.get_window_extent(), ax.get_window_extent()
+            box = legend.get_window_extent()
             if box.y0 >= room.y0 - 0.5 and box.x1 <= room.x1 + 0.5:
                 return legend
     assert legend is not None
