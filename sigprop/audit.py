@@ -203,7 +203,8 @@ def _gradient_propagation(trace: Trace, result: Report) -> Finding:
     """Gradients exploding or vanishing geometrically towards the input, stage by stage.
 
     Fails when a stage's verdict is consistent with geometric growth (or decay); passes when
-    every stage's rules it out; stages too short (or too noisy) to judge make it info.
+    every stage's rules it out; stages too short (or too noisy) to judge make it info, which
+    names every stage left open and what the others ruled out.
     """
     if not trace.has_gradients:
         return Finding("gradient_propagation", Status.INFO,
@@ -225,6 +226,9 @@ def _gradient_propagation(trace: Trace, result: Report) -> Finding:
                        f"(within x{result.tolerances.gradient_growth:g} either way per stage); "
                        f"stage {worst.stage}: {worst.detail}", worst.measured)
     unclear = [v for v in judged if v.outcome is Outcome.INCONCLUSIVE]
-    return Finding("gradient_propagation", Status.INFO,
-                   f"cannot tell: stage {unclear[0].stage}: {unclear[0].detail}",
-                   unclear[0].measured)
+    ruled_out = [v for v in judged if v.outcome is Outcome.INCONSISTENT]
+    message = "cannot tell: " + "; ".join(f"stage {v.stage}: {v.detail}" for v in unclear)
+    if ruled_out:
+        message += (f"; ruled out (within x{result.tolerances.gradient_growth:g} either way) in "
+                    + "; ".join(f"stage {v.stage}: {v.detail}" for v in ruled_out))
+    return Finding("gradient_propagation", Status.INFO, message, unclear[0].measured)

@@ -251,3 +251,36 @@ def test_gradient_check_fails_a_vanishing_gradient_and_cannot_judge_short_stages
     no_interval = gradient_finding(5)
     assert no_interval.status is Status.INFO
     assert "x0.25 per block" in no_interval.message and "measure more seeds" in no_interval.message
+
+
+class _ProjectedScaledBlock(ScaledBlock):
+    """``ScaledBlock`` with a projection shortcut (a 1x1 identity convolution): a new stage."""
+
+    def __init__(self, channels: int, c: float):
+        super().__init__(channels, c)
+        self.shortcut = nn.Conv2d(channels, channels, 1, bias=False)
+        with torch.no_grad():
+            self.shortcut.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
+        self.add = sigprop.ResidualAdd(shortcut="projection")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.add(self.shortcut(x), self.branch(x))
+        return out
+
+
+def test_gradient_check_names_every_open_stage_and_what_the_others_ruled_out() -> None:
+    # Stage 0: 8 blocks passing (1 + 0.05)^2 of their output gradient back, x1.1025^8 = 2.18
+    # (within x10: ruled out); stage 1: a projection and 2 identity blocks, too short to fit.
+    model = nn.Sequential(*(ScaledBlock(3, 0.05) for _ in range(8)),
+                          _ProjectedScaledBlock(3, 0.05),
+                          *(ScaledBlock(3, 0.05) for _ in range(2))).double()
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    trace = sigprop.measure(model, x, backward=True)
+    assert {stage: len(blocks) for stage, blocks in trace.by_stage().items()} == {0: 8, 1: 3}
+    found = {f.id: f for f in audit(trace)}["gradient_propagation"]
+    assert found.status is Status.INFO
+    open_part, ruled_out = found.message.split("; ruled out (within x10 either way) in ")
+    assert open_part.startswith("cannot tell: stage 1: too short to fit a growth rate (2 "
+                                "identity block(s)")
+    assert ruled_out.startswith("stage 0: x1.103 per block towards the input, x2.18 [2.18, 2.18] "
+                                "over 8 block(s)")
