@@ -3,6 +3,7 @@ model state."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import itertools
 import math
@@ -10,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
+import timm
 import torch
 import torchvision
 from torch import nn
@@ -17,6 +19,7 @@ from torch import nn
 import sigprop
 from sigprop import stats
 from sigprop._backward import cotangent_seed
+from sigprop.stats.verdicts import _gradient_verdict
 from sigprop.theory import predict_gradients
 from tests.helpers import ScaledBlock, assert_unchanged, snapshot
 
@@ -416,6 +419,45 @@ def test_fixup_zero_classifier_makes_every_gradient_zero() -> None:
     # Nothing to judge: the verdict says why, instead of calling 4 blocks too few.
     verdict, = [v for v in stats.verdicts(trace) if v.id is stats.VerdictId.GRADIENT_PROPAGATION]
     assert verdict.outcome is stats.Outcome.INCONCLUSIVE and "exactly 0" in verdict.detail
+
+
+def _alternating_chain(blocks: int, small: float, large: float) -> sigprop.Trace:
+    """A float64 chain of scaled blocks alternating ``c = small, large``: exact factors
+    ``(1 + c)^2`` forwards (the skip's variance) and backwards (``G_l / G_{l+1}``)."""
+    cs = [small if k % 2 == 0 else large for k in range(blocks)]
+    model = nn.Sequential(*(ScaledBlock(3, c) for c in cs)).double()
+    x = torch.randn(4, 3, 5, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    return sigprop.measure(model, x, backward=True)
+
+
+def test_a_level_too_flat_to_separate_gives_the_measured_geometric_factor() -> None:
+    # c = 0.005, 0.01: the skip's variance grows 25% over 16 blocks, so 1 / var_l varies by
+    # 6.5% (coefficient of variation): too little to tell a / var_l from a constant. The factor
+    # is taken as constant, its geometric mean (the former two-term fit: 1.0121).
+    trace = _alternating_chain(16, 0.005, 0.01)
+    factors = [(1 + c) ** 2 for c in [0.005, 0.01] * 7 + [0.005]]  # G_l / G_{l+1}, l = 0..14
+    estimate = stats.fit(trace, "grad_growth_rate")
+    assert estimate.estimate == pytest.approx(math.prod(factors) ** (1 / 15), rel=1e-9)
+    assert 1.005**2 < estimate.ci95[0] < estimate.ci95[1] < 1.01**2
+    # A real case: ConvNeXt's layer scale (1e-6) keeps the skip's variance constant to 1e-7 and
+    # passes the gradient on unchanged; the two-term fit made that x2.1 [-8.3, 12.5] per block.
+    net = timm.create_model("convnext_atto", pretrained=False)
+    convnext = sigprop.measure(net, sigprop.InputSpec("gaussian", (2, 3, 32, 32), 0),
+                               backward=True)
+    stage, = [s for s, blocks in convnext.by_stage().items() if len(blocks) > 4]
+    rate = stats.fit(convnext, "grad_growth_rate", stage)
+    assert rate.estimate == pytest.approx(1.0, abs=1e-6)
+    assert 1 - 1e-6 < rate.ci95[0] < rate.ci95[1] < 1 + 1e-6
+
+
+def test_a_negative_growth_rate_is_a_misfit_not_a_projection() -> None:
+    trace = _alternating_chain(8, 0.1, 0.3)
+    rate, exponent = (stats.fit(trace, fit_id) for fit_id in stats.GRADIENT_FITS)
+    misfit = dataclasses.replace(rate, estimate=-2.0, ci95=(-5.0, 1.0))
+    verdict = _gradient_verdict(trace, misfit, exponent, stats.Tolerances())
+    assert verdict.outcome is stats.Outcome.INCONCLUSIVE
+    assert verdict.detail.startswith("the fit G_l / G_l+1 = g + a / var_l gives g = -2 < 0 over "
+                                     "8 identity block(s)")
 
 
 def test_v1_without_batch_norm_has_no_gradient_closed_form() -> None:

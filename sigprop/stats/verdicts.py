@@ -304,6 +304,10 @@ def _gradient_verdict(trace: Trace, rate: Estimate, exponent: Estimate,
     elif not math.isfinite(rate.estimate):
         outcome, detail = Outcome.INCONCLUSIVE, (
             f"too short to fit a growth rate ({n} identity block(s); the fit needs at least 4)")
+    elif rate.estimate < 0:
+        outcome, detail = Outcome.INCONCLUSIVE, (
+            f"the fit G_l / G_l+1 = g + a / var_l gives g = {rate.estimate:.3g} < 0 over {n} "
+            "identity block(s): the factors do not follow var_l here")
     elif not math.isfinite(ci[0]) or not math.isfinite(ci[1]):
         outcome, detail = Outcome.INCONCLUSIVE, (
             f"x{rate.estimate:.4g} per block, but {n} identity block(s) of one run give no "
