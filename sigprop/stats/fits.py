@@ -193,15 +193,37 @@ def _growth(s: _Series, keep: np.ndarray) -> tuple[float, float]:
     pairs (block, next block), so the jackknife drops pairs rather than splicing the walk.
     """
     level, following = s.skip_m2[:-1], s.skip_m2[1:]
-    pairs = keep[:-1] & (level > 0) & np.isfinite(following)
+    usable = (level > 0) & np.isfinite(following)
+    with np.errstate(divide="ignore", invalid="ignore"):  # a level of 0 is not usable
+        return _rate_over_level(level, following / level, usable, keep[:-1] & usable)
+
+
+# Below this coefficient of variation of ``1 / level`` over a stage, ``a / level`` cannot be told
+# from a constant: ``g`` would be an extrapolation to ``1 / level = 0`` from a narrow range.
+# ConvNeXt's layer scale (1e-6) keeps the skip path constant to 1e-7: timm's convnext_atto got a
+# forward g = 0.64 [0.28, 0.99] (a skip path shrinking per block), torchvision's convnext_tiny a
+# gradient g = 1.07 [-6.4, 8.6], for factors of 1.0000; timm's ViT-Tiny (var_l up 22% over 24
+# blocks) a gradient g = -22 [-71, 27]. The built-in networks of the calibrations vary by 25%
+# (NF, 32 blocks) or more.
+_LEVEL_SPREAD = 0.1
+
+
+def _rate_over_level(level: np.ndarray, factor: np.ndarray, usable: np.ndarray,
+                     pairs: np.ndarray) -> tuple[float, float]:
+    """``g`` and ``a`` of ``factor = g + a / level``, fitted on ``pairs`` (usable ones).
+
+    Where ``1 / level`` varies by less than :data:`_LEVEL_SPREAD` over all ``usable`` pairs (the
+    whole stage decides, so every jackknife fit of it agrees), the factor is taken as constant:
+    ``g`` is its geometric mean, whose power is the measured growth, and ``a = 0``.
+    """
     if pairs.sum() < 3:
         return math.nan, math.nan
-    level, following = level[pairs], following[pairs]
-    if np.ptp(level) <= 1e-9 * level.max():
-        # A flat walk (identity blocks): no spread of levels to separate a from g.
-        return float((following / level).mean()), 0.0
-    design = np.column_stack([np.ones(level.size), 1.0 / level])
-    (rate, increment), *_ = np.linalg.lstsq(design, following / level - 1.0, rcond=None)
+    inverse = 1.0 / level[usable]
+    if inverse.std() < _LEVEL_SPREAD * inverse.mean():
+        with np.errstate(divide="ignore"):  # a factor of 0 (the signal stops) gives g = 0
+            return float(np.exp(np.log(factor[pairs]).mean())), 0.0
+    design = np.column_stack([np.ones(int(pairs.sum())), 1.0 / level[pairs]])
+    (rate, increment), *_ = np.linalg.lstsq(design, factor[pairs] - 1.0, rcond=None)
     return 1.0 + float(rate), float(increment)
 
 
@@ -429,36 +451,17 @@ def _grad_series(rows: Sequence[tuple[float, float, float]]) -> _GradSeries:
     return _GradSeries(*(columns[bad[-1] + 1:] if bad.size else columns).T)
 
 
-# Below this coefficient of variation of ``1 / var_l`` over a stage, ``a / var_l`` cannot be told
-# from a constant: ``g`` would be an extrapolation to ``1 / var_l = 0`` from a narrow range.
-# torchvision's ConvNeXt (layer scale 1e-6: ``var_l`` constant to 1e-7, every factor 1.0000)
-# got g = 1.07 [-6.4, 8.6], timm's ViT-Tiny (``var_l`` up 22% over 24 blocks) g = -22
-# [-71, 27]. The built-in networks of the calibration have 0.25 (NF, 32 blocks) and more.
-_LEVEL_SPREAD = 0.1
-
-
 def _grad_growth(s: _GradSeries, keep: np.ndarray) -> tuple[float, float]:
     """``g`` of ``G_l / G_{l+1} - 1 = (g - 1) + a / var_l`` (as :func:`_growth`, backwards).
 
     Batch norm divides the branch's gradient by the channel variance ``var_l`` of the block
     input it normalizes, so a BN network has ``g = 1`` exactly; without normalization the
-    factor is constant and ``g`` is it. Where ``1 / var_l`` varies too little over the whole
-    stage to separate the two terms (:data:`_LEVEL_SPREAD`), the factor is taken as constant:
-    ``g`` is the geometric mean of the factors, whose power reproduces the measured growth.
+    factor is constant and ``g`` is it (:func:`_rate_over_level`: a constant factor where
+    ``var_l`` is too flat to separate the two terms).
     """
     level, factor = s.skip_var[:-1], s.grad_input[:-1] / s.grad_input[1:]
     usable = (level > 0) & np.isfinite(factor)
-    pairs = keep[:-1] & usable
-    if pairs.sum() < 3:
-        return math.nan, math.nan
-    inverse = 1.0 / level[usable]  # the whole stage decides, so every jackknife fit agrees
-    if inverse.std() < _LEVEL_SPREAD * inverse.mean():
-        with np.errstate(divide="ignore"):  # a factor of 0 (the gradient stops) gives g = 0
-            return float(np.exp(np.log(factor[pairs]).mean())), 0.0
-    level, factor = level[pairs], factor[pairs]
-    design = np.column_stack([np.ones(level.size), 1.0 / level])
-    (rate, increment), *_ = np.linalg.lstsq(design, factor - 1.0, rcond=None)
-    return 1.0 + float(rate), float(increment)
+    return _rate_over_level(level, factor, usable, keep[:-1] & usable)
 
 
 def _grad_ratio_power_law(s: _GradSeries, keep: np.ndarray) -> tuple[float, float]:
