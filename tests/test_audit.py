@@ -161,8 +161,10 @@ def _zoo(name: str) -> nn.Module:
     "timm:convnext_atto", "timm:vit_tiny_patch16_224",
 ])
 def test_stock_architectures_pass(name: str) -> None:
+    # Gradients included: no stock architecture may fail gradient_propagation either.
     torch.manual_seed(0)
-    trace = sigprop.measure(_zoo(name), sigprop.InputSpec("gaussian", (2, 3, 64, 64), 0))
+    trace = sigprop.measure(_zoo(name), sigprop.InputSpec("gaussian", (2, 3, 64, 64), 0),
+                            backward=True)
     failed = [f for f in audit(trace) if f.status is Status.FAIL]
     assert not failed, failed
 
