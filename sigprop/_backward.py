@@ -10,14 +10,18 @@ dL/dx. How they are obtained without a second backward pass through any branch:
 * ``input``: a hook on ``x``. For an identity shortcut ``x`` is the skip operand itself (hooked
   before the addition, which may overwrite it in place); for a projection, the block module's
   input in that call.
-* ``skip``: for an identity shortcut it is ``output`` (no work); for a projection, a
+* ``residual`` (and ``skip`` of a projection): captured where autograd forms it, when the
+  branch reads ``x`` in one node of its graph (found by walking the graph from the residual
+  operand back to ``x``, at :meth:`GradientRecorder.commit`): a hook on that node takes the
+  gradient it passes to ``x``, exactly J_branch^T dL/dy. A projection whose shortcut also reads
+  ``x`` in one node of its own (torchvision's and timm's downsample) gets its ``skip`` the same
+  way, exactly J_proj^T dL/dy.
+* ``skip`` otherwise: for an identity shortcut it is ``output`` (no work); for a projection whose
+  shortcut shares its reader of ``x`` with the branch (a pre-activation block's first BN), a
   vector-Jacobian product through the shortcut alone, from the skip operand back to ``x``, run in
   the ``output`` hook while that part of the graph is intact.
-* ``residual``: for an identity shortcut whose branch reads ``x`` in one place, captured where
-  autograd forms it: a hook on that one node of the branch's graph (found by walking the graph
-  from the residual operand back to ``x``, at :meth:`GradientRecorder.commit`) takes the gradient
-  it passes to ``x``, exactly J_branch^T dL/dy. Otherwise (a projection; a branch that reads ``x``
-  in several places, or not at all) ``input - skip``, formed in the ``input`` hook: autograd forms
+* ``residual`` otherwise (a branch that reads ``x`` in several places or not at all, or shares
+  its reader with the shortcut): ``input - skip``, formed in the ``input`` hook. Autograd forms
   ``input`` as the sum of the two parts, so the difference is exact when one of them is 0
   (SkipInit at ``alpha = 0``) and otherwise within float32 rounding of ``input``.
 
@@ -101,7 +105,7 @@ class _Slot:
     skip_edge: GradientEdge | None = None  # the skip operand, for a projection's product
     residual_edge: GradientEdge | None = None  # the residual operand, before the addition
     block: Block | None = None
-    direct: bool = False  # the residual part arrives from the branch's graph (no difference)
+    direct: bool = False  # the parts arrive from the nodes that read x (no difference)
     input_edge: GradientEdge | None = None  # x, for a projection
     output: Reduced | None = None
     skip: Reduced | None = None
@@ -178,7 +182,27 @@ class GradientRecorder:
             x = None if ref is None else ref()
             if x is not None and x.requires_grad:
                 slot.input_edge = get_gradient_edge(x)
+                slot.direct = self._hook_readers(slot, residual, slot.input_edge)
+                if slot.direct:
+                    slot.skip_edge = slot.input_edge = None
                 _hook(x, lambda grad: self._on_input(slot, grad))
+
+    def _hook_readers(self, slot: _Slot, residual: GradientEdge | None, x: GradientEdge
+                      ) -> bool:
+        """Hook the nodes where a projection block's branch and shortcut each read ``x``, if
+        each reads it in one node of its own: both parts are then taken where autograd forms
+        them. False (nothing hooked) when a node is shared, as in a pre-activation block whose
+        shortcut and branch both start from its first BN."""
+        skip = slot.skip_edge
+        if residual is None or skip is None:
+            return False
+        branch_reader, skip_reader = _sole_reader(residual.node, x), _sole_reader(skip.node, x)
+        if branch_reader is None or skip_reader is None or branch_reader[0] is skip_reader[0]:
+            return False
+        (branch, k), (shortcut, j) = branch_reader, skip_reader
+        branch.register_hook(lambda grads, _: self._on_branch(slot, grads[k]))
+        shortcut.register_hook(lambda grads, _: self._on_shortcut(slot, grads[j]))
+        return True
 
     def _reduce(self, grad: torch.Tensor, channel: int) -> Reduced:
         last = self._last
@@ -197,7 +221,7 @@ class GradientRecorder:
             slot.skip = slot.output
             if not slot.direct:
                 slot.pending = grad
-        elif slot.input_edge is not None and slot.skip_edge is not None:
+        elif not slot.direct and slot.input_edge is not None and slot.skip_edge is not None:
             self._nested = True
             try:
                 (part,) = torch.autograd.grad(slot.skip_edge, slot.input_edge, grad,
@@ -216,6 +240,10 @@ class GradientRecorder:
         # this part to it in place, as in a bare backward pass.
         if not self._nested and slot.output is not None and grad is not None:
             slot.residual = self._reduce(grad, slot.channel)
+
+    def _on_shortcut(self, slot: _Slot, grad: torch.Tensor | None) -> None:
+        if not self._nested and slot.output is not None and grad is not None:
+            slot.skip = self._reduce(grad, slot.channel)
 
     def _on_input(self, slot: _Slot, grad: torch.Tensor) -> None:
         if self._nested:

@@ -34,6 +34,25 @@ class ScaledBlock(nn.Module):
         return out
 
 
+class ProjectedScaledBlock(ScaledBlock):
+    """:class:`ScaledBlock` with a projection shortcut ``p * x`` (a 1x1 convolution, weight p*I),
+    marked as such: a new stage, whose shortcut and branch each read ``x`` in a node of their own.
+
+    Residual = c x, skip = p x, output = (p + c) x.
+    """
+
+    def __init__(self, channels: int, c: float, p: float = 1.0):
+        super().__init__(channels, c)
+        self.shortcut = nn.Conv2d(channels, channels, 1, bias=False)
+        with torch.no_grad():
+            self.shortcut.weight.copy_(p * torch.eye(channels).view(channels, channels, 1, 1))
+        self.add = sigprop.ResidualAdd(shortcut="projection")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = self.add(self.shortcut(x), self.branch(x))
+        return out
+
+
 def offset_input(shape: tuple[int, ...], seed: int = 0, dtype: torch.dtype = torch.float64
                  ) -> torch.Tensor:
     """Gaussian data with a different mean and scale per channel (dimension 1)."""

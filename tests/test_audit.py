@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 import sigprop
 from sigprop.audit import AuditTolerances, Status, audit
 from sigprop_cli.main import app
-from tests.helpers import ScaledBlock, synthetic_trace
+from tests.helpers import ProjectedScaledBlock, ScaledBlock, synthetic_trace
 
 runner = CliRunner()
 SMALL = ["--depth", "32", "--batch-size", "4", "--image-size", "16"]
@@ -255,26 +255,11 @@ def test_gradient_check_fails_a_vanishing_gradient_and_cannot_judge_short_stages
     assert "x0.25 per block" in no_interval.message and "measure more seeds" in no_interval.message
 
 
-class _ProjectedScaledBlock(ScaledBlock):
-    """``ScaledBlock`` with a projection shortcut (a 1x1 identity convolution): a new stage."""
-
-    def __init__(self, channels: int, c: float):
-        super().__init__(channels, c)
-        self.shortcut = nn.Conv2d(channels, channels, 1, bias=False)
-        with torch.no_grad():
-            self.shortcut.weight.copy_(torch.eye(channels).view(channels, channels, 1, 1))
-        self.add = sigprop.ResidualAdd(shortcut="projection")
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = self.add(self.shortcut(x), self.branch(x))
-        return out
-
-
 def test_gradient_check_names_every_open_stage_and_what_the_others_ruled_out() -> None:
     # Stage 0: 8 blocks passing (1 + 0.05)^2 of their output gradient back, x1.1025^8 = 2.18
     # (within x10: ruled out); stage 1: a projection and 2 identity blocks, too short to fit.
     model = nn.Sequential(*(ScaledBlock(3, 0.05) for _ in range(8)),
-                          _ProjectedScaledBlock(3, 0.05),
+                          ProjectedScaledBlock(3, 0.05),
                           *(ScaledBlock(3, 0.05) for _ in range(2))).double()
     x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     trace = sigprop.measure(model, x, backward=True)

@@ -21,7 +21,7 @@ from sigprop import stats
 from sigprop._backward import cotangent_seed
 from sigprop.stats.verdicts import _gradient_verdict
 from sigprop.theory import predict_gradients
-from tests.helpers import ScaledBlock, assert_unchanged, snapshot
+from tests.helpers import ProjectedScaledBlock, ScaledBlock, assert_unchanged, snapshot
 
 
 class PlainScaledBlock(nn.Module):
@@ -81,6 +81,23 @@ def test_a_tiny_branch_gradient_is_captured_exactly_in_float32(kind: str) -> Non
         ratio = b.grad.residual.var / b.grad.output.var
         assert ratio == pytest.approx(c**2, rel=1e-5, abs=0)  # formed: 0.8% off
         assert b.grad.input.var == pytest.approx((1 + c) ** 2 * b.grad.output.var, rel=1e-7)
+
+
+def test_a_projection_whose_parts_read_x_apart_gets_both_exactly_in_float32() -> None:
+    # y = p x + c x, p = 2 through a projection, c = 1e-6: the shortcut's and the branch's
+    # parts are taken where each reads x. Formed as dL/dx minus a product through the shortcut
+    # in float32, the branch part's variance was 0.06% off here.
+    c, p = 1e-6, 2.0
+    model = nn.Sequential(ProjectedScaledBlock(3, c, p), ProjectedScaledBlock(3, c, p))
+    x = sigprop.gaussian_input((4, 3, 5, 5), seed=0)
+    blocks = sigprop.measure(model, x, backward=True, seed=3).runs[0].blocks
+    assert [b.shortcut for b in blocks] == [sigprop.Shortcut.PROJECTION] * 2
+    for b in blocks:
+        assert b.grad is not None
+        out = b.grad.output.var
+        assert b.grad.residual.var / out == pytest.approx(c**2, rel=1e-5, abs=0)
+        assert b.grad.skip.var / out == pytest.approx(p**2, rel=1e-6)
+        assert b.grad.input.var / out == pytest.approx((p + c) ** 2, rel=1e-6)
 
 
 class TwoReadBlock(nn.Module):
