@@ -381,12 +381,13 @@ def fit(trace: Trace, fit_id: FitId | str, stage: int = 0, level: float = 0.95,
               (skip increment per block / branch second moment: 1 in theory);
             * ``ratio_exponent``: power of ``residual/skip`` in the position ``n = 1, 2, ...``
               (-1 only at infinite depth: ``1/(m2_0 + l)`` fits -0.90 at 64 blocks);
-            * ``growth_rate``: ``g`` of ``m2_{l+1} = a + g m2_l`` (1 for linear growth);
+            * ``growth_rate``: ``g`` of ``m2_{l+1} = a + g m2_l`` (1 for linear growth; where
+              ``m2_l`` is too flat over the stage to separate ``a``, the geometric mean factor);
             * ``grad_growth_rate`` (gradients): ``g`` of ``G_l / G_{l+1} = g + a / var_l``,
               with ``G_l`` the input gradient's second moment of block ``l`` and ``var_l`` the
               forward skip's average channel variance: BN's ``1 + rho_l`` with
               ``rho_l ~ 1/var_l`` has ``g = 1`` (a power law towards the input), a geometric
-              explosion ``g > 1``;
+              explosion ``g > 1`` (where ``var_l`` is too flat, the geometric mean factor);
             * ``grad_ratio_exponent`` (gradients): power of the branch/skip gradient ratio
               in the position ``n = 1, 2, ...``.
         stage: the stage to fit.
