@@ -41,7 +41,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from operator import attrgetter
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from torch import nn
@@ -170,12 +170,11 @@ class GradientRecorder:
         self._slots.append(slot)
         residual, slot.residual_edge = slot.residual_edge, None
         if block.shortcut is Shortcut.IDENTITY:
-            reader = None if residual is None or slot.skip_edge is None else \
-                _sole_reader(residual.node, slot.skip_edge)
-            if reader is not None:
-                node, k = reader
-                node.register_hook(lambda grads, _: self._on_branch(slot, grads[k]))
-                slot.direct = True
+            if residual is not None and slot.skip_edge is not None:
+                reader = _sole_reader(residual.node, slot.skip_edge)
+                if reader is not None:
+                    self._capture(slot, reader, "residual")
+                    slot.direct = True
             slot.skip_edge = None  # a node of the graph whose hooks hold the slot: let it go
         else:
             ref = self._inputs.get(block.name)
@@ -199,10 +198,25 @@ class GradientRecorder:
         branch_reader, skip_reader = _sole_reader(residual.node, x), _sole_reader(skip.node, x)
         if branch_reader is None or skip_reader is None or branch_reader[0] is skip_reader[0]:
             return False
-        (branch, k), (shortcut, j) = branch_reader, skip_reader
-        branch.register_hook(lambda grads, _: self._on_branch(slot, grads[k]))
-        shortcut.register_hook(lambda grads, _: self._on_shortcut(slot, grads[j]))
+        self._capture(slot, branch_reader, "residual")
+        self._capture(slot, skip_reader, "skip")
         return True
+
+    def _capture(self, slot: _Slot, reader: tuple[Node, int],
+                 part: Literal["residual", "skip"]) -> None:
+        """Hook ``reader``'s node: the gradient it passes to ``x`` is ``slot``'s ``part``.
+
+        Reduced through :meth:`_reduce`, which lets go of the output's gradient: autograd then
+        adds this part to it in place, as in a bare backward pass.
+        """
+        node, k = reader
+
+        def hook(grads: tuple[torch.Tensor | None, ...], _: object) -> None:
+            grad = grads[k]
+            if not self._nested and slot.output is not None and grad is not None:
+                setattr(slot, part, self._reduce(grad, slot.channel))
+
+        node.register_hook(hook)
 
     def _reduce(self, grad: torch.Tensor, channel: int) -> Reduced:
         last = self._last
@@ -234,16 +248,6 @@ class GradientRecorder:
     def _on_skip_operand(self, slot: _Slot, grad: torch.Tensor) -> None:
         if slot.block is not None and slot.block.shortcut is Shortcut.IDENTITY:
             self._on_input(slot, grad)
-
-    def _on_branch(self, slot: _Slot, grad: torch.Tensor | None) -> None:
-        # Reduced through _reduce, which lets go of the output's gradient: autograd then adds
-        # this part to it in place, as in a bare backward pass.
-        if not self._nested and slot.output is not None and grad is not None:
-            slot.residual = self._reduce(grad, slot.channel)
-
-    def _on_shortcut(self, slot: _Slot, grad: torch.Tensor | None) -> None:
-        if not self._nested and slot.output is not None and grad is not None:
-            slot.skip = self._reduce(grad, slot.channel)
 
     def _on_input(self, slot: _Slot, grad: torch.Tensor) -> None:
         if self._nested:

@@ -11,7 +11,16 @@ from typing import Any
 import numpy as np
 
 from sigprop._html import html_table
-from sigprop.stats import Outcome, Report, Tolerances, VerdictId, band, projected_growth, report
+from sigprop.stats import (
+    Outcome,
+    Report,
+    Tolerances,
+    Verdict,
+    VerdictId,
+    band,
+    projected_growth,
+    report,
+)
 from sigprop.trace import Trace
 
 __all__ = ["AuditTolerances", "Finding", "Findings", "Status", "audit", "no_blocks"]
@@ -227,8 +236,12 @@ def _gradient_propagation(trace: Trace, result: Report) -> Finding:
                        f"stage {worst.stage}: {worst.detail}", worst.measured)
     unclear = [v for v in judged if v.outcome is Outcome.INCONCLUSIVE]
     ruled_out = [v for v in judged if v.outcome is Outcome.INCONSISTENT]
-    message = "cannot tell: " + "; ".join(f"stage {v.stage}: {v.detail}" for v in unclear)
+
+    def stages(verdicts: list[Verdict]) -> str:
+        return "; ".join(f"stage {v.stage}: {v.detail}" for v in verdicts)
+
+    message = "cannot tell: " + stages(unclear)
     if ruled_out:
         message += (f"; ruled out (within x{result.tolerances.gradient_growth:g} either way) in "
-                    + "; ".join(f"stage {v.stage}: {v.detail}" for v in ruled_out))
+                    + stages(ruled_out))
     return Finding("gradient_propagation", Status.INFO, message, unclear[0].measured)

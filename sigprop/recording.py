@@ -117,7 +117,7 @@ def _measurement_state(modules: Modules, bn_mode: BNMode) -> Iterator[None]:
     # An override of train() may do more than set flags (freeze parameters, set attributes):
     # every module's attributes and every requires_grad are put back as they were.
     attributes = [(m, dict(m.__dict__)) for m in every] if overriding else []
-    requires_grad = [(p, p.requires_grad) for p in model.parameters()] if overriding else []
+    requires_grad = [(p, p.requires_grad) for p in modules.parameters] if overriding else []
     try:
         if overriding:
             model.eval()  # let the overrides run
@@ -243,7 +243,7 @@ def _model_dtype(model: nn.Module) -> torch.dtype:
 _is_meta = attrgetter("is_meta")
 
 
-def eager_model(model: nn.Module) -> Modules:
+def eager_modules(model: nn.Module) -> Modules:
     """The modules of the eager model sigprop measures: ``model`` itself, or a compiled model's
     original (its one walk for this measurement).
 
@@ -430,7 +430,7 @@ def measure(
         raise ValueError("loss is back-propagated only with backward=True: pass both, or neither")
     if loss is not None and not callable(loss):
         raise TypeError(f"loss must be a callable(output) -> scalar tensor, got {loss!r}")
-    modules = eager_model(model)
+    modules = eager_modules(model)
     model = modules.model
     batch, spec = _resolve_input(model, inputs, args, kwargs, forward_kwargs)
     run_seed = seed if seed is not None else spec.seed
@@ -565,7 +565,7 @@ def find_blocks(model: nn.Module, example_input: torch.Tensor | InputSpec | None
      ('blocks.2', 1, 'projection'), ('blocks.3', 1, 'identity')]
     """
     mode = parse_choice(BNMode, bn_mode, "bn_mode")
-    modules = eager_model(model)
+    modules = eager_modules(model)
     model = modules.model
     batch, _ = _resolve_input(model, example_input, args, kwargs, forward_kwargs)
     return planned(plan, model, lambda tape: _finder(modules, blocks, tape), batch.args,

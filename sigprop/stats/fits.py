@@ -193,9 +193,8 @@ def _growth(s: _Series, keep: np.ndarray) -> tuple[float, float]:
     pairs (block, next block), so the jackknife drops pairs rather than splicing the walk.
     """
     level, following = s.skip_m2[:-1], s.skip_m2[1:]
-    usable = (level > 0) & np.isfinite(following)
     with np.errstate(divide="ignore", invalid="ignore"):  # a level of 0 is not usable
-        return _rate_over_level(level, following / level, usable, keep[:-1] & usable)
+        return _rate_over_level(level, following / level, keep[:-1])
 
 
 # Below this coefficient of variation of ``1 / level`` over a stage, ``a / level`` cannot be told
@@ -208,14 +207,17 @@ def _growth(s: _Series, keep: np.ndarray) -> tuple[float, float]:
 _LEVEL_SPREAD = 0.1
 
 
-def _rate_over_level(level: np.ndarray, factor: np.ndarray, usable: np.ndarray,
-                     pairs: np.ndarray) -> tuple[float, float]:
-    """``g`` and ``a`` of ``factor = g + a / level``, fitted on ``pairs`` (usable ones).
+def _rate_over_level(level: np.ndarray, factor: np.ndarray, keep: np.ndarray
+                     ) -> tuple[float, float]:
+    """``g`` and ``a`` of ``factor = g + a / level``, fitted on the kept pairs that are usable (a
+    positive level, a finite factor).
 
-    Where ``1 / level`` varies by less than :data:`_LEVEL_SPREAD` over all ``usable`` pairs (the
-    whole stage decides, so every jackknife fit of it agrees), the factor is taken as constant:
-    ``g`` is its geometric mean, whose power is the measured growth, and ``a = 0``.
+    Where ``1 / level`` varies by less than :data:`_LEVEL_SPREAD` over all usable pairs, kept or
+    not (the whole stage decides, so every jackknife fit of it agrees), the factor is taken as
+    constant: ``g`` is its geometric mean, whose power is the measured growth, and ``a = 0``.
     """
+    usable = (level > 0) & np.isfinite(factor)
+    pairs = keep & usable
     if pairs.sum() < 3:
         return math.nan, math.nan
     inverse = 1.0 / level[usable]
@@ -460,9 +462,7 @@ def _grad_growth(s: _GradSeries, keep: np.ndarray) -> tuple[float, float]:
     factor is constant and ``g`` is it (:func:`_rate_over_level`: a constant factor where
     ``var_l`` is too flat to separate the two terms).
     """
-    level, factor = s.skip_var[:-1], s.grad_input[:-1] / s.grad_input[1:]
-    usable = (level > 0) & np.isfinite(factor)
-    return _rate_over_level(level, factor, usable, keep[:-1] & usable)
+    return _rate_over_level(s.skip_var[:-1], s.grad_input[:-1] / s.grad_input[1:], keep[:-1])
 
 
 def _grad_ratio_power_law(s: _GradSeries, keep: np.ndarray) -> tuple[float, float]:
