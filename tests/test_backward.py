@@ -140,13 +140,13 @@ def test_skipinit_at_zero_passes_the_gradient_exactly() -> None:
 
 
 def _reference(model: nn.Module, x: torch.Tensor, seed: int,
-               capture: Callable[[torch.Tensor, list[dict[str, torch.Tensor]]], Any]
-               ) -> list[dict[str, tuple[float, float]]]:
+               capture: Callable[[torch.Tensor, list[dict[str, torch.Tensor]]], Any],
+               channel: int = 1) -> list[dict[str, tuple[float, float]]]:
     """Per block, float64 (var, sq_mean) of the four gradients by plain autograd.
 
     ``capture`` runs the forward pass of a train-mode copy, filling one dict per block with its
     input ``x``, ``skip``, ``residual`` operands and sum ``y`` (out of place), and returns the
-    model's output.
+    model's output; ``channel`` is the channel dimension of the gradients.
     """
     records: list[dict[str, torch.Tensor]] = []
     x = x.detach().clone().requires_grad_(True)
@@ -161,13 +161,13 @@ def _reference(model: nn.Module, x: torch.Tensor, seed: int,
     for r, g, gx in zip(records, outputs, inputs, strict=True):
         (skip,) = torch.autograd.grad(r["skip"], r["x"], g, retain_graph=True)
         (residual,) = torch.autograd.grad(r["residual"], r["x"], g, retain_graph=True)
-        result.append({name: _moments64(t) for name, t in
+        result.append({name: _moments64(t, channel) for name, t in
                        (("output", g), ("skip", skip), ("residual", residual), ("input", gx))})
     return result
 
 
-def _moments64(t: torch.Tensor) -> tuple[float, float]:
-    columns = t.double().transpose(0, 1).reshape(t.shape[1], -1)
+def _moments64(t: torch.Tensor, channel: int = 1) -> tuple[float, float]:
+    columns = t.double().movedim(channel, 0).reshape(t.shape[channel], -1)
     mean = columns.mean(1)
     var = columns.var(1, correction=0)
     return float(var.mean()), float(mean.square().mean())
@@ -260,6 +260,81 @@ def test_gradients_match_plain_autograd_on_torchvision_resnet18() -> None:
     named = sigprop.measure(model, x, backward=True, seed=2,
                             blocks=[b.name for b in trace.runs[0].blocks])
     assert [b.grad for b in named.runs[0].blocks] == [b.grad for b in trace.runs[0].blocks]
+
+
+def _replaced_forwards(model: nn.Module, block_type: type[nn.Module],
+                       forward: Callable[[Any, list[dict[str, torch.Tensor]]], Any]
+                       ) -> Callable[[torch.Tensor, list[dict[str, torch.Tensor]]], Any]:
+    """A capture for :func:`_reference`: every ``block_type`` module of ``model`` runs
+    ``forward(block, records)`` instead of its own."""
+
+    def run(inputs: torch.Tensor, records: list[dict[str, torch.Tensor]]) -> Any:
+        for m in model.modules():
+            if isinstance(m, block_type):
+                m.forward = forward(m, records)
+        return model(inputs)
+
+    return run
+
+
+def _preact_bottleneck_forward(block: Any, records: list[dict[str, torch.Tensor]]
+                               ) -> Callable[[torch.Tensor], torch.Tensor]:
+    """timm's PreActBottleneck.forward, its sum recorded: the shortcut's projection and the
+    branch both read the first norm's output."""
+
+    def forward(x: torch.Tensor) -> torch.Tensor:
+        preact = block.norm1(x)
+        skip = x if block.downsample is None else block.downsample(preact)
+        residual = block.drop_path(block.conv3(block.norm3(block.conv2(block.norm2(
+            block.conv1(preact))))))
+        y = residual + skip
+        records.append({"x": x, "skip": skip, "residual": residual, "y": y})
+        return y
+
+    return forward
+
+
+def _vit_block_forward(block: Any, records: list[dict[str, torch.Tensor]]
+                       ) -> Callable[..., torch.Tensor]:
+    """timm's vision transformer Block.forward, both of its sums recorded."""
+
+    def forward(x: torch.Tensor, attn_mask: Any = None, is_causal: bool = False) -> torch.Tensor:
+        for norm, branch in ((block.norm1, lambda h: block.ls1(block.attn(
+                h, attn_mask=attn_mask, is_causal=is_causal))),
+                             (block.norm2, lambda h: block.ls2(block.mlp(h)))):
+            residual = branch(norm(x))
+            y = x + residual
+            records.append({"x": x, "skip": x, "residual": residual, "y": y})
+            x = y
+        return x
+
+    return forward
+
+
+def test_gradients_match_plain_autograd_on_timm_preactivation_resnet_and_vit() -> None:
+    """Models written elsewhere: pre-activation projections (no node of their own to read x
+    from) and a transformer's token layout (channels last, two blocks per module)."""
+    import copy
+
+    from timm.models.resnetv2 import PreActBottleneck, ResNetV2
+    from timm.models.vision_transformer import Block, VisionTransformer
+
+    torch.manual_seed(3)
+    resnet = ResNetV2(layers=[1, 1], channels=(128, 256), stem_chs=32, num_classes=10)
+    vit = VisionTransformer(img_size=16, patch_size=4, embed_dim=32, depth=2, num_heads=2,
+                            num_classes=10)
+    for model, block_type, forward, shape, channel, projections in (
+            (resnet, PreActBottleneck, _preact_bottleneck_forward, (2, 3, 32, 32), 1, 2),
+            (vit, Block, _vit_block_forward, (2, 3, 16, 16), -1, 0)):
+        x = sigprop.gaussian_input(shape, seed=3)
+        before = snapshot(model)
+        trace = sigprop.measure(model, x, backward=True, seed=3)
+        assert_unchanged(model, before)
+        assert sum(b.shortcut is sigprop.Shortcut.PROJECTION
+                   for b in trace.runs[0].blocks) == projections
+        reference_model = copy.deepcopy(model).eval()
+        capture = _replaced_forwards(reference_model, block_type, forward)
+        _compare(trace, _reference(reference_model, x, 3, capture, channel))
 
 
 def test_forward_statistics_equal_a_forward_only_measurement_and_state_is_unchanged() -> None:
