@@ -298,15 +298,15 @@ def _vit_block_forward(block: Any, records: list[dict[str, torch.Tensor]]
                        ) -> Callable[..., torch.Tensor]:
     """timm's vision transformer Block.forward, both of its sums recorded."""
 
+    def add(x: torch.Tensor, residual: torch.Tensor) -> torch.Tensor:
+        y = x + residual
+        records.append({"x": x, "skip": x, "residual": residual, "y": y})
+        return y
+
     def forward(x: torch.Tensor, attn_mask: Any = None, is_causal: bool = False) -> torch.Tensor:
-        for norm, branch in ((block.norm1, lambda h: block.ls1(block.attn(
-                h, attn_mask=attn_mask, is_causal=is_causal))),
-                             (block.norm2, lambda h: block.ls2(block.mlp(h)))):
-            residual = branch(norm(x))
-            y = x + residual
-            records.append({"x": x, "skip": x, "residual": residual, "y": y})
-            x = y
-        return x
+        x = add(x, block.drop_path1(block.ls1(block.attn(block.norm1(x), attn_mask=attn_mask,
+                                                         is_causal=is_causal))))
+        return add(x, block.drop_path2(block.ls2(block.mlp(block.norm2(x)))))
 
     return forward
 
